@@ -7,11 +7,14 @@
 /// replies; contexts with 32-bit status keep the high half zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Extent {
+    /// Bytes in the run (nonzero in a reply).
     pub length: u64,
+    /// Status flags; their meaning belongs to the metadata context.
     pub flags: u64,
 }
 
 impl Extent {
+    /// An extent of `length` bytes with `flags`.
     pub const fn new(length: u64, flags: u64) -> Self {
         Self { length, flags }
     }
