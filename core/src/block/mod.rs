@@ -11,5 +11,7 @@ mod extent;
 pub mod alloc_map;
 pub mod contract;
 pub mod dirty_bitmap;
+pub mod overlay;
+pub mod throttle;
 
 pub use extent::Extent;
