@@ -7,4 +7,6 @@ extern crate alloc;
 extern crate std;
 
 pub mod block;
+pub mod server;
+pub mod time;
 pub mod wire;

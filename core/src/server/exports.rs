@@ -1,0 +1,134 @@
+//! How the server machine sees the exports a frontend offers.
+
+use crate::wire::{
+    DEFAULT_MAX_PAYLOAD, DEFAULT_MIN_BLOCK, DEFAULT_PREFERRED_BLOCK, MAX_MIN_BLOCK,
+    TransmissionFlags,
+};
+
+/// Size constraints of an export, as `NBD_INFO_BLOCK_SIZE` carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockSizes {
+    pub minimum: u32,
+    pub preferred: u32,
+    pub maximum: u32,
+}
+
+impl BlockSizes {
+    /// The spec's defaults, with qemu-nbd's 32 MiB maximum payload.
+    pub const DEFAULT: Self = Self {
+        minimum: DEFAULT_MIN_BLOCK,
+        preferred: DEFAULT_PREFERRED_BLOCK,
+        maximum: DEFAULT_MAX_PAYLOAD,
+    };
+
+    /// Whether these values obey the spec's rules for advertising them:
+    /// minimum a power of two ≤ 64 KiB, preferred a power of two ≥
+    /// max(minimum, 512), maximum ≥ preferred.
+    pub const fn is_valid(&self) -> bool {
+        self.minimum.is_power_of_two()
+            && self.minimum <= MAX_MIN_BLOCK
+            && self.preferred.is_power_of_two()
+            && self.preferred >= self.minimum
+            && self.preferred >= 512
+            && self.maximum >= self.preferred
+    }
+}
+
+impl Default for BlockSizes {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One export as the handshake describes it.
+///
+/// `flags` are what the export supports (`READ_ONLY`, `SEND_FLUSH`,
+/// `SEND_FUA`, `SEND_TRIM`, `SEND_WRITE_ZEROES`, `SEND_FAST_ZERO`,
+/// `SEND_CACHE`, `CAN_MULTI_CONN`, `ROTATIONAL`); the machine adds
+/// `HAS_FLAGS`, and `SEND_DF` / `BLOCK_STAT_PAYLOAD` where the session's
+/// negotiation allows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportInfo<'a> {
+    /// Canonical name, as `NBD_OPT_LIST` shows it.
+    pub name: &'a str,
+    /// Human-readable description; empty for none.
+    pub description: &'a str,
+    pub size: u64,
+    pub flags: TransmissionFlags,
+    pub block_sizes: BlockSizes,
+    /// Refuse `NBD_OPT_GO` without an `NBD_INFO_BLOCK_SIZE` request
+    /// (`NBD_REP_ERR_BLOCK_SIZE_REQD`) and `NBD_OPT_EXPORT_NAME` altogether:
+    /// for exports whose constraints are not the defaults.
+    pub block_size_required: bool,
+}
+
+/// The frontend's table of exports, consulted during the handshake.
+///
+/// Exports are addressed by position so the machine can walk them for
+/// `NBD_OPT_LIST` without allocating; a frontend that changes exports at run
+/// time hands each connection a snapshot, so positions stay meaningful for
+/// the connection's lifetime.
+pub trait Exports {
+    /// Position of the export called `name`; `""` names the default export.
+    fn find(&self, name: &str) -> Option<usize>;
+
+    /// The export at `index`, or `None` past the last.
+    fn export(&self, index: usize) -> Option<ExportInfo<'_>>;
+
+    /// The `index`th metadata context the export offers, by full name
+    /// (`base:allocation`, `qemu:allocation-depth`,
+    /// `qemu:dirty-bitmap:NAME`). A context's position is its id on the
+    /// wire; positions past [`super::MAX_CONTEXTS`] are not offered.
+    fn meta_context(&self, export: usize, index: usize) -> Option<&str>;
+}
+
+impl<T: Exports + ?Sized> Exports for &T {
+    fn find(&self, name: &str) -> Option<usize> {
+        (**self).find(name)
+    }
+    fn export(&self, index: usize) -> Option<ExportInfo<'_>> {
+        (**self).export(index)
+    }
+    fn meta_context(&self, export: usize, index: usize) -> Option<&str> {
+        (**self).meta_context(export, index)
+    }
+}
+
+/// A set of metadata contexts of one export, by id (position).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ContextSet(pub u64);
+
+impl ContextSet {
+    pub const EMPTY: Self = Self(0);
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub const fn contains(self, id: u32) -> bool {
+        id < 64 && self.0 & (1 << id) != 0
+    }
+
+    pub fn insert(&mut self, id: u32) {
+        if id < 64 {
+            self.0 |= 1 << id;
+        }
+    }
+
+    pub const fn len(self) -> u32 {
+        self.0.count_ones()
+    }
+
+    /// Ids in ascending order.
+    pub fn iter(self) -> impl Iterator<Item = u32> {
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let id = bits.trailing_zeros();
+            bits &= bits - 1;
+            Some(id)
+        })
+    }
+}
