@@ -312,13 +312,18 @@ impl Throttle {
                 u128::from(b.max) * NS_PER_SEC / 10,
             )
         };
-        if lv.level > cap {
-            return (lv.level - cap).div_ceil(u128::from(b.avg));
-        }
-        if b.max_length > 1 && lv.burst > burst_cap {
-            return (lv.burst - burst_cap).div_ceil(u128::from(b.max));
-        }
-        0
+        // QEMU reports the main bucket's wait first and the burst wait on
+        // the next wake-up; both levels only fall, so the later of the two
+        // is when the request can really start — one wake-up instead of two.
+        let main = lv.level.saturating_sub(cap).div_ceil(u128::from(b.avg));
+        let burst = if b.max_length > 1 {
+            lv.burst
+                .saturating_sub(burst_cap)
+                .div_ceil(u128::from(b.max))
+        } else {
+            0
+        };
+        main.max(burst)
     }
 
     /// Nanoseconds from `now_ns` until a `dir` request may start (0: now).
