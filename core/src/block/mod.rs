@@ -9,9 +9,13 @@ mod cells;
 mod extent;
 
 pub mod alloc_map;
+pub mod blkdebug;
 pub mod contract;
 pub mod dirty_bitmap;
 pub mod overlay;
+pub mod raw_window;
 pub mod throttle;
+pub mod write_threshold;
+pub mod zero_policy;
 
 pub use extent::Extent;
