@@ -285,6 +285,10 @@ impl Transmission {
         }
         let verdict = if payload > self.session.block_sizes.maximum as u64 {
             Err((Errno::EINVAL, "payload exceeds the advertised maximum"))
+        } else if payload > 0 && h.command != CommandType::WRITE {
+            // Only WRITE and the (handled above) block-status form carry a
+            // payload; anything else is read past and refused.
+            Err((Errno::EINVAL, "unexpected payload for this command"))
         } else {
             self.check(&h)
         };
