@@ -163,8 +163,8 @@ mod tests {
             length: 0x1516_1718.into(),
         };
         let expected: [u8; 28] = [
-            0x25, 0x60, 0x95, 0x13, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
-            18, 19, 20, 21, 22, 23, 24,
+            0x25, 0x60, 0x95, 0x13, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+            19, 20, 21, 22, 23, 24,
         ];
         assert_eq!(r.as_bytes(), &expected);
         let (back, rest) = CompactRequest::read_from_prefix(&expected).unwrap();
