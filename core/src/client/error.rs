@@ -1,0 +1,185 @@
+//! What can go wrong: fatal errors that end the connection, refused
+//! requests (caller mistakes), and failed requests (server answers).
+
+use crate::wire::{ChunkType, CommandType, Errno, OptionType, ReplyType};
+
+/// A fatal error: the connection must be closed. When it comes from the
+/// server refusing something (not from a protocol violation), the machine
+/// queued `NBD_OPT_ABORT` first: send what
+/// [`poll_transmit`](super::Client::poll_transmit) holds, then close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    // --- handshake -------------------------------------------------------
+    /// The greeting does not start with `NBDMAGIC`/`IHAVEOPT`.
+    BadMagic { found: u64 },
+    /// An oldstyle server: not supported (and never TLS-capable).
+    Oldstyle,
+    /// A newstyle server without `NBD_FLAG_FIXED_NEWSTYLE`.
+    NotFixedNewstyle,
+    /// An option reply without the option reply magic.
+    BadOptionReplyMagic { found: u64 },
+    /// A reply for an option we did not send, or of a type that option
+    /// cannot have.
+    UnexpectedOptionReply {
+        option: OptionType,
+        reply: ReplyType,
+    },
+    /// An option reply longer than any reply the client accepts.
+    OptionReplyTooLong { option: OptionType, length: u32 },
+    /// An option reply whose payload contradicts its type.
+    MalformedOptionReply {
+        option: OptionType,
+        reply: ReplyType,
+    },
+    /// A name that is not UTF-8.
+    InvalidString,
+    /// The server requires TLS and the config disables it.
+    TlsRequired,
+    /// The config requires TLS and the server refused `NBD_OPT_STARTTLS`.
+    TlsRefused { reply: ReplyType },
+    /// Bytes arrived between the `STARTTLS` acknowledgement and
+    /// [`tls_established`](super::Client::tls_established).
+    PlaintextAfterStartTls,
+    /// The server does not have the export.
+    UnknownExport,
+    /// An option we cannot do without failed.
+    OptionFailed {
+        option: OptionType,
+        reply: ReplyType,
+    },
+    /// `NBD_REP_ERR_SHUTDOWN` during the handshake.
+    ServerShutdown,
+    /// An export of 2^63 bytes or more: offsets could not be trusted.
+    ExportTooLarge { size: u64 },
+    /// `NBD_INFO_BLOCK_SIZE` with values the spec forbids.
+    InvalidBlockSize {
+        minimum: u32,
+        preferred: u32,
+        maximum: u32,
+    },
+    /// `NBD_REP_ACK` to `GO`/`INFO` without `NBD_INFO_EXPORT`.
+    MissingExportInfo,
+    /// More metadata contexts selected than the client can track.
+    TooManyContexts,
+    /// The same context id twice.
+    DuplicateContext { id: u32 },
+    /// `NBD_REP_ERR_UNSUP` to `GO` after extended headers were acked.
+    GoUnsupportedWithExtendedHeaders,
+    /// The handshake took longer than the configured timeout.
+    Timeout,
+    /// The server closed the connection while the client still expected
+    /// something.
+    UnexpectedEof,
+
+    // --- transmission ----------------------------------------------------
+    /// A reply magic that is not the one negotiated (a structured chunk
+    /// while only simple replies were negotiated, a simple reply with
+    /// extended headers, garbage).
+    BadReplyMagic { found: u32 },
+    /// A reply for a cookie that is not in flight (never sent, or already
+    /// finished: a second `DONE`).
+    UnknownCookie { cookie: u64 },
+    /// A simple reply to a read after structured replies were negotiated.
+    SimpleReplyToRead { cookie: u64 },
+    /// An extended reply whose offset is not the request's.
+    ReplyOffsetMismatch { cookie: u64 },
+    /// A chunk longer than the payload limit.
+    ChunkTooLong { cookie: u64, length: u64 },
+    /// A chunk type that is unknown or not valid for its request.
+    UnexpectedChunk {
+        cookie: u64,
+        chunk: ChunkType,
+        command: CommandType,
+    },
+    /// A chunk whose length or flags contradict its type.
+    MalformedChunk { cookie: u64, chunk: ChunkType },
+    /// Content or an error offset outside the request's range.
+    ChunkOutOfRange {
+        cookie: u64,
+        offset: u64,
+        length: u64,
+    },
+    /// Content overlapping earlier content.
+    ChunkOverlap {
+        cookie: u64,
+        offset: u64,
+        length: u64,
+    },
+    /// A second content chunk for a read sent with `NBD_CMD_FLAG_DF`.
+    FragmentedDf { cookie: u64 },
+    /// An `OFFSET_HOLE` of length 0.
+    EmptyHole { cookie: u64 },
+    /// A block status descriptor of length 0.
+    EmptyExtent { cookie: u64 },
+    /// A block status descriptor starting at or past the request's end, or
+    /// longer than the request with `REQ_ONE`.
+    ExtentBeyondRequest { cookie: u64 },
+    /// A block status chunk for a context that was not selected.
+    UnknownContext { cookie: u64, id: u32 },
+    /// Two block status chunks for one context in one reply.
+    DuplicateStatus { cookie: u64, id: u32 },
+    /// An error chunk whose message does not fit in the chunk.
+    ErrorMessageTooLong { cookie: u64, message_length: u16 },
+}
+
+/// A request the client refused to send (nothing was queued).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not in the transmission phase (or after `disconnect`, or failed).
+    NotReady,
+    /// A write's payload has not been reported sent
+    /// ([`payload_sent`](super::Client::payload_sent)).
+    PayloadOwed,
+    /// `payload_sent` without a write, or before its header was drained.
+    NoPayloadOwed,
+    /// Every cookie slot is in flight.
+    TooManyInFlight,
+    /// The header queue is full: drain `poll_transmit` first.
+    TransmitFull,
+    /// `offset + length` beyond the export.
+    OutOfRange,
+    /// Not a multiple of the export's minimum block size.
+    Misaligned,
+    /// Longer than the maximum payload, or than 32 bits without extended
+    /// headers.
+    TooLong,
+    /// Length 0.
+    ZeroLength,
+    /// The export or the negotiated mode does not allow this command (read
+    /// only, no flush, no contexts selected, ...).
+    NotSupported,
+    /// A flag the command or the export does not allow.
+    InvalidFlags,
+}
+
+/// Why a request failed (the connection goes on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// The server reported an error (unknown values are `EINVAL`).
+    Server(Errno),
+    /// The reply ended without error but did not cover the whole read, or
+    /// lacked a status chunk for a selected context: a protocol error,
+    /// never a success.
+    Incomplete,
+    /// The reply came in more disjoint pieces than the client tracks; the
+    /// rest of its data was dropped.
+    Fragmented,
+}
+
+impl RequestFailure {
+    /// The errno a block layer would report.
+    pub fn errno(self) -> Errno {
+        match self {
+            RequestFailure::Server(e) => e,
+            _ => Errno::EIO,
+        }
+    }
+}
+
+/// Map a wire error value onto the spec's set: unknown (and zero, which an
+/// error must not be) are `EINVAL`, as the spec asks of clients.
+pub(crate) fn errno_from_wire(v: u32) -> Errno {
+    let e = Errno(v);
+    if e.is_known() { e } else { Errno::EINVAL }
+}

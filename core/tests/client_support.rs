@@ -1,0 +1,406 @@
+//! Scripted NBD server bytes and a driver for the client machine, shared by
+//! the `client_*` integration tests (included with `#[path]`).
+#![allow(dead_code)]
+
+use blockwire_core::block::Extent;
+use blockwire_core::client::{Client, Config, Cookie, Error, Event, Export, RequestFailure};
+use blockwire_core::time::Instant;
+use blockwire_core::wire::{Errno, OptionType, ReplyType};
+
+pub const OPT_REPLY_MAGIC: u64 = 0x3e889045565a9;
+
+/// Server bytes under construction.
+#[derive(Default, Clone)]
+pub struct Script(pub Vec<u8>);
+
+impl Script {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn raw(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    /// Fixed newstyle greeting with `NO_ZEROES` (flags 3) unless told.
+    pub fn greeting(self, flags: u16) -> Self {
+        self.raw(b"NBDMAGICIHAVEOPT").raw(&flags.to_be_bytes())
+    }
+
+    pub fn opt(self, option: OptionType, reply: ReplyType, data: &[u8]) -> Self {
+        self.raw(&OPT_REPLY_MAGIC.to_be_bytes())
+            .raw(&option.0.to_be_bytes())
+            .raw(&reply.0.to_be_bytes())
+            .raw(&(data.len() as u32).to_be_bytes())
+            .raw(data)
+    }
+
+    pub fn ack(self, option: OptionType) -> Self {
+        self.opt(option, ReplyType::ACK, &[])
+    }
+
+    pub fn info_export(self, option: OptionType, size: u64, flags: u16) -> Self {
+        let mut d = vec![0, 0];
+        d.extend_from_slice(&size.to_be_bytes());
+        d.extend_from_slice(&flags.to_be_bytes());
+        self.opt(option, ReplyType::INFO, &d)
+    }
+
+    pub fn info_block_size(self, option: OptionType, min: u32, pref: u32, max: u32) -> Self {
+        let mut d = vec![0, 3];
+        for v in [min, pref, max] {
+            d.extend_from_slice(&v.to_be_bytes());
+        }
+        self.opt(option, ReplyType::INFO, &d)
+    }
+
+    pub fn info_string(self, option: OptionType, ty: u16, s: &str) -> Self {
+        let mut d = ty.to_be_bytes().to_vec();
+        d.extend_from_slice(s.as_bytes());
+        self.opt(option, ReplyType::INFO, &d)
+    }
+
+    pub fn meta_context(self, option: OptionType, id: u32, name: &str) -> Self {
+        let mut d = id.to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        self.opt(option, ReplyType::META_CONTEXT, &d)
+    }
+
+    pub fn server_entry(self, name: &str, description: &str) -> Self {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(description.as_bytes());
+        self.opt(OptionType::LIST, ReplyType::SERVER, &d)
+    }
+
+    pub fn simple(self, cookie: Cookie, error: u32, data: &[u8]) -> Self {
+        self.raw(&0x67446698u32.to_be_bytes())
+            .raw(&error.to_be_bytes())
+            .raw(&cookie.0.to_be_bytes())
+            .raw(data)
+    }
+
+    pub fn chunk(self, flags: u16, ty: u16, cookie: Cookie, payload: &[u8]) -> Self {
+        self.raw(&0x668e33efu32.to_be_bytes())
+            .raw(&flags.to_be_bytes())
+            .raw(&ty.to_be_bytes())
+            .raw(&cookie.0.to_be_bytes())
+            .raw(&(payload.len() as u32).to_be_bytes())
+            .raw(payload)
+    }
+
+    pub fn ext_chunk(
+        self,
+        flags: u16,
+        ty: u16,
+        cookie: Cookie,
+        offset: u64,
+        payload: &[u8],
+    ) -> Self {
+        self.raw(&0x6e8a278cu32.to_be_bytes())
+            .raw(&flags.to_be_bytes())
+            .raw(&ty.to_be_bytes())
+            .raw(&cookie.0.to_be_bytes())
+            .raw(&offset.to_be_bytes())
+            .raw(&(payload.len() as u64).to_be_bytes())
+            .raw(payload)
+    }
+}
+
+pub fn data_payload(offset: u64, data: &[u8]) -> Vec<u8> {
+    let mut p = offset.to_be_bytes().to_vec();
+    p.extend_from_slice(data);
+    p
+}
+
+pub fn hole_payload(offset: u64, len: u32) -> Vec<u8> {
+    let mut p = offset.to_be_bytes().to_vec();
+    p.extend_from_slice(&len.to_be_bytes());
+    p
+}
+
+pub fn error_payload(error: u32, message: &str, offset: Option<u64>) -> Vec<u8> {
+    let mut p = error.to_be_bytes().to_vec();
+    p.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    p.extend_from_slice(message.as_bytes());
+    if let Some(o) = offset {
+        p.extend_from_slice(&o.to_be_bytes());
+    }
+    p
+}
+
+pub fn status32(context: u32, extents: &[(u32, u32)]) -> Vec<u8> {
+    let mut p = context.to_be_bytes().to_vec();
+    for (l, f) in extents {
+        p.extend_from_slice(&l.to_be_bytes());
+        p.extend_from_slice(&f.to_be_bytes());
+    }
+    p
+}
+
+pub fn status64(context: u32, extents: &[(u64, u64)]) -> Vec<u8> {
+    let mut p = context.to_be_bytes().to_vec();
+    p.extend_from_slice(&(extents.len() as u32).to_be_bytes());
+    for (l, f) in extents {
+        p.extend_from_slice(&l.to_be_bytes());
+        p.extend_from_slice(&f.to_be_bytes());
+    }
+    p
+}
+
+pub const DONE: u16 = 1;
+pub const NONE: u16 = 0;
+pub const OFFSET_DATA: u16 = 1;
+pub const OFFSET_HOLE: u16 = 2;
+pub const BLOCK_STATUS: u16 = 5;
+pub const BLOCK_STATUS_EXT: u16 = 6;
+pub const ERROR: u16 = 0x8001;
+pub const ERROR_OFFSET: u16 = 0x8002;
+
+/// An event with its borrows copied out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ev {
+    StartTls,
+    Refused(OptionType, ReplyType, String),
+    ExportListed(String, String),
+    MetaContext(u32, String),
+    CanonicalName(String),
+    Description(String),
+    Info(Export),
+    Finished,
+    Ready(Export),
+    ReadData(Cookie, u64, Vec<u8>),
+    ReadHole(Cookie, u64, u32),
+    BlockStatus(Cookie, u32, u64, Vec<Extent>),
+    ReplyError(Cookie, Errno, Option<u64>, String),
+    Completed(Cookie, Result<(), RequestFailure>),
+    ServerShutdown,
+    Failed(Error),
+}
+
+impl Ev {
+    pub fn from(e: Event<'_>) -> Self {
+        match e {
+            Event::StartTls => Ev::StartTls,
+            Event::Refused {
+                option,
+                reply,
+                message,
+            } => Ev::Refused(option, reply, message.into()),
+            Event::ExportListed { name, description } => {
+                Ev::ExportListed(name.into(), description.into())
+            }
+            Event::MetaContext { id, name } => Ev::MetaContext(id, name.into()),
+            Event::CanonicalName(n) => Ev::CanonicalName(n.into()),
+            Event::Description(d) => Ev::Description(d.into()),
+            Event::Info(e) => Ev::Info(e),
+            Event::Finished => Ev::Finished,
+            Event::Ready(e) => Ev::Ready(e),
+            Event::ReadData {
+                cookie,
+                offset,
+                data,
+            } => Ev::ReadData(cookie, offset, data.to_vec()),
+            Event::ReadHole {
+                cookie,
+                offset,
+                len,
+            } => Ev::ReadHole(cookie, offset, len),
+            Event::BlockStatus {
+                cookie,
+                context_id,
+                offset,
+                extents,
+            } => Ev::BlockStatus(cookie, context_id, offset, extents.collect()),
+            Event::ReplyError {
+                cookie,
+                error,
+                offset,
+                message,
+            } => Ev::ReplyError(cookie, error, offset, message.into()),
+            Event::Completed { cookie, result } => Ev::Completed(cookie, result),
+            Event::ServerShutdown => Ev::ServerShutdown,
+            Event::Failed(e) => Ev::Failed(e),
+        }
+    }
+}
+
+/// Merge pieces that a different input split would have delivered
+/// together (read data, block status batches), so runs can be compared.
+pub fn normalize(events: Vec<Ev>) -> Vec<Ev> {
+    let mut out: Vec<Ev> = Vec::new();
+    for e in events {
+        match (out.last_mut(), e) {
+            (Some(Ev::ReadData(c, o, d)), Ev::ReadData(c2, o2, d2))
+                if *c == c2 && *o + d.len() as u64 == o2 =>
+            {
+                d.extend_from_slice(&d2)
+            }
+            (Some(Ev::BlockStatus(c, id, _, x)), Ev::BlockStatus(c2, id2, _, x2))
+                if *c == c2 && *id == id2 =>
+            {
+                x.extend(x2)
+            }
+            (_, e) => out.push(e),
+        }
+    }
+    out
+}
+
+/// Everything a run produced.
+#[derive(Default, Debug)]
+pub struct Run {
+    pub events: Vec<Ev>,
+    pub sent: Vec<u8>,
+    /// Largest `pending_transmit` seen.
+    pub max_pending: usize,
+}
+
+/// Drain the client's output into `run.sent`.
+pub fn drain<const N: usize>(client: &mut Client<'_, N>, run: &mut Run) {
+    run.max_pending = run.max_pending.max(client.pending_transmit());
+    loop {
+        let out = client.poll_transmit();
+        if out.is_empty() {
+            break;
+        }
+        run.sent.extend_from_slice(out);
+        let n = out.len();
+        client.transmitted(n);
+    }
+}
+
+/// Feed `input` cut into pieces of the given sizes (cycled; the buffer
+/// keeps unconsumed bytes like a real frontend would), draining output and
+/// collecting events. `on_tls` is called for `StartTls`.
+pub fn feed<const N: usize>(
+    client: &mut Client<'_, N>,
+    input: &[u8],
+    sizes: &[usize],
+    run: &mut Run,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = 0;
+    let mut i = 0;
+    let mut guard = 0usize;
+    loop {
+        drain(client, run);
+        // Take in the next piece.
+        if pos < input.len() {
+            let n = sizes
+                .get(i % sizes.len().max(1))
+                .copied()
+                .unwrap_or(usize::MAX)
+                .max(1);
+            i += 1;
+            let end = input.len().min(pos.saturating_add(n));
+            buf.extend_from_slice(&input[pos..end]);
+            pos = end;
+        }
+        loop {
+            guard += 1;
+            assert!(guard < 50_000_000, "machine does not make progress");
+            let p = client.handle_input(&buf, Instant(0));
+            let consumed = p.consumed;
+            assert!(consumed <= buf.len());
+            let ev = p.event.map(Ev::from);
+            buf.drain(..consumed);
+            drain(client, run);
+            match ev {
+                Some(Ev::StartTls) => {
+                    run.events.push(Ev::StartTls);
+                    client.tls_established();
+                }
+                Some(e) => run.events.push(e),
+                None if consumed == 0 => break,
+                None => {}
+            }
+        }
+        if pos >= input.len() {
+            break;
+        }
+    }
+    drain(client, run);
+}
+
+pub fn run_whole<const N: usize>(client: &mut Client<'_, N>, input: &[u8]) -> Run {
+    let mut run = Run::default();
+    feed(client, input, &[usize::MAX], &mut run);
+    run
+}
+
+/// Parse the client's handshake output: client flags, then options.
+pub fn parse_options(sent: &[u8]) -> (u32, Vec<(u32, Vec<u8>)>) {
+    let flags = u32::from_be_bytes(sent[..4].try_into().unwrap());
+    let mut rest = &sent[4..];
+    let mut out = Vec::new();
+    while rest.len() >= 16 {
+        assert_eq!(&rest[..8], b"IHAVEOPT");
+        let opt = u32::from_be_bytes(rest[8..12].try_into().unwrap());
+        let len = u32::from_be_bytes(rest[12..16].try_into().unwrap()) as usize;
+        out.push((opt, rest[16..16 + len].to_vec()));
+        rest = &rest[16 + len..];
+    }
+    assert!(rest.is_empty(), "trailing bytes {rest:?}");
+    (flags, out)
+}
+
+pub fn last_failure(run: &Run) -> Option<Error> {
+    run.events.iter().rev().find_map(|e| match e {
+        Ev::Failed(e) => Some(*e),
+        _ => None,
+    })
+}
+
+/// Handshake script for `GO` with the given header mode; contexts are
+/// selected with ids 1, 2, ... in order.
+pub fn handshake_script(
+    mode: blockwire_core::wire::HeaderMode,
+    contexts: &[&str],
+    size: u64,
+    flags: u16,
+) -> Script {
+    use blockwire_core::wire::HeaderMode;
+    let mut s = Script::new().greeting(3);
+    match mode {
+        HeaderMode::Extended => s = s.ack(OptionType::EXTENDED_HEADERS),
+        HeaderMode::Structured => s = s.ack(OptionType::STRUCTURED_REPLY),
+        HeaderMode::Simple => {}
+    }
+    if mode != HeaderMode::Simple && !contexts.is_empty() {
+        for (i, c) in contexts.iter().enumerate() {
+            s = s.meta_context(OptionType::SET_META_CONTEXT, i as u32 + 1, c);
+        }
+        s = s.ack(OptionType::SET_META_CONTEXT);
+    }
+    s.info_export(OptionType::GO, size, flags)
+        .info_block_size(OptionType::GO, 512, 4096, 1 << 25)
+        .ack(OptionType::GO)
+}
+
+/// A client in transmission with the given mode and contexts.
+pub fn ready_client<'c>(
+    mode: blockwire_core::wire::HeaderMode,
+    contexts: &'c [&'c str],
+    size: u64,
+    flags: u16,
+) -> Client<'c> {
+    use blockwire_core::wire::HeaderMode;
+    let mut config = Config::new("disk");
+    config.structured_replies = mode != HeaderMode::Simple;
+    config.extended_headers = mode == HeaderMode::Extended;
+    config.meta_contexts = contexts;
+    let mut client: Client = Client::new(config, Instant(0)).unwrap();
+    let script = handshake_script(mode, contexts, size, flags);
+    let run = run_whole(&mut client, &script.0);
+    assert!(
+        matches!(run.events.last(), Some(Ev::Ready(e)) if e.mode == mode),
+        "{:?}",
+        run.events
+    );
+    client
+}
+
+/// All transmission flags a test export may want.
+pub const ALL_FLAGS: u16 = 1 | 4 | 8 | 32 | 64 | 128 | 1024 | 2048;
