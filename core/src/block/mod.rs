@@ -14,6 +14,7 @@ pub mod contract;
 pub mod dirty_bitmap;
 pub mod overlay;
 pub mod raw_window;
+pub mod stats;
 pub mod throttle;
 pub mod write_threshold;
 pub mod zero_policy;
