@@ -6,10 +6,11 @@
 //! The frontend moves bytes and time through the machine, in this order,
 //! for as long as the connection lives:
 //!
-//! 1. **Transmit.** Send everything [`Client::poll_transmit`] returns and
-//!    report it with [`Client::transmitted`]. The handshake's option
-//!    requests appear here (names are sent from the [`Config`]'s borrowed
-//!    strings), then request headers.
+//! 1. **Transmit.** Send what [`Client::poll_transmit`] returns, report it
+//!    with [`Client::transmitted`], and repeat until it returns an empty
+//!    slice: the handshake's option requests come in several slices
+//!    (names are sent straight from the [`Config`]'s borrowed strings);
+//!    request headers come as one slice.
 //! 2. **Receive.** Pass received bytes to [`Client::handle_input`]. It
 //!    returns a [`Progress`]: how many bytes it `consumed` and at most one
 //!    [`Event`]. Drop the consumed bytes, act on the event, and call again
@@ -68,11 +69,13 @@
 //! let mut input = &server[..];
 //! let mut size = None;
 //! loop {
-//!     // 1. transmit
-//!     let out = client.poll_transmit();
-//!     sent.extend_from_slice(out);
-//!     let n = out.len();
-//!     client.transmitted(n);
+//!     // 1. transmit, until nothing is left
+//!     while !client.poll_transmit().is_empty() {
+//!         let out = client.poll_transmit();
+//!         sent.extend_from_slice(out);
+//!         let n = out.len();
+//!         client.transmitted(n);
+//!     }
 //!     // 2. receive
 //!     let p = client.handle_input(input, Instant(0));
 //!     input = &input[p.consumed..];
@@ -412,7 +415,8 @@ impl<'c, const N: usize> Client<'c, N> {
         &self.config
     }
 
-    /// Bytes to send now.
+    /// Bytes to send now; call again after [`transmitted`](Self::transmitted)
+    /// until it is empty (handshake output comes in several slices).
     pub fn poll_transmit(&self) -> &[u8] {
         self.tx.poll()
     }
