@@ -7,6 +7,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod block;
+pub mod client;
 pub mod server;
 pub mod time;
 pub mod wire;
