@@ -147,7 +147,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BITS: u32> Cells<S, BITS> {
         while pos < end {
             let cell = pos / g;
             let run = self.run_end(cell, end.div_ceil(g));
-            let run_end_byte = run.checked_mul(g).unwrap_or(u64::MAX).min(end);
+            let run_end_byte = run.saturating_mul(g).min(end);
             if run_end_byte <= pos || !f(run_end_byte - pos, self.get(cell)) {
                 return;
             }

@@ -374,7 +374,7 @@ impl<const N: usize> BlockAcct<N> {
                 let (cur, elapsed) = ta.check(now_ns);
                 let w = &ta.windows[cur];
                 let min = if w.count > 0 { w.min } else { 0 };
-                let avg = if w.count > 0 { w.sum / w.count } else { 0 };
+                let avg = w.sum.checked_div(w.count).unwrap_or(0);
                 let depth = if elapsed > 0 {
                     w.sum as f64 / elapsed as f64
                 } else {
