@@ -399,44 +399,122 @@ pub fn parse_size(s: &str) -> u64 {
         * mul
 }
 
-/// A self-signed certificate for `localhost` / 127.0.0.1 in `dir`:
-/// `server-cert.pem`, `server-key.pem`, and `ca-cert.pem` (= the server
-/// certificate: what libnbd's `tls-certificates=DIR` and qemu's
+/// Server certificate files in `dir`: `server-cert.pem`, `server-key.pem`,
+/// and `ca-cert.pem` (what libnbd's `tls-certificates=DIR` and qemu's
 /// `tls-creds-x509,dir=DIR,endpoint=client` look for).
 pub struct Certs {
     pub dir: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
+fn openssl(args: &[&OsStr]) {
+    run_ok("openssl", args);
+}
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 (`openssl req
+/// -x509`, so it is its own CA): `ca-cert.pem` is a copy of the server
+/// certificate.
 pub fn self_signed_cert(dir: &Path) -> Certs {
     let cert = dir.join("server-cert.pem");
     let key = dir.join("server-key.pem");
-    run_ok(
-        "openssl",
-        &[
-            OsStr::new("req"),
-            OsStr::new("-x509"),
-            OsStr::new("-newkey"),
-            OsStr::new("rsa:2048"),
-            OsStr::new("-nodes"),
-            OsStr::new("-days"),
-            OsStr::new("2"),
-            OsStr::new("-subj"),
-            OsStr::new("/CN=localhost"),
-            OsStr::new("-addext"),
-            OsStr::new("subjectAltName=DNS:localhost,IP:127.0.0.1"),
-            OsStr::new("-keyout"),
-            key.as_os_str(),
-            OsStr::new("-out"),
-            cert.as_os_str(),
-        ],
-    );
-    fs::copy(&cert, dir.join("ca-cert.pem")).expect("copy ca-cert.pem");
+    let s = |x: &'static str| OsStr::new(x);
+    openssl(&[
+        s("req"),
+        s("-x509"),
+        s("-newkey"),
+        s("rsa:2048"),
+        s("-nodes"),
+        s("-days"),
+        s("2"),
+        s("-subj"),
+        s("/CN=localhost"),
+        s("-addext"),
+        s("subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        s("-keyout"),
+        key.as_os_str(),
+        s("-out"),
+        cert.as_os_str(),
+    ]);
+    let ca = dir.join("ca-cert.pem");
+    fs::copy(&cert, &ca).expect("copy ca-cert.pem");
     Certs {
         dir: dir.to_path_buf(),
         cert,
         key,
+        ca,
+    }
+}
+
+/// A test CA (`ca-cert.pem`) and a server certificate it signed for
+/// `localhost` / 127.0.0.1 (CA:FALSE, serverAuth), as a real deployment
+/// would have. (qemu-nbd refuses to serve a CA certificate, so the
+/// stand-in needs this.)
+pub fn ca_signed_cert(dir: &Path) -> Certs {
+    let ca = dir.join("ca-cert.pem");
+    let ca_key = dir.join("ca-key.pem");
+    let cert = dir.join("server-cert.pem");
+    let key = dir.join("server-key.pem");
+    let csr = dir.join("server.csr");
+    let ext = dir.join("server.ext");
+    fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write server.ext");
+    let s = |x: &'static str| OsStr::new(x);
+    openssl(&[
+        s("req"),
+        s("-x509"),
+        s("-newkey"),
+        s("rsa:2048"),
+        s("-nodes"),
+        s("-days"),
+        s("2"),
+        s("-subj"),
+        s("/CN=blockwire test CA"),
+        s("-keyout"),
+        ca_key.as_os_str(),
+        s("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        s("req"),
+        s("-newkey"),
+        s("rsa:2048"),
+        s("-nodes"),
+        s("-subj"),
+        s("/CN=localhost"),
+        s("-keyout"),
+        key.as_os_str(),
+        s("-out"),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        s("x509"),
+        s("-req"),
+        s("-in"),
+        csr.as_os_str(),
+        s("-CA"),
+        ca.as_os_str(),
+        s("-CAkey"),
+        ca_key.as_os_str(),
+        s("-set_serial"),
+        s("2"),
+        s("-days"),
+        s("2"),
+        s("-extfile"),
+        ext.as_os_str(),
+        s("-out"),
+        cert.as_os_str(),
+    ]);
+    Certs {
+        dir: dir.to_path_buf(),
+        cert,
+        key,
+        ca,
     }
 }
 
@@ -730,6 +808,22 @@ impl Server {
         }
     }
 
+    /// Like [`Server::assert_running`], through a shared reference.
+    pub fn assert_running_ref(&self, context: &str) {
+        for pid in self.pids() {
+            // SAFETY: signal 0 only checks that our child exists.
+            let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+            let mut status = 0;
+            // SAFETY: non-blocking waitpid on our own child, reaping a zombie.
+            let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            assert!(
+                alive && reaped == 0,
+                "{context}: server (pid {pid}) exited\n--- server stderr ---\n{}",
+                self.stderr()
+            );
+        }
+    }
+
     /// Sends `sig` to every server process.
     pub fn signal(&self, sig: i32) {
         for c in &self.children {
@@ -923,7 +1017,15 @@ fn spawn_qemu_nbd(
         fs::create_dir_all(&tdir).expect("mkdir");
         fs::copy(&cert, tdir.join("server-cert.pem")).expect("copy cert");
         fs::copy(&key, tdir.join("server-key.pem")).expect("copy key");
-        fs::copy(&cert, tdir.join("ca-cert.pem")).expect("copy ca");
+        // The CA next to the certificate (see `ca_signed_cert`), else the
+        // certificate itself.
+        let ca = Path::new(&cert).with_file_name("ca-cert.pem");
+        let ca = if ca.is_file() {
+            ca
+        } else {
+            PathBuf::from(&cert)
+        };
+        fs::copy(&ca, tdir.join("ca-cert.pem")).expect("copy ca");
         common.push("--object".into());
         common.push(format!(
             "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
