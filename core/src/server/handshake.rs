@@ -273,14 +273,15 @@ impl Handshake {
             return Err(CloseReason::OptionTooLong);
         }
         let tls_needed = config.tls == TlsPolicy::Required && !self.tls;
-        if option == OptionType::EXPORT_NAME {
-            if tls_needed || shutting_down || length as usize > MAX_STRING {
-                return Err(if shutting_down {
-                    CloseReason::Shutdown
-                } else {
-                    CloseReason::ExportNameRefused
-                });
-            }
+        // EXPORT_NAME cannot carry an error reply: refusing it means closing.
+        if option == OptionType::EXPORT_NAME
+            && (tls_needed || shutting_down || length as usize > MAX_STRING)
+        {
+            return Err(if shutting_down {
+                CloseReason::Shutdown
+            } else {
+                CloseReason::ExportNameRefused
+            });
         }
         let verdict: Option<(ReplyType, &'static str)> =
             if shutting_down && option != OptionType::ABORT {
