@@ -143,7 +143,7 @@ mod tests {
         assert!(tx.push_borrowed(b"name"));
         assert!(tx.push_header(&[9; 28]));
         assert_eq!(tx.pending(), 62);
-        let mut out = std::vec::Vec::new();
+        let mut out = alloc::vec::Vec::new();
         while !tx.is_empty() {
             let b = tx.poll();
             let n = b.len().min(7);
