@@ -18,6 +18,7 @@ fn fio_verify(uri: &str, label: &str) {
         "--verify_fatal=1",
         "--do_verify=1",
         "--randrepeat=0",
+        "--verify_state_save=0",
     ];
     let out = run("fio", &args);
     let text = format!(
