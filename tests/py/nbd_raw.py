@@ -45,6 +45,8 @@ EXT_REPLY_MAGIC = 0x6E8A278C
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
 CMD_BLOCK_STATUS = 7
 REPLY_FLAG_DONE = 1
+CMD_FLAG_FUA = 1 << 0
+CMD_FLAG_PAYLOAD_LEN = 1 << 5
 RT_NONE, RT_OFFSET_DATA, RT_OFFSET_HOLE = 0, 1, 2
 RT_BLOCK_STATUS, RT_BLOCK_STATUS_EXT = 5, 6
 RT_ERROR, RT_ERROR_OFFSET = (1 << 15) + 1, (1 << 15) + 2
@@ -218,7 +220,8 @@ def case_write_claiming_2g(addr, export):
     greet(s)
     size, _ = go(s, export)  # no structured replies: simple replies
     s.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, 0xC0FFEE, 0, 0x80000000))
-    s.sendall(b"\x00" * 4096)  # a little of the claimed payload
+    # None of the claimed payload is sent: the server must answer without
+    # waiting for it (and unread bytes would turn its close into a TCP RST).
     magic, error, cookie = struct.unpack(">IIQ", recvn(s, 16, "reply to a 2 GiB write"))
     check(magic == SIMPLE_REPLY_MAGIC, "reply magic %x" % magic)
     check(cookie == 0xC0FFEE, "reply cookie %x" % cookie)
@@ -264,9 +267,21 @@ def case_extended_headers(addr, export):
 
     data = bytes((i * 13 + 7) & 0xFF for i in range(256)) * 256  # 64 KiB
     base = 1 << 20
-    c = request(CMD_WRITE, base, len(data), data)
+    # With extended headers a write carries NBD_CMD_FLAG_PAYLOAD_LEN (as
+    # qemu 10 sends it).
+    c = request(CMD_WRITE, base, len(data), data, CMD_FLAG_PAYLOAD_LEN)
     flags, typ, _, payload = reply(c)
     check(typ == RT_NONE and flags & REPLY_FLAG_DONE, "write reply type %d flags %d %r" % (typ, flags, payload))
+    c = request(CMD_WRITE, base + 65536, 4096, bytes(4096), CMD_FLAG_PAYLOAD_LEN | CMD_FLAG_FUA)
+    flags, typ, _, payload = reply(c)
+    check(typ == RT_NONE and flags & REPLY_FLAG_DONE, "FUA write reply type %d flags %d %r" % (typ, flags, payload))
+    # qemu 10.0's client sends extended writes WITHOUT PAYLOAD_LEN (a FUA
+    # write is flags 0x0001 followed by its data); qemu-nbd accepts them
+    # ("noncompliant client ... proceed"), and so must a drop-in server.
+    c = request(CMD_WRITE, base + 65536, 4096, bytes(4096), CMD_FLAG_FUA)
+    flags, typ, _, payload = reply(c)
+    check(typ == RT_NONE and flags & REPLY_FLAG_DONE,
+          "write without PAYLOAD_LEN (as qemu 10 sends it): reply type %d flags %d %r" % (typ, flags, payload))
 
     c = request(CMD_FLUSH, 0, 0)
     flags, typ, _, _ = reply(c)

@@ -1166,3 +1166,45 @@ pub fn write_file(dir: &TmpDir, name: &str, s: &str) -> PathBuf {
     f.write_all(s.as_bytes()).expect("write");
     p
 }
+
+/// One operation for [`libnbd_ops`].
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// Write `len` bytes of `byte` at `offset`.
+    Write(u64, u64, u8),
+    Trim(u64, u64),
+    Zero(u64, u64),
+    Flush,
+}
+
+/// Applies `ops` through libnbd (python3 `nbd`), for preparing an export's
+/// contents independently of the client under test.
+pub fn libnbd_ops(uri: &str, ops: &[Op]) {
+    let mut list = String::new();
+    for op in ops {
+        let _ = match *op {
+            Op::Write(o, l, b) => write!(list, "('w', {o}, {l}, {b}),"),
+            Op::Trim(o, l) => write!(list, "('t', {o}, {l}, 0),"),
+            Op::Zero(o, l) => write!(list, "('z', {o}, {l}, 0),"),
+            Op::Flush => write!(list, "('f', 0, 0, 0),"),
+        };
+    }
+    let script = format!(
+        r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for op, o, l, b in [{list}]:
+    if op == "w":
+        h.pwrite(bytes([b]) * l, o)
+    elif op == "t":
+        h.trim(l, o)
+    elif op == "z":
+        h.zero(l, o)
+    else:
+        h.flush()
+h.shutdown()
+"#
+    );
+    py_ok(&script, &[uri]);
+}

@@ -298,22 +298,13 @@ fn list_shows_every_export_with_description() {
 
 #[test]
 fn map_shows_holes_after_trim() {
-    require!("nbdinfo", "qemu-io");
+    require!("nbdinfo", "python3-nbd");
     let Some(srv) = Server::start(&["--memory", "16M"]) else {
         return;
     };
-    let uri = srv.uri_unix("");
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0xab 0 4M",
-            "-c",
-            "discard 1M 1M",
-            &uri,
-        ],
+    libnbd_ops(
+        &srv.uri_unix(""),
+        &[Op::Write(0, 4 * MIB, 0xab), Op::Trim(MIB, MIB)],
     );
     for (t, uri) in srv.uris() {
         let map = nbdinfo_map(&uri, None);
@@ -333,7 +324,7 @@ fn map_shows_holes_after_trim() {
 
 #[test]
 fn map_dirty_bitmap_shows_written_ranges() {
-    require!("nbdinfo", "qemu-io");
+    require!("nbdinfo", "python3-nbd");
     let Some(srv) = Server::start(&["--memory", "16M", "--dirty-bitmap", "b0"]) else {
         return;
     };
@@ -346,17 +337,9 @@ fn map_dirty_bitmap_shows_written_ranges() {
             "{t}: fresh dirty bitmap is not clean: {map:?}"
         );
     }
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x1 1M 4k",
-            "-c",
-            "write -P 0x2 8M 64k",
-            &srv.uri_tcp(""),
-        ],
+    libnbd_ops(
+        &srv.uri_tcp(""),
+        &[Op::Write(MIB, 4 * KIB, 1), Op::Write(8 * MIB, 64 * KIB, 2)],
     );
     for (t, uri) in srv.uris() {
         let map = nbdinfo_map(&uri, ctx);
