@@ -1,0 +1,393 @@
+//! One client connection: the core machine, plus the reply in progress.
+
+use blockwire_core::block::Extent;
+use blockwire_core::block::contract::{BlockError, MAX_EXTENT_LEN_32, StatusQuery};
+use blockwire_core::server::{Event, ReplyEncoder, Request, Server, ServerConfig};
+use blockwire_core::time::Instant;
+use blockwire_core::wire::headers::{
+    BlockStatusExtHeader, BlockStatusHeader, ExtendedReply, Extent32, Extent64, StructuredReply,
+};
+use blockwire_core::wire::{CommandFlags, CommandType, Errno, HeaderMode};
+use smoltcp::socket::tcp;
+
+use crate::block_device::BlockDevice;
+use crate::export::Export;
+use crate::read_stream::{ReadStream, Step};
+use crate::reply_slot::{REPLY_SLOT, ReplySlot};
+use crate::stats::ServerStats;
+
+/// Most descriptors one block-status reply carries: what fits the reply
+/// slot in compact form. Clients ask again for the rest.
+const MAX_STATUS_EXTENTS: usize =
+    (REPLY_SLOT - StructuredReply::SIZE - BlockStatusHeader::SIZE) / Extent32::SIZE;
+
+/// A client connection's whole state. Requests are handled one at a time,
+/// in order: while a reply is unsent, no more input is read, which bounds
+/// what is held to one reply slot and one read position — the TCP receive
+/// window does the queueing.
+pub(crate) struct Connection<'n> {
+    machine: Server<Export<'n>>,
+    replies: Replies,
+}
+
+struct Replies {
+    encoder: ReplyEncoder,
+    slot: ReplySlot,
+    read: Option<ReadStream>,
+    write: Option<PendingWrite>,
+    /// The connection ends once everything queued is sent.
+    ending: bool,
+}
+
+/// A write whose payload is still arriving.
+struct PendingWrite {
+    req: Request,
+    /// The first failure; the rest of the payload is still consumed (the
+    /// stream must stay in sync) but not written.
+    error: Option<BlockError>,
+}
+
+/// What sending got to.
+enum Flow {
+    /// Everything queued was sent.
+    Drained,
+    /// The socket's send buffer is full.
+    Blocked,
+    /// The connection cannot go on (socket gone, device failed mid-reply).
+    Broken,
+}
+
+impl<'n> Connection<'n> {
+    pub(crate) fn new(export: Export<'n>, config: ServerConfig, now: Instant) -> Self {
+        Self {
+            machine: Server::new(export, config, now),
+            replies: Replies {
+                encoder: ReplyEncoder::new(HeaderMode::Simple),
+                slot: ReplySlot::new(),
+                read: None,
+                write: None,
+                ending: false,
+            },
+        }
+    }
+
+    /// Move bytes both ways until the socket can take or give no more.
+    /// Returns whether anything happened.
+    pub(crate) fn pump<D: BlockDevice + ?Sized>(
+        &mut self,
+        socket: &mut tcp::Socket<'_>,
+        device: &mut D,
+        now: Instant,
+        stats: &mut ServerStats,
+    ) -> bool {
+        let mut progress = false;
+        loop {
+            let before = socket.send_queue();
+            let flow = self.transmit(socket, device, stats);
+            progress |= socket.send_queue() != before;
+            match flow {
+                Flow::Drained => {}
+                Flow::Blocked => break,
+                Flow::Broken => {
+                    self.replies.ending = true;
+                    socket.abort();
+                    return true;
+                }
+            }
+            if self.replies.ending || !socket.can_recv() {
+                break;
+            }
+            let Connection { machine, replies } = self;
+            let step = socket.recv(|input| {
+                let (used, produced) = replies.receive(machine, input, device, now, stats);
+                (used, used > 0 || produced)
+            });
+            if !matches!(step, Ok(true)) {
+                break;
+            }
+            progress = true;
+        }
+        if !socket.may_recv() && self.replies.idle() {
+            // The client closed its side without NBD_CMD_DISC; nothing is
+            // owed to it.
+            self.replies.ending = true;
+        }
+        progress
+    }
+
+    /// The connection is over and everything owed was queued on the socket.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.replies.ending && self.replies.slot.is_empty() && self.replies.read.is_none()
+    }
+
+    /// The handshake deadline, if one is running.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.machine.poll_timeout()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.machine.handle_timeout(now).is_some() {
+            self.replies.ending = true;
+        }
+    }
+
+    /// Static size of one connection's state.
+    pub(crate) const SIZE: usize = core::mem::size_of::<Self>();
+
+    fn transmit<D: BlockDevice + ?Sized>(
+        &mut self,
+        socket: &mut tcp::Socket<'_>,
+        device: &mut D,
+        stats: &mut ServerStats,
+    ) -> Flow {
+        // Handshake bytes first: the last of them precede any reply.
+        loop {
+            let out = self.machine.poll_transmit();
+            let len = out.len();
+            if len == 0 {
+                break;
+            }
+            match socket.send_slice(out) {
+                Ok(n) => {
+                    self.machine.transmitted(n);
+                    if n < len {
+                        return Flow::Blocked;
+                    }
+                }
+                Err(_) => return Flow::Broken,
+            }
+        }
+        let r = &mut self.replies;
+        loop {
+            if !r.slot.is_empty() {
+                match socket.send_slice(r.slot.pending()) {
+                    Ok(n) => r.slot.advance(n),
+                    Err(_) => return Flow::Broken,
+                }
+                if !r.slot.is_empty() {
+                    return Flow::Blocked;
+                }
+            }
+            let Some(read) = &mut r.read else {
+                return Flow::Drained;
+            };
+            match read.step(socket, device, &r.encoder) {
+                Step::Header(h) => {
+                    stats.read_chunks += 1;
+                    r.slot.set(h.as_bytes());
+                }
+                Step::Data(n) => stats.read_bytes += n as u64,
+                Step::Blocked => return Flow::Blocked,
+                Step::Done => r.read = None,
+                Step::Failed => return Flow::Broken,
+            }
+        }
+    }
+}
+
+impl Replies {
+    /// Nothing owed to the client and no request half-received.
+    fn idle(&self) -> bool {
+        self.slot.is_empty() && self.read.is_none() && self.write.is_none()
+    }
+
+    /// A reply is waiting (or the connection is ending): read no more.
+    fn busy(&self) -> bool {
+        self.ending || !self.slot.is_empty() || self.read.is_some()
+    }
+
+    /// Feed `input` to the machine and act on its events until a reply is
+    /// waiting. Returns the bytes consumed and whether a reply was queued.
+    fn receive<D: BlockDevice + ?Sized>(
+        &mut self,
+        machine: &mut Server<Export<'_>>,
+        input: &[u8],
+        device: &mut D,
+        now: Instant,
+        stats: &mut ServerStats,
+    ) -> (usize, bool) {
+        let mut used = 0;
+        while !self.busy() {
+            let p = machine.handle_input(&input[used..], now);
+            used += p.consumed;
+            match p.event {
+                Some(ev) => self.on_event(ev, device, stats),
+                None if p.consumed == 0 => break,
+                None => {}
+            }
+        }
+        (used, self.busy())
+    }
+
+    fn on_event<D: BlockDevice + ?Sized>(
+        &mut self,
+        ev: Event<'_>,
+        device: &mut D,
+        stats: &mut ServerStats,
+    ) {
+        match ev {
+            Event::Ready(session) => {
+                self.encoder = session.encoder();
+                stats.sessions += 1;
+            }
+            Event::Request(req) => self.on_request(req, device, stats),
+            Event::WriteData {
+                offset, data, last, ..
+            } => {
+                let Some(w) = &mut self.write else { return };
+                if w.error.is_none() {
+                    match device.write(offset, data) {
+                        Ok(()) => stats.written_bytes += data.len() as u64,
+                        Err(e) => w.error = Some(e),
+                    }
+                }
+                if last {
+                    let req = w.req;
+                    let result = match w.error {
+                        Some(e) => Err(e),
+                        None => fua(device, &req),
+                    };
+                    self.write = None;
+                    self.finish(&req, result);
+                }
+            }
+            Event::Reject { reply, close } => {
+                self.slot.set(reply.as_bytes());
+                self.ending |= close.is_some();
+            }
+            // TLS is never offered (the machine's policy is Off), so
+            // StartTls cannot come; if it did, ending is the safe answer.
+            Event::Disconnect | Event::Close(_) | Event::StartTls => self.ending = true,
+        }
+    }
+
+    fn on_request<D: BlockDevice + ?Sized>(
+        &mut self,
+        req: Request,
+        device: &mut D,
+        stats: &mut ServerStats,
+    ) {
+        stats.requests += 1;
+        let result = match req.command {
+            CommandType::READ if req.length > 0 => {
+                self.read = Some(ReadStream::new(req, &self.encoder));
+                return;
+            }
+            CommandType::READ => Ok(()),
+            CommandType::WRITE if req.length > 0 => {
+                self.write = Some(PendingWrite { req, error: None });
+                return;
+            }
+            CommandType::WRITE => fua(device, &req),
+            CommandType::FLUSH => device.flush(),
+            CommandType::TRIM => device
+                .trim(req.offset, req.length)
+                .and_then(|()| fua(device, &req)),
+            CommandType::WRITE_ZEROES => {
+                if req.flags.contains(CommandFlags::FAST_ZERO) && !device.fast_zero() {
+                    Err(BlockError::NotSupported)
+                } else {
+                    let unmap = !req.flags.contains(CommandFlags::NO_HOLE);
+                    device
+                        .write_zeroes(req.offset, req.length, unmap)
+                        .and_then(|()| fua(device, &req))
+                }
+            }
+            CommandType::CACHE => Ok(()),
+            CommandType::BLOCK_STATUS => {
+                self.block_status(&req, device);
+                return;
+            }
+            // The machine passes on only commands it validated.
+            _ => Err(BlockError::Invalid),
+        };
+        self.finish(&req, result);
+    }
+
+    fn finish(&mut self, req: &Request, result: Result<(), BlockError>) {
+        match result {
+            Ok(()) => self.slot.set(self.encoder.ok(req).as_bytes()),
+            Err(e) => self.slot.set(
+                self.encoder
+                    .error(req, Errno(e.nbd_errno()), describe(e))
+                    .as_bytes(),
+            ),
+        }
+    }
+
+    /// One chunk per selected context (only `base:allocation` is offered),
+    /// encoded into the reply slot.
+    fn block_status<D: BlockDevice + ?Sized>(&mut self, req: &Request, device: &D) {
+        let wide = self.encoder.mode() == HeaderMode::Extended;
+        let (fixed, each) = if wide {
+            (
+                ExtendedReply::SIZE + BlockStatusExtHeader::SIZE,
+                Extent64::SIZE,
+            )
+        } else {
+            (
+                StructuredReply::SIZE + BlockStatusHeader::SIZE,
+                Extent32::SIZE,
+            )
+        };
+        let contexts = req.contexts.len().max(1) as usize;
+        let share = REPLY_SLOT / contexts;
+        let fit = (share.saturating_sub(fixed) / each).clamp(1, MAX_STATUS_EXTENTS);
+
+        let mut extents = [Extent::new(0, 0); MAX_STATUS_EXTENTS];
+        let mut n = 0;
+        let query = StatusQuery::new(req.offset, req.length)
+            .req_one(req.flags.contains(CommandFlags::REQ_ONE))
+            .max_extents(fit as u32)
+            .max_extent_len(if wide { u64::MAX } else { MAX_EXTENT_LEN_32 });
+        let answer = device.block_status(&query, &mut |e| {
+            extents[n] = e;
+            n += 1;
+            n < fit
+        });
+        if let Err(e) = answer {
+            self.finish(req, Err(e));
+            return;
+        }
+        let mut used = 0;
+        let last = req.contexts.iter().last();
+        let space = self.slot.space();
+        for id in req.contexts.iter() {
+            let end = (used + share).min(REPLY_SLOT);
+            let out = &mut space[used..end];
+            let written = self.encoder.block_status(
+                req,
+                id,
+                extents[..n].iter().copied(),
+                Some(id) == last,
+                out,
+            );
+            used += written.unwrap_or(0);
+        }
+        self.slot.filled(used);
+    }
+}
+
+/// Complete a write-like request: `FUA` means durable before the reply.
+fn fua<D: BlockDevice + ?Sized>(device: &mut D, req: &Request) -> Result<(), BlockError> {
+    if req.flags.contains(CommandFlags::FUA) {
+        device.flush()
+    } else {
+        Ok(())
+    }
+}
+
+/// The message of an error chunk.
+fn describe(e: BlockError) -> &'static str {
+    match e {
+        BlockError::OutOfRange => "request outside the device",
+        BlockError::Misaligned => "request not aligned to the device",
+        BlockError::TooLarge => "request too large for the device",
+        BlockError::Invalid => "invalid request",
+        BlockError::NotSupported => "not supported by the device",
+        BlockError::NoSpace => "no space left on the device",
+        BlockError::Busy => "not permitted",
+        BlockError::StorageTooSmall => "device storage too small",
+        BlockError::Io(_) => "device I/O error",
+    }
+}

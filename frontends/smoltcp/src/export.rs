@@ -1,0 +1,89 @@
+//! The one export a server offers, as the handshake machine sees it.
+
+use blockwire_core::block::contract::Op;
+use blockwire_core::server::{BlockSizes, ExportInfo, Exports};
+use blockwire_core::wire::{DEFAULT_MAX_PAYLOAD, TransmissionFlags, context};
+
+use crate::block_device::BlockDevice;
+
+/// Name, size and flags of the export, copied out of the device once so
+/// each connection's machine can own its own copy (a few words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Export<'n> {
+    pub name: &'n str,
+    pub description: &'n str,
+    pub size: u64,
+    pub flags: TransmissionFlags,
+    pub block_sizes: BlockSizes,
+    /// Clients must honour `block_sizes` (the device has an alignment).
+    pub block_size_required: bool,
+}
+
+impl<'n> Export<'n> {
+    /// What `device` can do, under `name`.
+    pub fn of<D: BlockDevice + ?Sized>(device: &D, name: &'n str, description: &'n str) -> Self {
+        let mut flags = TransmissionFlags::SEND_FLUSH
+            | TransmissionFlags::SEND_FUA
+            // Every connection drives the same device from one loop and a
+            // flush reaches everything written on any of them.
+            | TransmissionFlags::CAN_MULTI_CONN;
+        if device.read_only() {
+            flags |= TransmissionFlags::READ_ONLY;
+        } else {
+            if device.supports(Op::Trim) {
+                flags |= TransmissionFlags::SEND_TRIM;
+            }
+            if device.supports(Op::WriteZeroes) {
+                flags |= TransmissionFlags::SEND_WRITE_ZEROES;
+                if device.fast_zero() {
+                    flags |= TransmissionFlags::SEND_FAST_ZERO;
+                }
+            }
+        }
+        if device.supports(Op::Cache) {
+            flags |= TransmissionFlags::SEND_CACHE;
+        }
+        let limits = device.limits();
+        let minimum = pow2_clamp(limits.align, 1, 1 << 16);
+        let preferred = pow2_clamp(limits.opt_write_zero.max(4096), 512, 1 << 20).max(minimum);
+        Self {
+            name,
+            description,
+            size: device.size(),
+            flags,
+            block_sizes: BlockSizes {
+                minimum,
+                preferred,
+                maximum: DEFAULT_MAX_PAYLOAD.max(preferred),
+            },
+            block_size_required: minimum > 1,
+        }
+    }
+}
+
+/// `v` rounded up to a power of two within `[lo, hi]`.
+fn pow2_clamp(v: u64, lo: u32, hi: u32) -> u32 {
+    let v = v.clamp(u64::from(lo), u64::from(hi));
+    (v as u32).next_power_of_two().min(hi)
+}
+
+impl Exports for Export<'_> {
+    fn find(&self, name: &str) -> Option<usize> {
+        (name.is_empty() || name == self.name).then_some(0)
+    }
+
+    fn export(&self, index: usize) -> Option<ExportInfo<'_>> {
+        (index == 0).then_some(ExportInfo {
+            name: self.name,
+            description: self.description,
+            size: self.size,
+            flags: self.flags,
+            block_sizes: self.block_sizes,
+            block_size_required: self.block_size_required,
+        })
+    }
+
+    fn meta_context(&self, export: usize, index: usize) -> Option<&str> {
+        (export == 0 && index == 0).then_some(context::BASE_ALLOCATION)
+    }
+}

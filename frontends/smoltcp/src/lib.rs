@@ -1,0 +1,59 @@
+//! An NBD server and client for bare metal: [smoltcp] TCP sockets driving
+//! the sans-IO machines of `blockwire-core`, with no heap and no `unsafe`.
+//!
+//! * [`NbdServer`]: `N` sockets (a compile-time count) listening on one
+//!   port, each serving one connection at a time from one synchronous
+//!   [`BlockDevice`]. Read data goes from the device straight into the
+//!   socket's send buffer, in chunks sized to fill it; write payloads go
+//!   from the receive buffer straight to the device.
+//! * Devices: [`RamDisk`] (caller memory, exact `base:allocation`),
+//!   [`StaticDisk`] (read-only slice), [`FlashDisk`] (NOR flash with erase
+//!   blocks, read-modify-write through one erase-block buffer).
+//! * [`NbdClient`]: the client machine over one socket, with blocking
+//!   helpers over a [`Network`] for boot loaders.
+//!
+//! The loop an application runs:
+//!
+//! ```ignore
+//! loop {
+//!     let now = clock();
+//!     iface.poll(now, &mut device, &mut sockets);
+//!     while server.poll(&mut sockets, now) {
+//!         iface.poll(now, &mut device, &mut sockets);
+//!     }
+//!     // sleep until iface.poll_delay(now, &sockets) / server.poll_at()
+//! }
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+
+mod block_device;
+mod blocking;
+mod client;
+mod connection;
+mod export;
+mod flash_disk;
+mod ram_disk;
+mod read_stream;
+mod reply_slot;
+mod server;
+mod sim_flash;
+mod static_disk;
+mod stats;
+mod time;
+
+pub use block_device::BlockDevice;
+pub use blocking::Network;
+pub use client::{ClientError, NbdClient};
+pub use export::Export;
+pub use flash_disk::FlashDisk;
+pub use ram_disk::RamDisk;
+pub use reply_slot::REPLY_SLOT;
+pub use server::{CONNECTION_STATE_SIZE, NBD_PORT, NbdServer, add_sockets};
+pub use sim_flash::{RamFlash, RamFlashError};
+pub use static_disk::StaticDisk;
+pub use stats::ServerStats;
+pub use time::to_core;
+
+pub use blockwire_core;
+pub use smoltcp;
