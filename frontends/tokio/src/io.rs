@@ -1,0 +1,217 @@
+//! Socket plumbing shared by the connection driver: the input buffer, the
+//! split into read and write halves, vectored writes, the buffer pool.
+
+use std::io::{self, IoSlice};
+use std::sync::Mutex;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A stream the server can run over, and how it splits into halves that
+/// two tasks can own.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split_owned(self) -> (Self::Read, Self::Write);
+}
+
+impl Socket for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split_owned(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Socket for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split_owned(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl<S: Socket> Socket for tokio_rustls::server::TlsStream<S> {
+    type Read = ReadHalf<Self>;
+    type Write = WriteHalf<Self>;
+    fn split_owned(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// Received bytes not yet consumed by the protocol machine.
+pub struct InBuf {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl InBuf {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            buf: vec![0u8; capacity].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Reads once from `r`; `Ok(0)` at end of stream.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = r.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// Writes every byte of `slices`, as few system calls as the kernel allows.
+pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = w.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Read and write buffers of one connection, reused so that the hot path
+/// does not allocate (or fault in fresh pages) per request.
+pub struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept for reuse per connection.
+const POOLED: usize = 16;
+/// Larger buffers are freed after use rather than kept.
+const MAX_POOLED_LEN: usize = 32 << 20;
+/// Smallest buffer handed out, so that small requests share buffers.
+const MIN_LEN: usize = 64 << 10;
+
+impl Default for BufPool {
+    fn default() -> Self {
+        Self {
+            free: Mutex::new(Vec::with_capacity(POOLED)),
+        }
+    }
+}
+
+impl BufPool {
+    /// A buffer of at least `len` bytes (contents unspecified).
+    pub fn get(&self, len: usize) -> Vec<u8> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                vec![0u8; len.max(MIN_LEN)]
+            }
+        }
+    }
+
+    pub fn put(&self, buf: Vec<u8>) {
+        if buf.len() > MAX_POOLED_LEN {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOLED {
+            free.push(buf);
+        } else if let Some(smallest) = free.iter_mut().min_by_key(|b| b.len()) {
+            if smallest.len() < buf.len() {
+                *smallest = buf;
+            }
+        }
+    }
+}
+
+/// Flushes and half-closes, ignoring a peer that already went away.
+pub async fn close<W: AsyncWrite + Unpin>(w: &mut W) {
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_best_fit() {
+        let p = BufPool::default();
+        let a = p.get(100);
+        assert_eq!(a.len(), MIN_LEN);
+        let b = p.get(1 << 20);
+        p.put(a);
+        p.put(b);
+        assert_eq!(p.get(10).len(), MIN_LEN);
+        assert_eq!(p.get(200_000).len(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn inbuf_compacts_when_full() {
+        let mut b = InBuf::new(8);
+        let mut src: &[u8] = b"abcdefghij";
+        b.fill(&mut src).await.unwrap();
+        assert_eq!(b.data(), b"abcdefgh");
+        b.consume(6);
+        b.fill(&mut src).await.unwrap();
+        assert_eq!(b.data(), b"ghij");
+    }
+
+    #[tokio::test]
+    async fn vectored_write_survives_partial_writes() {
+        let (mut a, mut b) = tokio::io::duplex(3);
+        let t = tokio::spawn(async move {
+            let mut v = Vec::new();
+            b.read_to_end(&mut v).await.unwrap();
+            v
+        });
+        let mut s = [
+            IoSlice::new(b"hello "),
+            IoSlice::new(b""),
+            IoSlice::new(b"world"),
+        ];
+        write_all_vectored(&mut a, &mut s).await.unwrap();
+        drop(a);
+        assert_eq!(t.await.unwrap(), b"hello world");
+    }
+}

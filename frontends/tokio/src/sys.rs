@@ -1,0 +1,134 @@
+//! The few system calls std does not wrap. Every `unsafe` block of the
+//! crate lives here so that the rest can stay safe code.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Deallocate `[offset, offset+len)`; the range then reads as zeroes.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        file,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+/// Make `[offset, offset+len)` read as zeroes, keeping it allocated.
+pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        file,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let (o, l) = (off(offset)?, off(len)?);
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is
+    // valid for as long as `file` is borrowed.
+    check(unsafe { libc::fallocate(file.as_raw_fd(), mode, o, l) })
+}
+
+/// Ask the kernel to read `[offset, offset+len)` into the page cache.
+pub fn will_need(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (o, l) = (off(offset)?, off(len)?);
+    // SAFETY: integer arguments only; the descriptor is valid while borrowed.
+    let ret = unsafe { libc::posix_fadvise(file.as_raw_fd(), o, l, libc::POSIX_FADV_WILLNEED) };
+    // posix_fadvise returns the error number instead of setting errno.
+    if ret != 0 {
+        Err(io::Error::from_raw_os_error(ret))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where the next data or hole starts at or after `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seek {
+    Data,
+    Hole,
+}
+
+/// `lseek(SEEK_DATA / SEEK_HOLE)`: `Ok(None)` when there is no data at or
+/// after `offset` (ENXIO). The descriptor's file position changes, which
+/// nothing else relies on: all I/O is positional.
+pub fn seek(file: &File, offset: u64, what: Seek) -> io::Result<Option<u64>> {
+    let whence = match what {
+        Seek::Data => libc::SEEK_DATA,
+        Seek::Hole => libc::SEEK_HOLE,
+    };
+    let o = off(offset)?;
+    // SAFETY: integer arguments only; the descriptor is valid while borrowed.
+    let ret = unsafe { libc::lseek(file.as_raw_fd(), o, whence) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(ret as u64))
+}
+
+/// Socket family of an inherited descriptor.
+pub fn socket_domain(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are valid for writes of the sizes given;
+    // the kernel checks the descriptor.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(domain)
+}
+
+/// Take ownership of a descriptor passed by the service manager
+/// (`LISTEN_FDS`), after checking that it is an open socket.
+pub fn adopt_listen_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    socket_domain(fd)?;
+    // SAFETY: the descriptor is open (getsockopt succeeded) and, per the
+    // sd_listen_fds protocol, belongs to this process alone; it is adopted
+    // exactly once because the caller walks each inherited number once and
+    // then clears LISTEN_FDS.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The service manager leaves the descriptors inheritable; children
+    // (none today) must not keep the listening sockets open.
+    // SAFETY: integer arguments only on a descriptor we own.
+    check(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(owned)
+}
+
+/// This process's id, to match against `LISTEN_PID`.
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Forget the socket-activation variables once their sockets are ours.
+pub fn clear_listen_env() {
+    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: called from `main` before the tokio runtime or any other
+        // thread exists, so nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(v) };
+    }
+}
