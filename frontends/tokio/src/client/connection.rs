@@ -1,0 +1,649 @@
+//! One NBD connection in transmission: a writer task that submits requests
+//! to the core machine and sends them, a reader task that feeds replies to
+//! the machine and completes requests, and a cheap cloneable handle.
+//!
+//! Up to [`MAX_IN_FLIGHT`] requests are pipelined; a semaphore makes
+//! callers wait for a slot so the machine's table never overflows. The
+//! reader and writer never wait on each other, so a server that stops
+//! reading while it sends replies cannot deadlock the connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use blockwire_core::block::Extent;
+use blockwire_core::client::{Cookie, Event, Export, Mode, RequestError};
+use blockwire_core::wire::{CommandFlags, TransmissionFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::error::{ClientError, Result};
+use super::handshake::{self, Details, MAX_IN_FLIGHT, Machine, Options, Stream};
+use super::uri::NbdUri;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    Trim,
+    Zero,
+    Cache,
+    BlockStatus,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Flush => "flush",
+            Kind::Trim => "trim",
+            Kind::Zero => "write zeroes",
+            Kind::Cache => "cache",
+            Kind::BlockStatus => "block status",
+        }
+    }
+}
+
+enum Reply {
+    Done,
+    Data(Vec<u8>),
+    Extents(Vec<Extent>),
+}
+
+struct Request {
+    kind: Kind,
+    offset: u64,
+    len: u64,
+    flags: CommandFlags,
+    payload: Option<Vec<u8>>,
+    /// Block status: the context whose extents the caller wants.
+    context: u32,
+    reply: oneshot::Sender<Result<Reply>>,
+    permit: OwnedSemaphorePermit,
+}
+
+struct Pending {
+    kind: Kind,
+    offset: u64,
+    len: u64,
+    data: Vec<u8>,
+    context: u32,
+    extents: Vec<Extent>,
+    message: Option<String>,
+    reply: oneshot::Sender<Result<Reply>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct State {
+    machine: Box<Machine>,
+    pending: HashMap<u64, Pending>,
+    /// Why new requests fail, once the connection cannot take them.
+    closed: Option<ClientError>,
+}
+
+impl State {
+    fn fail_all(&mut self, e: &ClientError) {
+        if self.closed.is_none() {
+            self.closed = Some(e.clone());
+        }
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(e.clone()));
+        }
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+    export: Export,
+    details: Details,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not hide the connection's state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A handle on one connection; clones share it. Dropping the last handle
+/// disconnects politely (`NBD_CMD_DISC`).
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Connection {
+    /// Connect to `uri` and enter transmission.
+    pub async fn connect(uri: &NbdUri, opts: &Options) -> Result<Connection> {
+        let s = handshake::connect(uri, opts, Mode::Go).await?;
+        let mut details = s.details;
+        // The machine knows which contexts survived negotiation.
+        details.contexts = s
+            .machine
+            .contexts()
+            .filter_map(|(id, name)| Some((id, name?.to_owned())))
+            .collect();
+        let export = details
+            .export
+            .ok_or(ClientError::Closed("no export".into()))?;
+        Ok(Self::start(
+            s.machine, s.stream, s.leftover, export, details,
+        ))
+    }
+
+    fn start(
+        machine: Box<Machine>,
+        stream: Stream,
+        leftover: Vec<u8>,
+        export: Export,
+        details: Details,
+    ) -> Connection {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                machine,
+                pending: HashMap::new(),
+                closed: None,
+            }),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            export,
+            details,
+        });
+        let (r, w) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(reader(inner.clone(), r, leftover));
+        tokio::spawn(writer(inner.clone(), w, rx));
+        Connection { inner, tx }
+    }
+
+    pub fn export(&self) -> &Export {
+        &self.inner.export
+    }
+
+    pub fn details(&self) -> &Details {
+        &self.inner.details
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.export.size
+    }
+
+    pub fn has(&self, flag: TransmissionFlags) -> bool {
+        self.inner.export.has(flag)
+    }
+
+    /// The id of a selected metadata context.
+    pub fn context_id(&self, name: &str) -> Option<u32> {
+        self.inner
+            .details
+            .contexts
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// Largest read or write sent as one request.
+    pub fn max_request(&self) -> u64 {
+        u64::from(self.inner.export.max_payload()).clamp(512, 32 << 20)
+    }
+
+    async fn submit(
+        &self,
+        kind: Kind,
+        offset: u64,
+        len: u64,
+        flags: CommandFlags,
+        payload: Option<Vec<u8>>,
+        context: u32,
+    ) -> Result<Reply> {
+        let permit = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))?;
+        if let Some(e) = &self.inner.lock().closed {
+            return Err(e.clone());
+        }
+        let (reply, rx) = oneshot::channel();
+        let req = Request {
+            kind,
+            offset,
+            len,
+            flags,
+            payload,
+            context,
+            reply,
+            permit,
+        };
+        self.tx
+            .send(req)
+            .map_err(|_| ClientError::Closed("connection closed".into()))?;
+        rx.await
+            .map_err(|_| ClientError::Closed("connection task ended".into()))?
+    }
+
+    /// Read `len` bytes at `offset` into a new buffer (one request: `len`
+    /// at most [`max_request`](Self::max_request)).
+    pub async fn read_vec(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        match self
+            .submit(
+                Kind::Read,
+                offset,
+                len.into(),
+                CommandFlags::empty(),
+                None,
+                0,
+            )
+            .await?
+        {
+            Reply::Data(d) => Ok(d),
+            _ => Err(ClientError::Closed("read got no data".into())),
+        }
+    }
+
+    /// Fill `buf` from `offset`, in as many requests as needed, pipelined.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let max = self.max_request() as usize;
+        let reads = buf.chunks(max).enumerate().map(|(i, c)| {
+            let at = offset + (i * max) as u64;
+            self.read_vec(at, c.len() as u32)
+        });
+        let parts = futures_join(reads).await;
+        for (dst, part) in buf.chunks_mut(max).zip(parts) {
+            dst.copy_from_slice(&part?);
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset` in one request (at most `max_request`).
+    pub async fn write_vec(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+        let flags = if fua {
+            CommandFlags::FUA
+        } else {
+            CommandFlags::empty()
+        };
+        let len = data.len() as u64;
+        self.submit(Kind::Write, offset, len, flags, Some(data), 0)
+            .await
+            .map(drop)
+    }
+
+    /// Write `data` at `offset`, split as needed, pipelined.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let max = self.max_request() as usize;
+        let writes = data
+            .chunks(max)
+            .enumerate()
+            .map(|(i, c)| self.write_vec(offset + (i * max) as u64, c.to_vec(), false));
+        futures_join(writes).await.into_iter().collect()
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.submit(Kind::Flush, 0, 0, CommandFlags::empty(), None, 0)
+            .await
+            .map(drop)
+    }
+
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.submit(Kind::Trim, offset, len, CommandFlags::empty(), None, 0)
+            .await
+            .map(drop)
+    }
+
+    /// `NBD_CMD_WRITE_ZEROES`: `fast` fails with `ENOTSUP` unless the
+    /// server can zero faster than writing; `no_hole` keeps it allocated.
+    pub async fn zero(&self, offset: u64, len: u64, fast: bool, no_hole: bool) -> Result<()> {
+        let mut flags = CommandFlags::empty();
+        flags.set(CommandFlags::FAST_ZERO, fast);
+        flags.set(CommandFlags::NO_HOLE, no_hole);
+        self.submit(Kind::Zero, offset, len, flags, None, 0)
+            .await
+            .map(drop)
+    }
+
+    pub async fn cache(&self, offset: u64, len: u64) -> Result<()> {
+        self.submit(Kind::Cache, offset, len, CommandFlags::empty(), None, 0)
+            .await
+            .map(drop)
+    }
+
+    /// Extents of `context` from `offset`, covering at most `len` bytes
+    /// (the server may describe less; never zero bytes on success).
+    pub async fn block_status(&self, context: &str, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let id = self
+            .context_id(context)
+            .ok_or_else(|| ClientError::NoContext(context.to_owned()))?;
+        match self
+            .submit(
+                Kind::BlockStatus,
+                offset,
+                len,
+                CommandFlags::empty(),
+                None,
+                id,
+            )
+            .await?
+        {
+            Reply::Extents(e) => Ok(e),
+            _ => Err(ClientError::Closed("block status got no extents".into())),
+        }
+    }
+
+    /// Disconnect once requests in flight are answered.
+    pub async fn close(self) {
+        // Dropping the sender ends the writer, which sends NBD_CMD_DISC.
+        drop(self.tx);
+    }
+}
+
+/// Await all futures concurrently, results in order. (A tiny join_all, to
+/// avoid a dependency for it.)
+async fn futures_join<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let futs: Vec<_> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<T>> = futs.iter().map(|_| None).collect();
+    let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, f) in out.iter_mut().zip(futs.iter_mut()) {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *slot = Some(v);
+                        *f = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn refused(kind: Kind, error: RequestError) -> ClientError {
+    ClientError::Refused {
+        what: kind.name(),
+        error,
+    }
+}
+
+/// Queue one request in the machine; returns its header bytes.
+fn enqueue(state: &mut State, req: Request, header: &mut Vec<u8>) -> Result<Option<Vec<u8>>> {
+    let m = &mut state.machine;
+    let cookie: std::result::Result<Cookie, RequestError> = match req.kind {
+        Kind::Read => u32::try_from(req.len)
+            .map_err(|_| RequestError::TooLong)
+            .and_then(|l| m.read(req.offset, l, req.flags)),
+        Kind::Write => u32::try_from(req.len)
+            .map_err(|_| RequestError::TooLong)
+            .and_then(|l| m.write(req.offset, l, req.flags)),
+        Kind::Flush => m.flush(),
+        Kind::Trim => m.trim(req.offset, req.len, req.flags),
+        Kind::Zero => m.write_zeroes(req.offset, req.len, req.flags),
+        Kind::Cache => m.cache(req.offset, req.len),
+        Kind::BlockStatus => m.block_status(req.offset, req.len, req.flags),
+    };
+    let cookie = match cookie {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = req.reply.send(Err(refused(req.kind, e)));
+            return Ok(None);
+        }
+    };
+    loop {
+        let out = m.poll_transmit();
+        if out.is_empty() {
+            break;
+        }
+        header.extend_from_slice(out);
+        let n = out.len();
+        m.transmitted(n);
+    }
+    if req.kind == Kind::Write {
+        // Only this task writes the socket, and it writes the payload
+        // right after this header: in stream order it is as good as sent.
+        m.payload_sent().map_err(|e| refused(req.kind, e))?;
+    }
+    let data = if req.kind == Kind::Read {
+        // Zeroed up front, so holes need no copying.
+        vec![0; req.len as usize]
+    } else {
+        Vec::new()
+    };
+    state.pending.insert(
+        cookie.0,
+        Pending {
+            kind: req.kind,
+            offset: req.offset,
+            len: req.len,
+            data,
+            context: req.context,
+            extents: Vec::new(),
+            message: None,
+            reply: req.reply,
+            _permit: req.permit,
+        },
+    );
+    Ok(req.payload)
+}
+
+async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    let mut header = Vec::with_capacity(64);
+    let result: Result<()> = async {
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            // Batch whatever is queued into one flush.
+            while let Some(req) = next {
+                header.clear();
+                let payload = {
+                    let mut st = inner.lock();
+                    if let Some(e) = &st.closed {
+                        let _ = req.reply.send(Err(e.clone()));
+                        None
+                    } else {
+                        enqueue(&mut st, req, &mut header)?
+                    }
+                };
+                w.write_all(&header).await?;
+                if let Some(p) = payload {
+                    w.write_all(&p).await?;
+                }
+                next = rx.try_recv().ok();
+            }
+            w.flush().await?;
+        }
+        // Every handle is gone: disconnect politely.
+        header.clear();
+        {
+            let mut st = inner.lock();
+            if st.machine.disconnect().is_ok() {
+                let m = &mut st.machine;
+                loop {
+                    let out = m.poll_transmit();
+                    if out.is_empty() {
+                        break;
+                    }
+                    header.extend_from_slice(out);
+                    let n = out.len();
+                    m.transmitted(n);
+                }
+            }
+        }
+        w.write_all(&header).await?;
+        w.flush().await?;
+        w.shutdown().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        inner.lock().fail_all(&e);
+    }
+}
+
+async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut start, mut end) = (0, leftover.len());
+    buf[..end].copy_from_slice(&leftover);
+    loop {
+        {
+            let mut st = inner.lock();
+            if !process(&mut st, &buf[start..end], &mut start) {
+                return;
+            }
+        }
+        if start == end {
+            (start, end) = (0, 0);
+        } else if end == buf.len() {
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+        }
+        match r.read(&mut buf[end..]).await {
+            Ok(0) => {
+                let mut st = inner.lock();
+                let e = match st.machine.handle_eof() {
+                    Ok(()) => ClientError::Closed("disconnected".into()),
+                    Err(_) => ClientError::Closed("the server closed the connection".into()),
+                };
+                st.fail_all(&e);
+                return;
+            }
+            Ok(n) => end += n,
+            Err(e) => {
+                inner.lock().fail_all(&e.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Feed `input` to the machine and act on its events; false once the
+/// connection is over.
+fn process(st: &mut State, input: &[u8], start: &mut usize) -> bool {
+    let mut at = 0;
+    loop {
+        let p = st.machine.handle_input(&input[at..], handshake::now());
+        at += p.consumed;
+        let Some(ev) = p.event else {
+            if p.consumed == 0 {
+                *start += at;
+                return true;
+            }
+            continue;
+        };
+        match ev {
+            Event::ReadData {
+                cookie,
+                offset,
+                data,
+            } => {
+                if let Some(p) = st.pending.get_mut(&cookie.0) {
+                    // The machine checked the data lies inside the request.
+                    let at = (offset - p.offset) as usize;
+                    if let Some(dst) = p.data.get_mut(at..at + data.len()) {
+                        dst.copy_from_slice(data);
+                    }
+                }
+            }
+            Event::ReadHole { .. } => {}
+            Event::BlockStatus {
+                cookie,
+                context_id,
+                extents,
+                ..
+            } => {
+                if let Some(p) = st.pending.get_mut(&cookie.0) {
+                    if p.context == context_id {
+                        p.extents.extend(extents);
+                    }
+                }
+            }
+            Event::ReplyError {
+                cookie, message, ..
+            } => {
+                if let Some(p) = st.pending.get_mut(&cookie.0) {
+                    p.message = Some(message.to_owned());
+                }
+            }
+            Event::Completed { cookie, result } => {
+                if let Some(p) = st.pending.remove(&cookie.0) {
+                    let r = match result {
+                        Ok(()) => Ok(match p.kind {
+                            Kind::Read => Reply::Data(p.data),
+                            Kind::BlockStatus => Reply::Extents(p.extents),
+                            _ => Reply::Done,
+                        }),
+                        Err(failure) => Err(ClientError::Request {
+                            what: p.kind.name(),
+                            offset: p.offset,
+                            len: p.len,
+                            failure,
+                            message: p.message,
+                        }),
+                    };
+                    let _ = p.reply.send(r);
+                }
+            }
+            Event::ServerShutdown => {
+                // Requests in flight finish; no new ones are sent.
+                if st.closed.is_none() {
+                    st.closed = Some(ClientError::Closed("the server is shutting down".into()));
+                }
+            }
+            Event::Failed(e) => {
+                st.fail_all(&ClientError::Protocol(e));
+                return false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Several connections to one export, used round-robin. More than one is
+/// opened only when the server advertises `CAN_MULTI_CONN` (otherwise a
+/// flush on one connection would not cover writes on another).
+#[derive(Clone)]
+pub struct Pool {
+    conns: Vec<Connection>,
+}
+
+impl Pool {
+    pub async fn connect(uri: &NbdUri, opts: &Options, connections: usize) -> Result<Pool> {
+        let first = Connection::connect(uri, opts).await?;
+        let mut conns = vec![first];
+        if conns[0].has(TransmissionFlags::CAN_MULTI_CONN) {
+            for _ in 1..connections.max(1) {
+                conns.push(Connection::connect(uri, opts).await?);
+            }
+        }
+        Ok(Pool { conns })
+    }
+
+    pub fn connections(&self) -> &[Connection] {
+        &self.conns
+    }
+
+    pub fn get(&self, i: usize) -> &Connection {
+        &self.conns[i % self.conns.len()]
+    }
+
+    /// Flush every connection (with multi-conn one would do; all is safe).
+    pub async fn flush(&self) -> Result<()> {
+        for c in &self.conns {
+            c.flush().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! Opening a connection: the socket, the core machine's handshake, and the
+//! STARTTLS upgrade in the middle of it.
+
+use std::time::Duration;
+
+use blockwire_core::client::{Client, Config, Event, Export, Mode, TlsPolicy};
+use blockwire_core::time::Instant;
+use blockwire_core::wire::HeaderMode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::error::{ClientError, Result};
+use super::uri::{NbdUri, Tls, Transport};
+
+/// Requests one connection keeps in flight at most (the machine's table).
+pub const MAX_IN_FLIGHT: usize = 64;
+
+pub type Machine = Client<'static, MAX_IN_FLIGHT>;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The socket, plain or TLS: boxed so that STARTTLS can swap it mid-way.
+pub type Stream = Box<dyn Io>;
+
+/// What to negotiate beyond what the URI says.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Metadata contexts to select (`Mode::Go`) or list queries
+    /// (`Mode::Info`; empty lists all).
+    pub meta_contexts: Vec<String>,
+    pub structured_replies: bool,
+    pub extended_headers: bool,
+    /// The whole handshake, connecting included, must finish within this.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            meta_contexts: Vec::new(),
+            structured_replies: true,
+            extended_headers: true,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the handshake told us.
+#[derive(Clone, Debug, Default)]
+pub struct Details {
+    pub export: Option<Export>,
+    pub canonical_name: Option<String>,
+    pub description: Option<String>,
+    /// Contexts listed (`Mode::Info`, id 0) or selected (`Mode::Go`).
+    pub contexts: Vec<(u32, String)>,
+    /// `Mode::List`: name and description of each export.
+    pub exports: Vec<(String, String)>,
+    pub tls: bool,
+    /// The last option refusal the server explained, for error messages.
+    pub last_refusal: Option<String>,
+}
+
+impl Details {
+    /// Whether structured replies (or extended headers, which imply them)
+    /// are in use.
+    pub fn structured(&self) -> bool {
+        self.export.is_some_and(|e| e.mode != HeaderMode::Simple)
+    }
+}
+
+/// A connection in the transmission phase (or closed, after Info/List).
+pub struct Session {
+    pub machine: Box<Machine>,
+    pub stream: Stream,
+    /// Bytes received past the end of the handshake.
+    pub leftover: Vec<u8>,
+    pub details: Details,
+}
+
+/// Nanoseconds since the first call: the machine only compares instants.
+pub fn now() -> Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let e = *EPOCH.get_or_init(std::time::Instant::now);
+    Instant(u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+async fn open(uri: &NbdUri) -> Result<Stream> {
+    match &uri.transport {
+        Transport::Tcp { host, port } => {
+            let s = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("connect to {host}:{port}: {e}"))
+                })?;
+            // Request headers are small and latency-bound.
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+        Transport::Unix(path) => {
+            let s = connect_unix(path).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("connect to {}: {e}", path.display()))
+            })?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+async fn connect_unix(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // A leading NUL names a socket in Linux's abstract namespace.
+    if let Some(name) = bytes.strip_prefix(b"\0") {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+            s.set_nonblocking(true)?;
+            return UnixStream::from_std(s);
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            return Err(std::io::Error::other("abstract sockets need Linux"));
+        }
+    }
+    UnixStream::connect(path).await
+}
+
+/// The export name and contexts live as long as the machine, which lives
+/// in `'static` tasks: leak these few bytes, once per connection.
+fn leak_config(uri: &NbdUri, opts: &Options, mode: Mode) -> Config<'static> {
+    let name: &'static str = Box::leak(uri.export.clone().into_boxed_str());
+    let contexts: Vec<&'static str> = opts
+        .meta_contexts
+        .iter()
+        .map(|c| &*Box::leak(c.clone().into_boxed_str()))
+        .collect();
+    let mut config = Config::new(name);
+    config.meta_contexts = Box::leak(contexts.into_boxed_slice());
+    config.structured_replies = opts.structured_replies;
+    config.extended_headers = opts.extended_headers;
+    config.mode = mode;
+    config.tls = match uri.tls {
+        Tls::Off => TlsPolicy::Disable,
+        Tls::Require => TlsPolicy::Require,
+    };
+    config
+}
+
+async fn send_all(machine: &mut Machine, stream: &mut Stream) -> Result<()> {
+    loop {
+        let out = machine.poll_transmit();
+        if out.is_empty() {
+            break;
+        }
+        stream.write_all(out).await?;
+        let n = out.len();
+        machine.transmitted(n);
+    }
+    stream.flush().await?;
+    Ok(())
+}
+
+enum Step {
+    More,
+    StartTls,
+    Done,
+    Failed(blockwire_core::client::Error),
+}
+
+/// Connect and negotiate per `mode`: `Go` ends in transmission, `Info` and
+/// `List` end with the connection closed and `details` filled in.
+pub async fn connect(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> {
+    match tokio::time::timeout(opts.handshake_timeout, negotiate(uri, opts, mode)).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Closed(format!(
+            "handshake with {uri} did not finish within {:?}",
+            opts.handshake_timeout
+        ))),
+    }
+}
+
+async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> {
+    let config = leak_config(uri, opts, mode);
+    let mut machine = Box::new(
+        Machine::new(config, now())
+            .map_err(|e| ClientError::Closed(format!("bad client configuration: {e:?}")))?,
+    );
+    let mut stream = open(uri).await?;
+    let mut details = Details::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut start, mut end) = (0, 0);
+    loop {
+        let mut step = Step::More;
+        while matches!(step, Step::More) {
+            let p = machine.handle_input(&buf[start..end], now());
+            start += p.consumed;
+            step = match p.event {
+                None if p.consumed == 0 => break,
+                None => Step::More,
+                Some(ev) => record(ev, &mut details),
+            };
+        }
+        match step {
+            Step::More => {}
+            Step::StartTls => {
+                if start != end {
+                    return Err(ClientError::Tls("server sent data after STARTTLS".into()));
+                }
+                let (connector, name) = super::tls::connector(uri).map_err(ClientError::Tls)?;
+                stream = Box::new(
+                    connector
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| ClientError::Tls(e.to_string()))?,
+                );
+                details.tls = true;
+                machine.tls_established();
+                continue;
+            }
+            Step::Done => {
+                send_all(&mut machine, &mut stream).await?;
+                if mode != Mode::Go {
+                    let _ = stream.shutdown().await;
+                }
+                return Ok(Session {
+                    machine,
+                    stream,
+                    leftover: buf[start..end].to_vec(),
+                    details,
+                });
+            }
+            Step::Failed(e) => {
+                // The machine may have queued NBD_OPT_ABORT: be polite.
+                let _ = send_all(&mut machine, &mut stream).await;
+                return Err(match (e, details.last_refusal.take()) {
+                    (e, Some(msg)) if !msg.is_empty() => {
+                        ClientError::Closed(format!("{e:?}: server said: {msg}"))
+                    }
+                    (e, _) => ClientError::Protocol(e),
+                });
+            }
+        }
+        send_all(&mut machine, &mut stream).await?;
+        if start == end {
+            (start, end) = (0, 0);
+        } else if end == buf.len() {
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+        }
+        let n = stream.read(&mut buf[end..]).await?;
+        if n == 0 {
+            return Err(match machine.handle_eof() {
+                Ok(()) => ClientError::Closed("server closed during the handshake".into()),
+                Err(e) => ClientError::Protocol(e),
+            });
+        }
+        end += n;
+    }
+}
+
+fn record(ev: Event<'_>, d: &mut Details) -> Step {
+    match ev {
+        Event::StartTls => return Step::StartTls,
+        Event::Refused { message, .. } => d.last_refusal = Some(message.to_owned()),
+        Event::ExportListed { name, description } => {
+            // A server may list forever; a bound keeps memory in check.
+            if d.exports.len() < 100_000 {
+                d.exports.push((name.to_owned(), description.to_owned()));
+            }
+        }
+        Event::MetaContext { id, name } => {
+            if d.contexts.len() < 10_000 {
+                d.contexts.push((id, name.to_owned()));
+            }
+        }
+        Event::CanonicalName(n) => d.canonical_name = Some(n.to_owned()),
+        Event::Description(s) => d.description = Some(s.to_owned()),
+        Event::Info(e) => d.export = Some(e),
+        Event::Finished => return Step::Done,
+        Event::Ready(e) => {
+            d.export = Some(e);
+            return Step::Done;
+        }
+        Event::Failed(e) => return Step::Failed(e),
+        // Transmission events cannot come before Ready.
+        _ => {}
+    }
+    Step::More
+}
