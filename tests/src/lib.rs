@@ -11,6 +11,15 @@
 //!
 //! Nothing here asserts on timing: deadlines exist only so that a broken
 //! server fails a test instead of hanging it.
+//!
+//! Environment:
+//! * `BLOCKWIRE_BIN`: the server binary (tests/run sets it after a release
+//!   build); else `target/release/blockwire`, `target/debug/blockwire`, else
+//!   built once with `cargo build -p blockwire --release`.
+//! * `BLOCKWIRE_TEST_SERVER=qemu-nbd`: run the suite against qemu-nbd, to
+//!   check the tests themselves; options qemu-nbd cannot emulate skip loudly.
+//! * `CI=true`: a missing peer (or a qemu older than 10) fails the test.
+//! * `BLOCKWIRE_TESTS_KEEP`: keep temp dirs (server logs, images).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -1108,11 +1117,12 @@ fn spawn_qemu_nbd(
 pub fn merge_extents<K: PartialEq + Clone>(ext: &[(u64, u64, K)]) -> Vec<(u64, u64, K)> {
     let mut out: Vec<(u64, u64, K)> = Vec::new();
     for (o, l, k) in ext {
-        if let Some(last) = out.last_mut() {
-            if last.2 == *k && last.0 + last.1 == *o {
-                last.1 += l;
-                continue;
-            }
+        if let Some(last) = out.last_mut()
+            && last.2 == *k
+            && last.0 + last.1 == *o
+        {
+            last.1 += l;
+            continue;
         }
         out.push((*o, *l, k.clone()));
     }
