@@ -146,7 +146,7 @@ proptest! {
         for (cmd, flags, cookie, off, len) in reqs {
             let flags = CommandFlags::from_bits_retain(flags);
             input.extend_from_slice(&request(mode, flags, CommandType(cmd), cookie, off, len as u64));
-            let has_payload = if extended { flags.contains(CommandFlags::PAYLOAD_LEN) } else { cmd == 1 };
+            let has_payload = cmd == 1 || (extended && flags.contains(CommandFlags::PAYLOAD_LEN));
             if has_payload {
                 input.extend(std::iter::repeat_n(0xab, len as usize));
             }

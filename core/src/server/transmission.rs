@@ -244,13 +244,13 @@ impl Transmission {
             return Some(Event::Disconnect);
         }
         let extended = self.session.mode == HeaderMode::Extended;
-        let payload = if extended {
-            if h.flags.contains(CommandFlags::PAYLOAD_LEN) {
-                h.length
-            } else {
-                0
-            }
-        } else if h.command == CommandType::WRITE {
+        // A WRITE always carries `length` bytes, even in extended mode
+        // without PAYLOAD_LEN: QEMU 10's client sends exactly that, and
+        // qemu-nbd accepts it (tracing the client as non-compliant).
+        // Reading the data is also the only way to stay in sync with it.
+        let payload = if h.command == CommandType::WRITE
+            || (extended && h.flags.contains(CommandFlags::PAYLOAD_LEN))
+        {
             h.length
         } else {
             0
@@ -385,9 +385,6 @@ impl Transmission {
         }
         if !valid.contains(h.flags) {
             return Err((Errno::EINVAL, "flag not valid for this command"));
-        }
-        if extended && h.command == C::WRITE && !h.flags.contains(CommandFlags::PAYLOAD_LEN) {
-            return Err((Errno::EINVAL, "extended write without PAYLOAD_LEN"));
         }
         let writes = matches!(h.command, C::WRITE | C::TRIM | C::WRITE_ZEROES);
         if writes && tf.contains(TransmissionFlags::READ_ONLY) {
