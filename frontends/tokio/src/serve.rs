@@ -26,13 +26,6 @@ pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// The default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
-/// Offer NBD_OPT_EXTENDED_HEADERS. Off until the core accepts extended
-/// `NBD_CMD_WRITE` headers without `NBD_CMD_FLAG_PAYLOAD_LEN`: qemu 10's
-/// client sends them (flags = FUA only), the core answers EINVAL and then
-/// loses sync (BadRequestMagic), so every qemu write would fail. Clients
-/// fall back to structured replies, which carry everything we serve.
-const EXTENDED_HEADERS: bool = false;
-
 /// What one export is made of, whichever option described it.
 struct Plan {
     name: String,
@@ -201,7 +194,6 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
         tls: tls::policy(mode),
         handshake_timeout: (args.handshake_timeout > 0)
             .then(|| Duration::from_secs(args.handshake_timeout)),
-        extended_headers: EXTENDED_HEADERS,
         ..ServerConfig::default()
     };
 
