@@ -471,6 +471,21 @@ fn dispatch(
     ticket: Ticket,
     tx: mpsc::UnboundedSender<Outgoing>,
 ) {
+    let device = &job.export.device;
+    let span = tracing::Span::current();
+    if job.blocking && !device.throttled() && device.latency().is_none() {
+        // Nothing to wait for first: straight to the blocking pool, one
+        // hand-off per request instead of a task and then a thread.
+        tokio::task::spawn_blocking(move || {
+            let _e = span.enter();
+            let reply = execute(&job, &req, data);
+            let _ = tx.send(Outgoing {
+                reply,
+                _ticket: ticket,
+            });
+        });
+        return;
+    }
     tokio::spawn(
         async move {
             let device = &job.export.device;
@@ -504,7 +519,7 @@ fn dispatch(
                 _ticket: ticket,
             });
         }
-        .in_current_span(),
+        .instrument(span),
     );
 }
 

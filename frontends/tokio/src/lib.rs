@@ -8,7 +8,6 @@
 
 pub mod backend;
 pub mod cli;
-pub mod client;
 pub mod connection;
 pub mod io;
 pub mod listen;
@@ -19,4 +18,3 @@ pub mod size;
 pub mod stack;
 mod sys;
 pub mod tls;
-pub mod tools;

@@ -255,6 +255,11 @@ impl Device {
         self.base.latency()
     }
 
+    /// Whether requests may have to wait for the throttle.
+    pub fn throttled(&self) -> bool {
+        self.throttle.is_some()
+    }
+
     pub fn has_bitmap(&self, name: &str) -> bool {
         lock(&self.bitmaps).get(name).is_some()
     }
@@ -331,6 +336,14 @@ impl Device {
         self.inject(OpKind::Read, offset, buf.len() as u64)?;
         let len = buf.len() as u64;
         segs.clear();
+        if self.cow.is_none() && !self.base.maybe_sparse() {
+            segs.push(Segment {
+                start: 0,
+                len,
+                zero: false,
+            });
+            return self.base.read(offset, buf);
+        }
         let q = StatusQuery::new(offset, len).max_extent_len(u64::MAX);
         let mut pos = 0u64;
         self.allocation(&q, &mut |e| {

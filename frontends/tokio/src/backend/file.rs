@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek as _, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use blockwire_core::block::contract::{STATE_HOLE, STATE_ZERO};
 
@@ -17,6 +18,11 @@ pub struct FileBackend {
     size: u64,
     read_only: bool,
     block_device: bool,
+    /// The last data extent lseek found, `[start, end)`, as qemu's
+    /// file-posix keeps one: sequential reads then cost no lseek, which
+    /// matters on tmpfs, where SEEK_HOLE walks the page cache up to the
+    /// next hole. Writes only add data, so only trims and zeroes clear it.
+    data_extent: Mutex<(u64, u64)>,
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -43,6 +49,7 @@ impl FileBackend {
             size,
             read_only,
             block_device,
+            data_extent: Mutex::new((0, 0)),
         })
     }
 
@@ -63,11 +70,18 @@ impl FileBackend {
             size,
             read_only: false,
             block_device: false,
+            data_extent: Mutex::new((0, 0)),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl FileBackend {
+    fn forget_extent(&self) {
+        *self.data_extent.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
     }
 }
 
@@ -117,6 +131,7 @@ impl Backend for FileBackend {
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.forget_extent();
         match sys::punch_hole(&self.file, offset, len) {
             // Trim is advisory: a filesystem that cannot punch keeps data.
             Err(e) if unsupported(&e) => Ok(()),
@@ -125,6 +140,7 @@ impl Backend for FileBackend {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fast: bool) -> io::Result<()> {
+        self.forget_extent();
         if may_unmap {
             match sys::punch_hole(&self.file, offset, len) {
                 Err(e) if unsupported(&e) => {}
@@ -139,6 +155,17 @@ impl Backend for FileBackend {
             return Err(errno(libc::ENOTSUP));
         }
         write_zero_buffers(offset, len, |o, b| self.file.write_all_at(b, o))
+    }
+
+    fn maybe_sparse(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // Looking for holes costs two lseeks per read, and on tmpfs each
+        // walks the page cache up to the next hole, possibly the end of the
+        // file; a file with every block allocated has nothing to find.
+        match self.file.metadata() {
+            Ok(m) => !self.block_device && m.blocks().saturating_mul(512) < self.size,
+            Err(_) => true,
+        }
     }
 
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -158,6 +185,15 @@ impl Backend for FileBackend {
         }
         let mut pos = offset;
         while pos < end {
+            let (cs, ce) = *self.data_extent.lock().unwrap_or_else(|p| p.into_inner());
+            if cs <= pos && pos < ce {
+                let n = ce.min(end) - pos;
+                if !sink(n, 0) {
+                    return Ok(());
+                }
+                pos += n;
+                continue;
+            }
             let data = match sys::seek(&self.file, pos, Seek::Data) {
                 Ok(d) => d.unwrap_or(end).min(end),
                 // No SEEK_DATA here (old filesystem): all data, which is
@@ -174,14 +210,14 @@ impl Backend for FileBackend {
             if data >= end {
                 return Ok(());
             }
-            let hole = sys::seek(&self.file, data, Seek::Hole)?
-                .unwrap_or(end)
-                .min(end);
+            let next_hole = sys::seek(&self.file, data, Seek::Hole)?.unwrap_or(self.size);
+            let hole = next_hole.min(end);
             if hole <= data {
                 // A file changing under us; report the rest as data.
                 sink(end - data, 0);
                 return Ok(());
             }
+            *self.data_extent.lock().unwrap_or_else(|p| p.into_inner()) = (data, next_hole);
             if !sink(hole - data, 0) {
                 return Ok(());
             }

@@ -62,6 +62,12 @@ pub trait Backend: Send + Sync + 'static {
         len: u64,
         sink: &mut dyn FnMut(u64, u64) -> bool,
     ) -> io::Result<()>;
+    /// Whether some range may read as zeroes without being stored, i.e.
+    /// whether looking for holes before a read can pay off. Called per
+    /// read, so it must be cheap.
+    fn maybe_sparse(&self) -> bool {
+        true
+    }
     /// Artificial delay before each request (null backend's `--latency-ns`).
     fn latency(&self) -> Option<Duration> {
         None
