@@ -32,6 +32,11 @@ pub enum Command {
     /// With neither FILE nor --memory / --null (nor --export), serves a
     /// 1 GiB in-memory disk named "" on tcp:127.0.0.1:10809.
     Serve(ServeArgs),
+    /// Show an NBD export's size, flags, block sizes and contexts (like
+    /// nbdinfo).
+    Info(crate::tools::info::InfoArgs),
+    /// Copy between NBD exports and files, sparsely (like nbdcopy).
+    Copy(crate::tools::copy::CopyArgs),
 }
 
 /// How TLS is offered.

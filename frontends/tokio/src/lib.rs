@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod client;
 pub mod connection;
 pub mod io;
 pub mod listen;
@@ -18,3 +19,4 @@ pub mod size;
 pub mod stack;
 mod sys;
 pub mod tls;
+pub mod tools;

@@ -29,6 +29,8 @@ fn main() -> ExitCode {
                 .build()?
                 .block_on(blockwire::serve::run(args, prepared))
         }),
+        Command::Info(args) => blockwire::tools::block_on(blockwire::tools::info::run(args)),
+        Command::Copy(args) => blockwire::tools::block_on(blockwire::tools::copy::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
