@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -256,6 +257,11 @@ async fn accept(l: &Listener) -> io::Result<Accepted> {
             // Replies are written whole; Nagle would only delay them.
             if let Err(e) = s.set_nodelay(true) {
                 debug!("TCP_NODELAY: {e}");
+            }
+            // Reap connections whose peer vanished without a FIN: about
+            // two minutes of silence plus a minute of unanswered probes.
+            if let Err(e) = crate::sys::tcp_keepalive(s.as_raw_fd(), 120, 10, 6) {
+                debug!("TCP keepalive: {e}");
             }
             Ok(Accepted::Tcp(s, peer.to_string()))
         }

@@ -132,3 +132,27 @@ pub fn clear_listen_env() {
         unsafe { std::env::remove_var(v) };
     }
 }
+
+/// Turn on TCP keepalive probes: after `idle_secs` of silence, probe every
+/// `interval_secs`, and give up after `count` unanswered probes. A client
+/// whose host vanished without closing would otherwise hold its connection
+/// (and its in-flight slots) forever.
+pub fn tcp_keepalive(fd: RawFd, idle_secs: i32, interval_secs: i32, count: i32) -> io::Result<()> {
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: `fd` is a socket owned by the caller for the duration of
+        // the call; the option value is a live c_int of the size we pass.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_secs)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval_secs)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)
+}
