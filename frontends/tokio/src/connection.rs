@@ -87,7 +87,12 @@ async fn run<S: Socket>(mut sock: S, ctx: &ConnContext) -> io::Result<()> {
     let snapshot = Snapshot(ctx.registry.snapshot());
     let mut server = Server::new(snapshot, ctx.config, ctx.now());
     let mut input = InBuf::new(INPUT_BUFFER);
-    match handshake(&mut server, &mut sock, &mut input, ctx).await? {
+    // The core enforces its deadline only while it waits for input; a
+    // client that stalls a TLS handshake or never reads our replies must
+    // not hold the connection past it either, so the whole negotiation is
+    // bounded by the same instant.
+    let deadline = server.poll_timeout().map(|d| ctx.deadline(d));
+    match bounded(deadline, handshake(&mut server, &mut sock, &mut input, ctx)).await? {
         Handshake::Ready(session) => transmission(server, session, sock, input, ctx).await,
         Handshake::Closed => {
             close(&mut sock).await;
@@ -98,10 +103,10 @@ async fn run<S: Socket>(mut sock: S, ctx: &ConnContext) -> io::Result<()> {
                 // The core only offers STARTTLS when TLS is configured.
                 return Err(io::Error::other("STARTTLS without a TLS configuration"));
             };
-            let mut tls = acceptor.accept(sock).await?;
+            let mut tls = bounded(deadline, async { Ok(acceptor.accept(sock).await?) }).await?;
             server.tls_established();
             debug!("tls established");
-            match handshake(&mut server, &mut tls, &mut input, ctx).await? {
+            match bounded(deadline, handshake(&mut server, &mut tls, &mut input, ctx)).await? {
                 Handshake::Ready(session) => transmission(server, session, tls, input, ctx).await,
                 Handshake::StartTls => Err(io::Error::other("STARTTLS twice")),
                 Handshake::Closed => {
@@ -110,6 +115,19 @@ async fn run<S: Socket>(mut sock: S, ctx: &ConnContext) -> io::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// `fut`, failed with `TimedOut` if it is still running at `deadline`.
+async fn bounded<T>(
+    deadline: Option<tokio::time::Instant>,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?,
+        None => fut.await,
     }
 }
 
@@ -854,6 +872,28 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .expect("connection did not end")
+            .unwrap();
+    }
+
+    /// A client that floods options and never reads the replies blocks our
+    /// writes; the handshake deadline must still end the connection.
+    #[tokio::test]
+    async fn handshake_deadline_bounds_a_client_that_never_reads() {
+        let (ctx, _stop) = context();
+        let mut ctx = Arc::try_unwrap(ctx).ok().unwrap();
+        ctx.config.handshake_timeout = Some(Duration::from_millis(500));
+        let (mut c, s) = UnixStream::pair().unwrap();
+        let server = tokio::spawn(serve(s, "test".into(), Arc::new(ctx)));
+        c.write_all(&3u32.to_be_bytes()).await.unwrap();
+        let mut list = b"IHAVEOPT".to_vec();
+        list.extend_from_slice(&3u32.to_be_bytes());
+        list.extend_from_slice(&0u32.to_be_bytes());
+        let flood = list.repeat(20_000);
+        // Our own write may block too once the server stops reading.
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.write_all(&flood)).await;
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("a client that never reads held the connection past the deadline")
             .unwrap();
     }
 }
