@@ -128,17 +128,50 @@ async fn connect_unix(path: &std::path::Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(path).await
 }
 
-/// The export name and contexts live as long as the machine, which lives
-/// in `'static` tasks: leak these few bytes, once per connection.
-fn leak_config(uri: &NbdUri, opts: &Options, mode: Mode) -> Config<'static> {
-    let name: &'static str = Box::leak(uri.export.clone().into_boxed_str());
-    let contexts: Vec<&'static str> = opts
-        .meta_contexts
-        .iter()
-        .map(|c| &*Box::leak(c.clone().into_boxed_str()))
-        .collect();
+/// Keep one `'static` copy of each distinct string.
+///
+/// The core machine borrows its export name and context names for its whole
+/// life, and the machine lives in `'static` tasks. Interning bounds what is
+/// kept by the number of distinct names a process uses, not by how many
+/// connections it makes (a reconnecting client would otherwise grow).
+fn intern(s: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&k) = names.get(s) {
+        return k;
+    }
+    let k: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    names.insert(k);
+    k
+}
+
+/// The same, for a list of context names.
+fn intern_list(list: &[String]) -> &'static [&'static str] {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static LISTS: OnceLock<Mutex<HashSet<&'static [&'static str]>>> = OnceLock::new();
+    let items: Vec<&'static str> = list.iter().map(|c| intern(c)).collect();
+    let mut lists = LISTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&k) = lists.get(items.as_slice()) {
+        return k;
+    }
+    let k: &'static [&'static str] = Box::leak(items.into_boxed_slice());
+    lists.insert(k);
+    k
+}
+
+fn static_config(uri: &NbdUri, opts: &Options, mode: Mode) -> Config<'static> {
+    let name = intern(&uri.export);
     let mut config = Config::new(name);
-    config.meta_contexts = Box::leak(contexts.into_boxed_slice());
+    config.meta_contexts = intern_list(&opts.meta_contexts);
     config.structured_replies = opts.structured_replies;
     config.extended_headers = opts.extended_headers;
     config.mode = mode;
@@ -183,7 +216,7 @@ pub async fn connect(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session
 }
 
 async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> {
-    let config = leak_config(uri, opts, mode);
+    let config = static_config(uri, opts, mode);
     let mut machine = Box::new(
         Machine::new(config, now())
             .map_err(|e| ClientError::Closed(format!("bad client configuration: {e:?}")))?,
@@ -289,4 +322,19 @@ fn record(ev: Event<'_>, d: &mut Details) -> Step {
         _ => {}
     }
     Step::More
+}
+
+#[cfg(test)]
+mod intern_tests {
+    use super::*;
+
+    #[test]
+    fn interned_strings_are_kept_once() {
+        let a = intern(&String::from("export-a"));
+        let b = intern(&String::from("export-a"));
+        assert!(std::ptr::eq(a, b));
+        let l1 = intern_list(&["base:allocation".to_string()]);
+        let l2 = intern_list(&["base:allocation".to_string()]);
+        assert!(std::ptr::eq(l1, l2));
+    }
 }
