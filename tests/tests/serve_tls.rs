@@ -209,3 +209,85 @@ fn tls_with_ca_signed_certificate() {
         );
     }
 }
+
+/// blockwire's own client (`blockwire info` / `blockwire copy`) over TLS
+/// against blockwire serve. rustls, like any WebPKI verifier, will not
+/// accept a CA certificate as a server's, so this uses the CA-signed pair.
+#[test]
+fn blockwire_client_over_tls() {
+    require!("openssl");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("tlsclient");
+    let certs = ca_signed_cert(dir.path());
+    let Some(srv) = tls_server_with(certs, "require") else {
+        return;
+    };
+    let bin = blockwire_bin();
+    let bin = bin.to_str().unwrap();
+    for (t, uri) in srv.tls_uris() {
+        let out = run_ok(bin, &["info", "--json", uri.as_str()]);
+        let j = json(&out);
+        assert_eq!(j["exports"][0]["export-size"], 16 << 20, "{t}: {j}");
+        assert_eq!(j["exports"][0]["export-name"], "secure", "{t}: {j}");
+
+        let src = dir.join(&format!("src-{t}.img"));
+        let back = dir.join(&format!("back-{t}.img"));
+        write_patterned(&src, 16 << 20);
+        run_ok(
+            bin,
+            &["copy", "--no-progress", src.to_str().unwrap(), uri.as_str()],
+        );
+        run_ok(
+            bin,
+            &[
+                "copy",
+                "--no-progress",
+                uri.as_str(),
+                back.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(sha256(&src), sha256(&back), "{t}: TLS copy round trip");
+    }
+    // Without the CA the server's certificate must not be trusted.
+    let untrusted = TmpDir::new("tlsnoca");
+    let uri = format!(
+        "nbds://localhost:{}/secure?tls-certificates={}",
+        srv.port,
+        untrusted.path().display()
+    );
+    let out = run(bin, &["info", uri.as_str()]);
+    assert!(
+        !out.status.success(),
+        "an untrusted server certificate was accepted: {}",
+        explain(bin, &["info", &uri], &out)
+    );
+    srv.assert_running_ref("after blockwire's TLS clients");
+}
+
+/// `nbds://` means TLS is required: blockwire's client must refuse a
+/// plaintext server rather than fall back to cleartext.
+#[test]
+fn blockwire_client_refuses_plaintext_server_when_tls_required() {
+    if is_standin() {
+        return;
+    }
+    let Some(srv) = Server::start(&["--memory", "1M"]) else {
+        return;
+    };
+    let dir = TmpDir::new("tlsplain");
+    let certs = ca_signed_cert(dir.path());
+    let bin = blockwire_bin();
+    let uri = format!(
+        "nbds://localhost:{}/?tls-certificates={}",
+        srv.port,
+        certs.dir.display()
+    );
+    let out = run(bin.to_str().unwrap(), &["info", uri.as_str()]);
+    assert!(
+        !out.status.success(),
+        "nbds:// connected to a plaintext server: {}",
+        explain(bin.to_str().unwrap(), &["info", &uri], &out)
+    );
+}
