@@ -444,3 +444,42 @@ fn sigterm_mid_load_loses_no_acknowledged_write() {
         "only {acked_blocks} of {NBLOCKS} blocks acknowledged before LOADED?"
     );
 }
+
+/// A client that pipelines big reads and never reads the replies leaves
+/// the server's writes blocked; SIGTERM must still end the server (after
+/// its grace period) with status 0, rather than wait for it forever.
+#[test]
+fn sigterm_with_a_client_that_never_reads() {
+    use std::io::Write;
+    let Some(mut srv) = Server::start(&["--memory", "64M"]) else {
+        return;
+    };
+    let mut c = UnixStream::connect(&srv.sock).expect("unix connect");
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    c.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME ""
+    opt.extend_from_slice(&0u32.to_be_bytes());
+    c.write_all(&opt).unwrap();
+    let mut info = [0u8; 134];
+    c.read_exact(&mut info).unwrap();
+    // 64 reads of 4 MiB: far more than the socket buffers hold.
+    for cookie in 0..64u64 {
+        let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
+        r.extend_from_slice(&[0, 0, 0, 0]);
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&0u64.to_be_bytes());
+        r.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        c.write_all(&r).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for st in srv.stop() {
+        assert!(
+            st.success(),
+            "server exit status after SIGTERM: {st}\n{}",
+            srv.stderr()
+        );
+    }
+    drop(c);
+}

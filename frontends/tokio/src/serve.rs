@@ -23,6 +23,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The default disk when nothing else is asked for.
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
+/// How long a graceful shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 /// The default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
@@ -247,7 +250,18 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
         }
     }
     info!("waiting for connections to finish");
-    tracker.idle().await;
+    // In-flight requests have usually been carried out already; what can
+    // hang is sending their replies to a client that stopped reading. Give
+    // connections a grace period, then flush and exit regardless.
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.idle())
+        .await
+        .is_err()
+    {
+        warn!(
+            "connections still open after {}s; stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
     for e in registry.snapshot().iter() {
         let d = e.device.clone();
         let r = tokio::task::spawn_blocking(move || d.flush()).await;
