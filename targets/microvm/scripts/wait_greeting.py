@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Poll a TCP port until an NBD server greets (b"NBDMAGIC"), then print
+the milliseconds since the given start time (ns, from `date +%s%N`).
+
+QEMU's user network accepts on the forwarded host port before the guest
+listens (and then drops the connection), so only the greeting proves the
+guest accepted a connection."""
+import socket
+import sys
+import time
+
+host, port, start_ns, limit_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+deadline = time.time() + limit_s
+while time.time() < deadline:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            # A SYN slirp sent before the guest was up is retried only
+            # after ~0.5 s: give up quickly and open a fresh connection.
+            s.settimeout(0.05)
+            if s.recv(8) == b"NBDMAGIC":
+                print(f"{(time.time_ns() - start_ns) / 1e6:.1f}")
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.002)
+sys.exit(1)
