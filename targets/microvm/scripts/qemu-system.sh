@@ -11,7 +11,9 @@ bin="$dest/root/usr/bin/qemu-system-x86_64"
 
 if [ ! -x "$bin" ]; then
   mkdir -p "$dest/debs"
-  (cd "$dest/debs" && apt-get download qemu-system-x86 qemu-system-data qemu-system-common seabios >&2)
+  fetch() { (cd "$dest/debs" && apt-get download qemu-system-x86 qemu-system-data qemu-system-common seabios >&2); }
+  # A fresh machine may have no package lists yet.
+  fetch || { apt-get update -qq >&2 && fetch; }
   for deb in "$dest"/debs/*.deb; do dpkg -x "$deb" "$dest/root"; done
 fi
 
