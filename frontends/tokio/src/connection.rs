@@ -40,6 +40,9 @@ const INPUT_BUFFER: usize = 256 << 10;
 const MAX_BATCH: usize = 64;
 /// Extents per block-status chunk at most; clients ask again for the rest.
 const MAX_STATUS_EXTENTS: u32 = 1 << 16;
+/// Reads and writes up to this size on a blocking backend run in the
+/// connection's task instead of the blocking pool (see `dispatch`).
+const INLINE_MAX: usize = 64 << 10;
 /// Reads shorter than this are not worth a block-status lookup for holes.
 const SPARSE_READ_MIN: u64 = 64 << 10;
 
@@ -491,6 +494,22 @@ fn dispatch(
 ) {
     let device = &job.export.device;
     let span = tracing::Span::current();
+    if job.blocking
+        && !device.throttled()
+        && device.latency().is_none()
+        && matches!(req.command, CommandType::READ | CommandType::WRITE)
+        && req.length as usize <= INLINE_MAX
+    {
+        // A small read or write mostly hits the page cache and takes a
+        // microsecond or two; handing it to the blocking pool and back
+        // costs several context switches more than that.
+        let reply = execute(&job, &req, data);
+        let _ = tx.send(Outgoing {
+            reply,
+            _ticket: ticket,
+        });
+        return;
+    }
     if job.blocking && !device.throttled() && device.latency().is_none() {
         // Nothing to wait for first: straight to the blocking pool, one
         // hand-off per request instead of a task and then a thread.
