@@ -726,3 +726,16 @@ fn block_status_encoding_merges_clips_and_honours_req_one() {
     );
     assert_eq!(u64::from_be_bytes(b[40..48].try_into().unwrap()), 1 << 40);
 }
+
+/// One handshake buffer serves option payloads and replies alike, so a
+/// connection's state stays a little over one buffer: what a bare-metal
+/// frontend pays per socket.
+#[test]
+fn a_connection_costs_one_handshake_buffer() {
+    use blockwire_core::server::{Server, TRANSMIT_BUFFER};
+    let size = std::mem::size_of::<Server<&TestExports>>();
+    assert!(
+        size <= TRANSMIT_BUFFER + 1024,
+        "Server is {size} bytes; the buffer is {TRANSMIT_BUFFER}"
+    );
+}

@@ -110,6 +110,28 @@ enum Pending {
     },
 }
 
+/// An option's payload, read and resolved.
+enum Parsed {
+    Nothing,
+    Invalid(&'static str),
+    Export(Option<usize>),
+    Info {
+        export: Option<usize>,
+        want: InfoWanted,
+    },
+    Contexts {
+        export: Option<usize>,
+        selected: ContextSet,
+    },
+}
+
+#[derive(Clone, Copy, Default)]
+struct InfoWanted {
+    name: bool,
+    description: bool,
+    block_size: bool,
+}
+
 pub(super) struct Step {
     pub consumed: usize,
     pub outcome: Outcome,
@@ -127,7 +149,6 @@ pub(crate) struct Handshake {
     state: State,
     hdr: [u8; OptionRequest::SIZE],
     hdr_len: usize,
-    opt: heapless::Vec<u8, OPTION_BUFFER>,
     client_flags: ClientFlags,
     mode: HeaderMode,
     tls: bool,
@@ -142,7 +163,6 @@ impl Handshake {
             state: State::ClientFlags,
             hdr: [0; OptionRequest::SIZE],
             hdr_len: 0,
-            opt: heapless::Vec::new(),
             client_flags: ClientFlags::empty(),
             mode: HeaderMode::Simple,
             tls: false,
@@ -160,6 +180,12 @@ impl Handshake {
             tls: true,
             ..Self::new()
         }
+    }
+
+    /// Whether the shared buffer holds an option's payload being read (and
+    /// so nothing to send).
+    pub(super) fn collecting(&self) -> bool {
+        matches!(self.state, State::OptionData { store: true, .. })
     }
 
     pub(super) fn has_pending_replies(&self) -> bool {
@@ -233,8 +259,10 @@ impl Handshake {
                     let avail = input.len() - used;
                     let take = (remaining as usize).min(avail);
                     if store {
-                        // classify() checked the length against the buffer.
-                        let _ = self.opt.extend_from_slice(&input[used..used + take]);
+                        // The payload shares the buffer replies are built
+                        // in: handle_input only runs once it is drained,
+                        // and classify() checked the length against it.
+                        let _ = out.extend_from_slice(&input[used..used + take]);
                     }
                     used += take;
                     let remaining = remaining - take as u32;
@@ -248,8 +276,9 @@ impl Handshake {
                         return step(used, Outcome::Continue);
                     }
                     self.state = State::OptionHeader;
-                    let outcome = self.finish(option, verdict, exports, config, out);
-                    self.opt.clear();
+                    let parsed = self.parse(option, out, exports);
+                    out.clear();
+                    let outcome = self.finish(option, verdict, parsed, exports, config, out);
                     return step(used, outcome);
                 }
             }
@@ -331,6 +360,7 @@ impl Handshake {
         &mut self,
         option: OptionType,
         verdict: Option<(ReplyType, &'static str)>,
+        parsed: Parsed,
         exports: &impl Exports,
         config: &ServerConfig,
         out: &mut Out,
@@ -404,10 +434,12 @@ impl Handshake {
                     reply(out, option, ReplyType::ACK, &[]);
                 }
             },
-            OptionType::EXPORT_NAME => return self.export_name(exports, out),
-            OptionType::INFO | OptionType::GO => return self.info_or_go(option, exports, out),
+            OptionType::EXPORT_NAME => return self.export_name(parsed, exports, out),
+            OptionType::INFO | OptionType::GO => {
+                return self.info_or_go(option, parsed, exports, out);
+            }
             OptionType::LIST_META_CONTEXT | OptionType::SET_META_CONTEXT => {
-                self.meta_context(option, exports, out)
+                self.meta_context(option, parsed, exports, out)
             }
             // classify() gave every other option a verdict.
             _ => error(out, option, ReplyType::ERR_UNSUP, "unsupported option"),
@@ -451,19 +483,16 @@ impl Handshake {
         }
     }
 
-    fn export_name(&mut self, exports: &impl Exports, out: &mut Out) -> Outcome {
+    fn export_name(&mut self, parsed: Parsed, exports: &impl Exports, out: &mut Out) -> Outcome {
         // A client that negotiated extended headers MUST NOT use
         // EXPORT_NAME, and the option cannot carry an error: close.
         if self.mode == HeaderMode::Extended {
             return Outcome::Close(CloseReason::ExportNameRefused);
         }
-        let Some(name) = valid_string(&self.opt) else {
+        let Parsed::Export(Some(index)) = parsed else {
             return Outcome::Close(CloseReason::ExportNameRefused);
         };
-        let Some((index, info)) = exports
-            .find(name)
-            .and_then(|i| exports.export(i).map(|e| (i, e)))
-        else {
+        let Some(info) = exports.export(index) else {
             return Outcome::Close(CloseReason::ExportNameRefused);
         };
         if info.block_size_required {
@@ -481,50 +510,27 @@ impl Handshake {
         Outcome::Ready(session)
     }
 
-    fn info_or_go(&mut self, option: OptionType, exports: &impl Exports, out: &mut Out) -> Outcome {
-        let invalid = |out: &mut Out, msg| {
-            error(out, option, ReplyType::ERR_INVALID, msg);
-            Outcome::Continue
-        };
-        let mut c = Cursor(&self.opt);
-        let Some(name_len) = c.u32() else {
-            return invalid(out, "option too short");
-        };
-        // "MUST be no larger than the option data length - 6".
-        if name_len as usize > self.opt.len().saturating_sub(6) {
-            return invalid(out, "name length exceeds option length");
-        }
-        let Some(name_bytes) = c.bytes(name_len) else {
-            return invalid(out, "name length exceeds option length");
-        };
-        let Some(name) = valid_string(name_bytes) else {
-            return invalid(out, "export name too long, not UTF-8, or containing NUL");
-        };
-        let Some(count) = c.u16() else {
-            return invalid(out, "option too short");
-        };
-        if c.0.len() != 2 * count as usize {
-            return invalid(
-                out,
-                "information request count does not match option length",
-            );
-        }
-        let mut want_name = false;
-        let mut want_description = false;
-        let mut want_block_size = false;
-        while let Some(t) = c.u16() {
-            match InfoType(t) {
-                InfoType::NAME => want_name = true,
-                InfoType::DESCRIPTION => want_description = true,
-                InfoType::BLOCK_SIZE => want_block_size = true,
-                // EXPORT is always sent; unknown requests MUST be ignored.
-                _ => {}
+    fn info_or_go(
+        &mut self,
+        option: OptionType,
+        parsed: Parsed,
+        exports: &impl Exports,
+        out: &mut Out,
+    ) -> Outcome {
+        let (index, want) = match parsed {
+            Parsed::Info { export, want } => (export, want),
+            Parsed::Invalid(msg) => {
+                error(out, option, ReplyType::ERR_INVALID, msg);
+                return Outcome::Continue;
             }
-        }
-        let Some((index, info)) = exports
-            .find(name)
-            .and_then(|i| exports.export(i).map(|e| (i, e)))
-        else {
+            _ => (None, InfoWanted::default()),
+        };
+        let InfoWanted {
+            name: want_name,
+            description: want_description,
+            block_size: want_block_size,
+        } = want;
+        let Some((index, info)) = index.and_then(|i| exports.export(i).map(|e| (i, e))) else {
             error(out, option, ReplyType::ERR_UNKNOWN, "export not found");
             return Outcome::Continue;
         };
@@ -580,42 +586,123 @@ impl Handshake {
         }
     }
 
-    fn meta_context(&mut self, option: OptionType, exports: &impl Exports, out: &mut Out) {
+    fn meta_context(
+        &mut self,
+        option: OptionType,
+        parsed: Parsed,
+        exports: &impl Exports,
+        out: &mut Out,
+    ) {
         let set = option == OptionType::SET_META_CONTEXT;
         if set {
             self.meta = None;
         }
-        let invalid = |out: &mut Out, msg| error(out, option, ReplyType::ERR_INVALID, msg);
-        if !self.mode.structured() {
-            return invalid(out, "structured replies must be negotiated first");
+        let (export, selected) = match parsed {
+            Parsed::Contexts { export, selected } => (export, selected),
+            Parsed::Invalid(msg) => return error(out, option, ReplyType::ERR_INVALID, msg),
+            _ => (None, ContextSet::EMPTY),
+        };
+        let Some(export) = export else {
+            error(out, option, ReplyType::ERR_UNKNOWN, "export not found");
+            return;
+        };
+        if set {
+            self.meta = Some((export, selected));
         }
-        let mut c = Cursor(&self.opt);
+        self.pending = Pending::Contexts {
+            option,
+            export,
+            set: selected,
+        };
+        self.refill(exports, out);
+    }
+
+    /// Read what an option's payload says out of the shared buffer, before
+    /// the buffer is reused for the replies: names are resolved to export
+    /// positions and queries to context sets, both small.
+    fn parse(&self, option: OptionType, data: &[u8], exports: &impl Exports) -> Parsed {
+        match option {
+            OptionType::EXPORT_NAME => {
+                Parsed::Export(valid_string(data).and_then(|n| exports.find(n)))
+            }
+            OptionType::INFO | OptionType::GO => Self::parse_info(data, exports),
+            OptionType::LIST_META_CONTEXT | OptionType::SET_META_CONTEXT => {
+                if !self.mode.structured() {
+                    return Parsed::Invalid("structured replies must be negotiated first");
+                }
+                Self::parse_contexts(data, option == OptionType::SET_META_CONTEXT, exports)
+            }
+            _ => Parsed::Nothing,
+        }
+    }
+
+    fn parse_info(data: &[u8], exports: &impl Exports) -> Parsed {
+        let mut c = Cursor(data);
+        let Some(name_len) = c.u32() else {
+            return Parsed::Invalid("option too short");
+        };
+        // "MUST be no larger than the option data length - 6".
+        if name_len as usize > data.len().saturating_sub(6) {
+            return Parsed::Invalid("name length exceeds option length");
+        }
+        let Some(name_bytes) = c.bytes(name_len) else {
+            return Parsed::Invalid("name length exceeds option length");
+        };
+        let Some(name) = valid_string(name_bytes) else {
+            return Parsed::Invalid("export name too long, not UTF-8, or containing NUL");
+        };
+        let Some(count) = c.u16() else {
+            return Parsed::Invalid("option too short");
+        };
+        if c.0.len() != 2 * count as usize {
+            return Parsed::Invalid("information request count does not match option length");
+        }
+        let mut want = InfoWanted::default();
+        while let Some(t) = c.u16() {
+            match InfoType(t) {
+                InfoType::NAME => want.name = true,
+                InfoType::DESCRIPTION => want.description = true,
+                InfoType::BLOCK_SIZE => want.block_size = true,
+                // EXPORT is always sent; unknown requests MUST be ignored.
+                _ => {}
+            }
+        }
+        Parsed::Info {
+            export: exports.find(name),
+            want,
+        }
+    }
+
+    fn parse_contexts(data: &[u8], set: bool, exports: &impl Exports) -> Parsed {
+        let mut c = Cursor(data);
         let Some(name) = c.u32().and_then(|n| c.bytes(n)) else {
-            return invalid(out, "export name length exceeds option length");
+            return Parsed::Invalid("export name length exceeds option length");
         };
         let Some(name) = valid_string(name) else {
-            return invalid(out, "export name too long, not UTF-8, or containing NUL");
+            return Parsed::Invalid("export name too long, not UTF-8, or containing NUL");
         };
         let Some(count) = c.u32() else {
-            return invalid(out, "option too short");
+            return Parsed::Invalid("option too short");
         };
         // Check the whole request before acting on any of it.
         let queries = c.0;
         let mut check = Cursor(queries);
         for _ in 0..count {
             let Some(q) = check.u32().and_then(|n| check.bytes(n)) else {
-                return invalid(out, "query length exceeds option length");
+                return Parsed::Invalid("query length exceeds option length");
             };
             if valid_string(q).is_none() {
-                return invalid(out, "query too long, not UTF-8, or containing NUL");
+                return Parsed::Invalid("query too long, not UTF-8, or containing NUL");
             }
         }
         if !check.0.is_empty() {
-            return invalid(out, "trailing data after queries");
+            return Parsed::Invalid("trailing data after queries");
         }
         let Some(export) = exports.find(name) else {
-            error(out, option, ReplyType::ERR_UNKNOWN, "export not found");
-            return;
+            return Parsed::Contexts {
+                export: None,
+                selected: ContextSet::EMPTY,
+            };
         };
         let mut selected = ContextSet::EMPTY;
         for id in 0..MAX_CONTEXTS {
@@ -636,15 +723,10 @@ impl Handshake {
                 selected.insert(id as u32);
             }
         }
-        if set {
-            self.meta = Some((export, selected));
+        Parsed::Contexts {
+            export: Some(export),
+            selected,
         }
-        self.pending = Pending::Contexts {
-            option,
-            export,
-            set: selected,
-        };
-        self.refill(exports, out);
     }
 
     /// Emit the next lazily generated reply into an empty `out`.

@@ -112,7 +112,13 @@ pub const OPTION_BUFFER: usize = 2 * crate::wire::MAX_STRING + 256;
 pub const MAX_OPTION_LENGTH: u32 = 32 << 20;
 /// Size of the handshake's output buffer: one option reply of the largest
 /// kind (an `NBD_REP_SERVER` with a 4096-byte name and description).
+///
+/// Option payloads are read into the same buffer: the machine reads no
+/// option while replies wait, and resolves a payload (names to export
+/// positions, queries to context sets) before it writes the replies, so one
+/// buffer serves both and a connection costs half the memory.
 pub const TRANSMIT_BUFFER: usize = 2 * crate::wire::MAX_STRING + 256;
+const _: () = assert!(OPTION_BUFFER <= TRANSMIT_BUFFER);
 
 /// When TLS is offered and demanded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -315,6 +321,9 @@ impl<E: Exports> Server<E> {
 
     /// Bytes waiting to be sent (handshake only).
     pub fn poll_transmit(&mut self) -> &[u8] {
+        if self.collecting() {
+            return &[];
+        }
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
@@ -330,8 +339,13 @@ impl<E: Exports> Server<E> {
         self.sent = (self.sent + n).min(self.out.len());
     }
 
+    /// Whether the shared handshake buffer holds a payload being read.
+    fn collecting(&self) -> bool {
+        matches!(&self.phase, Phase::Handshake(h) if h.collecting())
+    }
+
     fn output_pending(&self) -> bool {
-        self.sent < self.out.len()
+        !self.collecting() && self.sent < self.out.len()
             || matches!(&self.phase, Phase::Handshake(h) if h.has_pending_replies())
     }
 
@@ -342,6 +356,12 @@ impl<E: Exports> Server<E> {
         match &mut self.phase {
             Phase::Handshake(_) if output_pending => Progress::NONE,
             Phase::Handshake(h) => {
+                // Everything queued was sent: the buffer now takes the next
+                // option's payload (unless it already holds part of it).
+                if !h.collecting() {
+                    self.out.clear();
+                    self.sent = 0;
+                }
                 let step = h.step(
                     input,
                     &self.exports,
