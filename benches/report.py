@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Markdown table and ratio plot from a benches/peers JSON file.
+
+    python3 benches/report.py benches/results/DATE.json   # rewrites DATE.md/.png
+
+A ratio is blockwire's standing against the best peer on that row, written
+so that > 1 means blockwire is ahead: blockwire / best peer for IOPS and
+MiB/s, best peer / blockwire for latency, CPU and RSS.
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+BLOCKWIRE = ["blockwire-mem", "blockwire-file"]
+PEERS = ["nbdkit-mem", "qemu-nbd-file"]
+SERVERS = ["blockwire-mem", "nbdkit-mem", "qemu-nbd-file", "blockwire-file"]
+TRANSPORTS = ["unix", "tcp"]
+LIKE = {"blockwire-mem": "nbdkit-mem", "blockwire-file": "qemu-nbd-file"}
+
+# (job, metric, higher is better)
+PERF_ROWS = [
+    ("randread-4k-qd1", "iops", True), ("randread-4k-qd1", "p50_us", False),
+    ("randread-4k-qd1", "p99_us", False),
+    ("randread-4k-qd32", "iops", True), ("randread-4k-qd32", "p99_us", False),
+    ("randwrite-4k-qd32", "iops", True), ("randwrite-4k-qd32", "p99_us", False),
+    ("read-1m-qd8", "mibs", True), ("write-1m-qd8", "mibs", True),
+    ("nbdcopy-to-null", "mibs", True), ("nbdcopy-from-file", "mibs", True),
+]
+JOB_ORDER = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32", "read-1m-qd8",
+             "write-1m-qd8", "nbdcopy-to-null", "nbdcopy-from-file"]
+UNIT = {"iops": "IOPS", "mibs": "MiB/s", "p50_us": "p50 µs", "p99_us": "p99 µs",
+        "cpu_s_per_gib": "CPU s/GiB", "hwm_mib": "VmHWM MiB"}
+
+
+def fmt(v, metric):
+    if v is None:
+        return "–"
+    if metric == "iops":
+        return f"{v / 1000:.1f}k"
+    if metric in ("p50_us", "p99_us"):
+        return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+    if metric == "cpu_s_per_gib":
+        return f"{v:.2f}"
+    return f"{v:.0f}"
+
+
+class Table:
+    def __init__(self, raw):
+        self.raw = raw
+        self.cells = {}
+        for r in raw["records"]:
+            for m in ("iops", "mibs", "p50_us", "p99_us", "cpu_s_per_gib", "hwm_mib"):
+                if m in r:
+                    self.cells.setdefault((r["job"], r["transport"], r["server"], m), []).append(r[m])
+        self.servers = [s for s in SERVERS if any(k[2] == s for k in self.cells)]
+        self.transports = [t for t in TRANSPORTS if any(k[1] == t for k in self.cells)]
+        self.jobs = [j for j in JOB_ORDER if any(k[0] == j for k in self.cells)]
+
+    def med(self, job, tr, sv, m):
+        v = self.cells.get((job, tr, sv, m))
+        return statistics.median(v) if v else None
+
+    def cell(self, job, tr, sv, m):
+        v = self.cells.get((job, tr, sv, m))
+        if not v:
+            return "–"
+        s = fmt(statistics.median(v), m)
+        if len(v) > 1:
+            s += f" [{fmt(min(v), m)}–{fmt(max(v), m)}]"
+        return s
+
+    def best_peer(self, job, tr, m, higher):
+        vals = [(self.med(job, tr, p, m), p) for p in PEERS]
+        vals = [(v, p) for v, p in vals if v is not None]
+        if not vals:
+            return None, None
+        return (max if higher else min)(vals)
+
+    def ratio(self, job, tr, sv, m, higher):
+        b = self.med(job, tr, sv, m)
+        if m == "hwm_mib":
+            # RSS of a memory-backed server is mostly the disk it holds:
+            # compare like with like (blockwire-mem with nbdkit-mem,
+            # blockwire-file with qemu-nbd on the same file).
+            best = self.med(job, tr, LIKE[sv], m)
+        else:
+            best, _ = self.best_peer(job, tr, m, higher)
+        if not b or not best:
+            return None
+        return b / best if higher else best / b
+
+    def rows(self, spec):
+        """(label, job, transport, metric, higher) for the rows present."""
+        for job, m, higher in spec:
+            if job not in self.jobs:
+                continue
+            for tr in self.transports:
+                yield f"{job} {tr} {UNIT[m]}", job, tr, m, higher
+
+    def cost_spec(self):
+        return [(j, m, False) for m in ("cpu_s_per_gib", "hwm_mib") for j in self.jobs]
+
+    def markdown_table(self, spec):
+        bws = [b for b in BLOCKWIRE if b in self.servers]
+        head = ["row"] + self.servers + [f"{b} / best peer" for b in bws]
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for label, job, tr, m, higher in self.rows(spec):
+            cols = [label] + [self.cell(job, tr, s, m) for s in self.servers]
+            for b in bws:
+                r = self.ratio(job, tr, b, m, higher)
+                cols.append("–" if r is None else (f"**{r:.2f}**" if r >= 1 else f"{r:.2f}"))
+            out.append("| " + " | ".join(cols) + " |")
+        return "\n".join(out)
+
+
+def loopback(raw):
+    by = {}
+    for r in raw["loopback"]:
+        by.setdefault(r["transport"], []).append(r["mibs"])
+    return {t: statistics.median(v) for t, v in by.items()}, by
+
+
+def goals(t, raw):
+    lb, _ = loopback(raw)
+    lines = []
+
+    def verdict(ok):
+        return "met" if ok else "**not met**"
+
+    for b in [b for b in BLOCKWIRE if b in t.servers]:
+        lines.append(f"\n**{b}**\n")
+        for job in ("randread-4k-qd32", "randwrite-4k-qd32"):
+            rs = {tr: t.ratio(job, tr, b, "iops", True) for tr in t.transports}
+            ok = all(r is not None and r >= 1.3 for r in rs.values())
+            lines.append(f"- {job} IOPS ≥ 1.3× best peer: {verdict(ok)} ("
+                         + ", ".join(f"{tr} {r:.2f}×" for tr, r in rs.items() if r) + ")")
+        for job in ("read-1m-qd8", "write-1m-qd8"):
+            parts, ok = [], True
+            for tr in t.transports:
+                r = t.ratio(job, tr, b, "mibs", True)
+                v = t.med(job, tr, b, "mibs")
+                frac = v / lb[tr] if v and lb.get(tr) else None
+                ok = ok and r is not None and r >= 1 and frac is not None and frac >= 0.8
+                parts.append(f"{tr} {r:.2f}× peer, {frac:.0%} of loopback" if r and frac else tr)
+            lines.append(f"- {job} MiB/s ≥ best peer and ≥ 80% of loopback: {verdict(ok)} ("
+                         + "; ".join(parts) + ")")
+        rs = {tr: t.ratio("randread-4k-qd1", tr, b, "p50_us", False) for tr in t.transports}
+        ok = all(r is not None and r >= 1 for r in rs.values())
+        lines.append("- randread-4k-qd1 p50 no worse than best peer: " + verdict(ok) + " ("
+                     + ", ".join(f"{tr} {r:.2f}" for tr, r in rs.items() if r) + ")")
+        # RSS: at most half the lightest peer, job by job.
+        bad = []
+        for tr in t.transports:
+            for job in t.jobs:
+                r = t.ratio(job, tr, b, "hwm_mib", False)
+                if r is not None and r < 2:
+                    bad.append(f"{job} {tr} {r:.2f}")
+        lines.append(f"- VmHWM ≤ ½ of {LIKE[b]} on every job: " + verdict(not bad)
+                     + (f" (below 2: {', '.join(bad)})" if bad else ""))
+        bad = []
+        for tr in t.transports:
+            for job in t.jobs:
+                r = t.ratio(job, tr, b, "cpu_s_per_gib", False)
+                if r is not None and r <= 1:
+                    bad.append(f"{job} {tr} {r:.2f}")
+        lines.append("- CPU s/GiB below every peer on every job: " + verdict(not bad)
+                     + (f" (not below: {', '.join(bad)})" if bad else ""))
+    return "\n".join(lines)
+
+
+def plot(t, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: no plot", file=sys.stderr)
+        return False
+    rows = list(t.rows(PERF_ROWS)) + list(t.rows(t.cost_spec()))
+    bws = [b for b in BLOCKWIRE if b in t.servers]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
+    h = 0.8 / max(len(bws), 1)
+    colors = {"blockwire-mem": "#1f77b4", "blockwire-file": "#ff7f0e"}
+    labels = [r[0] for r in rows]
+    for i, b in enumerate(bws):
+        ys = [n + (i - (len(bws) - 1) / 2) * h for n in range(len(rows))]
+        xs = [t.ratio(job, tr, b, m, hi) or 0 for _, job, tr, m, hi in rows]
+        ax.barh(ys, xs, height=h, color=colors.get(b), label=f"{b} vs best peer")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.axvline(1.3, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, NullLocator
+    ticks = [0.1, 0.25, 0.5, 0.75, 1, 1.3, 2, 3, 5, 10]
+    lo, hi = ax.get_xlim()
+    ticks = [x for x in ticks if lo <= x <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{x:g}" for x in ticks])
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio to best peer (VmHWM: to the like-backed peer); > 1: blockwire ahead; "
+                  "log scale; dashed: 1.3", fontsize=8)
+    m = t.raw["machine"]
+    ax.set_title(f"blockwire vs qemu-nbd / nbdkit — {m['seconds']} s × {m['reps']} reps, "
+                 f"{m['nproc']} CPUs", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def write(raw, md_path, png_path, extra=""):
+    t = Table(raw)
+    m = raw["machine"]
+    lb, lb_all = loopback(raw)
+    has_plot = plot(t, png_path)
+    s = [f"# blockwire vs qemu-nbd and nbdkit — {md_path.stem}", ""]
+    s.append(f"`benches/peers --seconds {m['seconds']} --reps {m['reps']}`: every job runs "
+             f"{m['seconds']} s (fio, time_based) against a fresh server; repetitions are "
+             "interleaved (repetition loop outside, server loop inside, server order rotated). "
+             "Cells are medians with the min–max spread over repetitions. Ratios: blockwire "
+             "against the best of nbdkit and qemu-nbd on that row, > 1 means blockwire is "
+             "ahead (bold).")
+    s.append("")
+    s.append("Servers: `blockwire serve --memory 1G`; `nbdkit memory 1G`; `qemu-nbd -f raw -t "
+             "--shared=8 --cache=writeback --aio=threads` on a 1 GiB file in /dev/shm; "
+             "`blockwire serve` on that same file. Read jobs on the memory servers are "
+             "pre-filled with 1 GiB of random data (nbdcopy) first; the file holds random "
+             "data from the start. fio: `--ioengine=nbd`, one job, latency = `clat_ns` "
+             "percentiles. nbdcopy: default options, 1 GiB server → `null:` and a 1 GiB "
+             "random file → server.")
+    if m.get("note"):
+        s += ["", m["note"]]
+    if has_plot:
+        s += ["", f"![ratios]({png_path.name})"]
+    s += ["", "## Throughput and latency", "", t.markdown_table(PERF_ROWS)]
+    s += ["", "## Server cost", "",
+          "CPU: the server's utime + stime during the job over the GiB moved. VmHWM: the "
+          "server's peak RSS during the job (reset after the pre-fill through "
+          "`/proc/PID/clear_refs`). For the memory-backed servers the RSS includes the disk "
+          "contents they hold, so compare blockwire-mem with nbdkit-mem and blockwire-file "
+          "with qemu-nbd for what the server itself costs: the VmHWM ratios do exactly that "
+          "(blockwire-mem against nbdkit-mem, blockwire-file against qemu-nbd).", "",
+          t.markdown_table(t.cost_spec())]
+    s += ["", "## Loopback baseline", "",
+          "One process sending 1 MiB `sendall` calls, one receiving with 1 MiB `recv_into`, "
+          "4 GiB per run, default socket buffers:", ""]
+    for tr, v in lb.items():
+        spread = lb_all[tr]
+        s.append(f"- {tr}: {v:.0f} MiB/s" + (f" [{min(spread):.0f}–{max(spread):.0f}]"
+                                             if len(spread) > 1 else ""))
+    s += ["", "## Goals (issue 8)", goals(t, raw)]
+    if raw.get("criterion"):
+        s += ["", "## Core codec (criterion, quick settings)", "",
+              "`cargo bench -p blockwire-core --bench codec -- --warm-up-time 1 "
+              "--measurement-time 3`:", ""]
+        for k, (ns, pm) in raw["criterion"].items():
+            s.append(f"- {k}: {ns:.0f} ns/iter (± {pm:.0f})")
+    s += ["", "## Machine", ""]
+    for k in ("nproc", "cpu", "kernel", "blockwire", "qemu-nbd", "nbdkit", "fio", "nbdcopy"):
+        s.append(f"- {k}: {m.get(k)}")
+    s.append(f"- 1-min load average: {m.get('load_before', 0):.2f} before, "
+             f"{m.get('load_after', 0):.2f} after; {m.get('elapsed_s', 0)} s for the matrix")
+    if extra:
+        s += ["", extra]
+    md_path.write_text("\n".join(s) + "\n")
+
+
+if __name__ == "__main__":
+    p = Path(sys.argv[1])
+    raw = json.loads(p.read_text())
+    extra_path = p.with_suffix(".notes.md")
+    extra = extra_path.read_text() if extra_path.exists() else ""
+    write(raw, p.with_suffix(".md"), p.with_suffix(".png"), extra)
