@@ -112,20 +112,32 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
 /// Read and write buffers of one connection, reused so that the hot path
 /// does not allocate (or fault in fresh pages) per request.
 pub struct BufPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Pooled>,
 }
 
-/// Buffers kept for reuse per connection.
-const POOLED: usize = 16;
+#[derive(Default)]
+struct Pooled {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Buffers kept for reuse per connection: one per request that can be in
+/// flight, so a steady stream of requests allocates (and zeroes) nothing.
+/// With fewer, every request past the pool paid for a fresh zeroed buffer:
+/// a third of the server's time at 4K random reads, iodepth 32.
+const POOLED: usize = crate::connection::MAX_IN_FLIGHT + 8;
+/// Bytes kept for reuse per connection at most.
+const MAX_POOLED_BYTES: usize = 128 << 20;
 /// Larger buffers are freed after use rather than kept.
 const MAX_POOLED_LEN: usize = 32 << 20;
-/// Smallest buffer handed out, so that small requests share buffers.
-const MIN_LEN: usize = 64 << 10;
+/// Smallest buffer handed out: a page, so that a 4 KiB request does not
+/// zero sixteen pages it never uses.
+const MIN_LEN: usize = 4 << 10;
 
 impl Default for BufPool {
     fn default() -> Self {
         Self {
-            free: Mutex::new(Vec::with_capacity(POOLED)),
+            free: Mutex::new(Pooled::default()),
         }
     }
 }
@@ -135,13 +147,18 @@ impl BufPool {
     pub fn get(&self, len: usize) -> Vec<u8> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         let best = free
+            .bufs
             .iter()
             .enumerate()
             .filter(|(_, b)| b.len() >= len)
             .min_by_key(|(_, b)| b.len())
             .map(|(i, _)| i);
         match best {
-            Some(i) => free.swap_remove(i),
+            Some(i) => {
+                let b = free.bufs.swap_remove(i);
+                free.bytes -= b.len();
+                b
+            }
             None => {
                 drop(free);
                 vec![0u8; len.max(MIN_LEN)]
@@ -154,11 +171,16 @@ impl BufPool {
             return;
         }
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < POOLED {
-            free.push(buf);
-        } else if let Some(smallest) = free.iter_mut().min_by_key(|b| b.len()) {
-            if smallest.len() < buf.len() {
-                *smallest = buf;
+        if free.bufs.len() < POOLED && free.bytes + buf.len() <= MAX_POOLED_BYTES {
+            free.bytes += buf.len();
+            free.bufs.push(buf);
+        } else if let Some(i) = (0..free.bufs.len()).min_by_key(|&i| free.bufs[i].len()) {
+            // Keep the larger of the two: it can serve any request the
+            // smaller one could.
+            let old = free.bufs[i].len();
+            if old < buf.len() && free.bytes - old + buf.len() <= MAX_POOLED_BYTES {
+                free.bytes = free.bytes - old + buf.len();
+                free.bufs[i] = buf;
             }
         }
     }
@@ -184,6 +206,36 @@ mod tests {
         p.put(b);
         assert_eq!(p.get(10).len(), MIN_LEN);
         assert_eq!(p.get(200_000).len(), 1 << 20);
+    }
+
+    #[test]
+    fn pool_holds_one_buffer_per_request_in_flight() {
+        let p = BufPool::default();
+        let bufs: Vec<_> = (0..crate::connection::MAX_IN_FLIGHT)
+            .map(|_| p.get(4096))
+            .collect();
+        let ptrs: Vec<_> = bufs.iter().map(|b| b.as_ptr()).collect();
+        for b in bufs {
+            p.put(b);
+        }
+        // A second round reuses every buffer: no allocation, no zeroing.
+        let again: Vec<_> = (0..crate::connection::MAX_IN_FLIGHT)
+            .map(|_| p.get(4096).as_ptr())
+            .collect();
+        for ptr in &again {
+            assert!(ptrs.contains(ptr));
+        }
+    }
+
+    #[test]
+    fn pool_bytes_are_bounded() {
+        let p = BufPool::default();
+        for _ in 0..10 {
+            p.put(vec![0u8; MAX_POOLED_LEN]);
+        }
+        let free = p.free.lock().unwrap();
+        assert!(free.bytes <= MAX_POOLED_BYTES);
+        assert_eq!(free.bytes, free.bufs.iter().map(|b| b.len()).sum::<usize>());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use std::io::{self, Seek as _, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use blockwire_core::block::contract::{STATE_HOLE, STATE_ZERO};
 
@@ -23,6 +24,12 @@ pub struct FileBackend {
     /// matters on tmpfs, where SEEK_HOLE walks the page cache up to the
     /// next hole. Writes only add data, so only trims and zeroes clear it.
     data_extent: Mutex<(u64, u64)>,
+    /// Whether the file may have holes: known at open from its allocated
+    /// blocks, and set again whenever we punch one. Asking the kernel on
+    /// every read (an fstat, then lseeks) cost more than the reads on
+    /// page-cached files. A hole made by another process goes unseen, which
+    /// is safe: it reads, and is reported, as data that is zero.
+    sparse: AtomicBool,
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -43,6 +50,10 @@ impl FileBackend {
         // For block devices metadata().len() is 0; seeking to the end asks
         // the driver (what BLKGETSIZE64 would) without an ioctl.
         let size = file.seek(SeekFrom::End(0))?;
+        let sparse = !block_device && {
+            use std::os::unix::fs::MetadataExt;
+            file.metadata()?.blocks().saturating_mul(512) < size
+        };
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -50,6 +61,7 @@ impl FileBackend {
             read_only,
             block_device,
             data_extent: Mutex::new((0, 0)),
+            sparse: AtomicBool::new(sparse),
         })
     }
 
@@ -71,6 +83,7 @@ impl FileBackend {
             read_only: false,
             block_device: false,
             data_extent: Mutex::new((0, 0)),
+            sparse: AtomicBool::new(true),
         })
     }
 
@@ -132,6 +145,7 @@ impl Backend for FileBackend {
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
         self.forget_extent();
+        self.sparse.store(true, Ordering::Relaxed);
         match sys::punch_hole(&self.file, offset, len) {
             // Trim is advisory: a filesystem that cannot punch keeps data.
             Err(e) if unsupported(&e) => Ok(()),
@@ -142,6 +156,7 @@ impl Backend for FileBackend {
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fast: bool) -> io::Result<()> {
         self.forget_extent();
         if may_unmap {
+            self.sparse.store(true, Ordering::Relaxed);
             match sys::punch_hole(&self.file, offset, len) {
                 Err(e) if unsupported(&e) => {}
                 r => return r,
@@ -158,14 +173,7 @@ impl Backend for FileBackend {
     }
 
     fn maybe_sparse(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        // Looking for holes costs two lseeks per read, and on tmpfs each
-        // walks the page cache up to the next hole, possibly the end of the
-        // file; a file with every block allocated has nothing to find.
-        match self.file.metadata() {
-            Ok(m) => !self.block_device && m.blocks().saturating_mul(512) < self.size,
-            Err(_) => true,
-        }
+        self.sparse.load(Ordering::Relaxed)
     }
 
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
