@@ -40,8 +40,8 @@ const INPUT_BUFFER: usize = 256 << 10;
 const MAX_BATCH: usize = 64;
 /// Extents per block-status chunk at most; clients ask again for the rest.
 const MAX_STATUS_EXTENTS: u32 = 1 << 16;
-/// Reads and writes up to this size on a blocking backend run in the
-/// connection's task instead of the blocking pool (see `dispatch`).
+/// Reads and writes up to this size on a device that never blocks run in
+/// the connection's task (see `dispatch`).
 const INLINE_MAX: usize = 64 << 10;
 /// Reads shorter than this are not worth a block-status lookup for holes.
 const SPARSE_READ_MIN: u64 = 64 << 10;
@@ -494,15 +494,17 @@ fn dispatch(
 ) {
     let device = &job.export.device;
     let span = tracing::Span::current();
-    if job.blocking
+    if !job.blocking
         && !device.throttled()
         && device.latency().is_none()
         && matches!(req.command, CommandType::READ | CommandType::WRITE)
         && req.length as usize <= INLINE_MAX
     {
-        // A small read or write mostly hits the page cache and takes a
-        // microsecond or two; handing it to the blocking pool and back
-        // costs several context switches more than that.
+        // On a device that never waits (memory, a file on tmpfs) a small
+        // read or write is a copy of a microsecond or two: handing it to
+        // another task or thread costs several context switches more.
+        // Devices that can block (disks) always go to the blocking pool,
+        // so a slow read never stalls this connection's other requests.
         let reply = execute(&job, &req, data);
         let _ = tx.send(Outgoing {
             reply,

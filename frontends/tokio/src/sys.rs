@@ -156,3 +156,21 @@ pub fn tcp_keepalive(fd: RawFd, idle_secs: i32, interval_secs: i32, count: i32) 
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval_secs)?;
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)
 }
+
+/// Whether `file` lives in memory (tmpfs, ramfs), where I/O cannot wait for
+/// a device: nothing there is worth handing to a thread pool.
+pub fn on_memory_fs(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes a `statfs` into the buffer we own, and only
+    // reads the descriptor, which `file` keeps open for the call.
+    let ret = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if ret != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it initialised the struct (and zeroed
+    // memory is a valid statfs anyway).
+    let st = unsafe { st.assume_init() };
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+}

@@ -30,6 +30,9 @@ pub struct FileBackend {
     /// page-cached files. A hole made by another process goes unseen, which
     /// is safe: it reads, and is reported, as data that is zero.
     sparse: AtomicBool,
+    /// On tmpfs or ramfs: I/O is memory copies and never waits for a
+    /// device, so requests need not go through the blocking pool.
+    memory_fs: bool,
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -54,6 +57,7 @@ impl FileBackend {
             use std::os::unix::fs::MetadataExt;
             file.metadata()?.blocks().saturating_mul(512) < size
         };
+        let memory_fs = sys::on_memory_fs(&file);
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -62,6 +66,7 @@ impl FileBackend {
             block_device,
             data_extent: Mutex::new((0, 0)),
             sparse: AtomicBool::new(sparse),
+            memory_fs,
         })
     }
 
@@ -76,6 +81,7 @@ impl FileBackend {
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         file.set_len(size)?;
+        let memory_fs = sys::on_memory_fs(&file);
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -84,6 +90,7 @@ impl FileBackend {
             block_device: false,
             data_extent: Mutex::new((0, 0)),
             sparse: AtomicBool::new(true),
+            memory_fs,
         })
     }
 
@@ -108,7 +115,7 @@ impl Backend for FileBackend {
             read_only: self.read_only,
             trim: true,
             fast_zero: true,
-            blocking: true,
+            blocking: !self.memory_fs,
             sparse_reads: !self.block_device,
         }
     }
@@ -237,6 +244,20 @@ impl Backend for FileBackend {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn files_in_memory_do_not_need_the_blocking_pool() {
+        let shm = std::path::Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return;
+        }
+        let path = shm.join(format!("blockwire-test-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let b = FileBackend::open(&path, false).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(crate::sys::on_memory_fs(&b.file), "/dev/shm is tmpfs on Linux");
+        assert!(!b.caps().blocking);
+    }
+
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
