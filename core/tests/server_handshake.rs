@@ -744,3 +744,20 @@ fn shutdown_refuses_options() {
         assert_eq!(p.take_events(), vec![Ev::Close(CloseReason::Shutdown)]);
     }
 }
+
+/// Found by fuzzing: a timeout while an option's payload is half read must
+/// not leave that payload in the output (the buffer is shared).
+#[test]
+fn timeout_mid_option_payload_sends_nothing_more() {
+    use blockwire_core::time::Instant;
+    let mut p = Pair::start(Split::Whole, 3);
+    let o = opt(OptionType::GO, &go_payload("disk", &[1, 2, 3]));
+    p.feed(&o[..o.len() - 3]);
+    assert!(p.from_server.is_empty());
+    let deadline = p.server.poll_timeout().unwrap();
+    assert!(p.server.handle_timeout(deadline).is_some());
+    assert!(
+        p.server.poll_transmit().is_empty(),
+        "payload echoed as output"
+    );
+}

@@ -459,6 +459,12 @@ impl<E: Exports> Server<E> {
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Event<'static>> {
         match (self.poll_timeout(), &self.phase) {
             (Some(d), Phase::Handshake(_) | Phase::AwaitingTls(_)) if now >= d => {
+                // The shared buffer may hold part of an option's payload:
+                // once closed it would read as output.
+                if self.collecting() {
+                    self.out.clear();
+                    self.sent = 0;
+                }
                 self.phase = Phase::Closed;
                 self.deadline = None;
                 Some(Event::Close(CloseReason::HandshakeTimeout))
