@@ -123,6 +123,136 @@ pub enum Error {
     ErrorMessageTooLong { cookie: u64, message_length: u16 },
 }
 
+impl core::fmt::Display for Error {
+    /// A message for people: what the server did wrong, in the spec's terms.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use Error::*;
+        match self {
+            BadMagic { found } => write!(f, "not an NBD server (greeting {found:#018x})"),
+            Oldstyle => f.write_str("oldstyle NBD server: not supported"),
+            NotFixedNewstyle => f.write_str("server does not support fixed newstyle negotiation"),
+            BadOptionReplyMagic { found } => write!(f, "bad option reply magic {found:#x}"),
+            UnexpectedOptionReply { option, reply } => {
+                write!(f, "unexpected {reply:?} in reply to NBD_OPT_{option:?}")
+            }
+            OptionReplyTooLong { option, length } => {
+                write!(
+                    f,
+                    "reply of {length} bytes to NBD_OPT_{option:?} is too long"
+                )
+            }
+            MalformedOptionReply { option, reply } => {
+                write!(f, "malformed {reply:?} in reply to NBD_OPT_{option:?}")
+            }
+            InvalidString => f.write_str("server sent a string that is not UTF-8"),
+            TlsRequired => f.write_str("server requires TLS (use an nbds:// URI)"),
+            TlsRefused { reply } => write!(f, "server refused TLS ({reply:?})"),
+            PlaintextAfterStartTls => f.write_str("server sent plaintext after STARTTLS"),
+            UnknownExport => f.write_str("server has no such export"),
+            OptionFailed { option, reply } => write!(f, "NBD_OPT_{option:?} failed: {reply:?}"),
+            ServerShutdown => f.write_str("server is shutting down"),
+            ExportTooLarge { size } => write!(f, "export size {size} is 2^63 bytes or more"),
+            InvalidBlockSize {
+                minimum,
+                preferred,
+                maximum,
+            } => write!(
+                f,
+                "invalid block sizes: minimum {minimum}, preferred {preferred}, maximum {maximum}"
+            ),
+            MissingExportInfo => f.write_str("server accepted the export without describing it"),
+            TooManyContexts => f.write_str("server selected more metadata contexts than asked"),
+            DuplicateContext { id } => write!(f, "server selected context id {id} twice"),
+            GoUnsupportedWithExtendedHeaders => {
+                f.write_str("server refused NBD_OPT_GO after accepting extended headers")
+            }
+            Timeout => f.write_str("handshake timed out"),
+            UnexpectedEof => f.write_str("server closed the connection unexpectedly"),
+            BadReplyMagic { found } => write!(f, "bad reply magic {found:#x}"),
+            UnknownCookie { cookie } => {
+                write!(f, "reply for cookie {cookie}, which is not in flight")
+            }
+            SimpleReplyToRead { cookie } => {
+                write!(f, "simple reply to structured read (cookie {cookie})")
+            }
+            ReplyOffsetMismatch { cookie } => {
+                write!(
+                    f,
+                    "reply offset does not match its request (cookie {cookie})"
+                )
+            }
+            ChunkTooLong { cookie, length } => {
+                write!(
+                    f,
+                    "reply chunk of {length} bytes is too long (cookie {cookie})"
+                )
+            }
+            UnexpectedChunk {
+                cookie,
+                chunk,
+                command,
+            } => write!(
+                f,
+                "unexpected {chunk:?} chunk for {command:?} (cookie {cookie})"
+            ),
+            MalformedChunk { cookie, chunk } => {
+                write!(f, "malformed {chunk:?} chunk (cookie {cookie})")
+            }
+            ChunkOutOfRange {
+                cookie,
+                offset,
+                length,
+            } => write!(
+                f,
+                "chunk at {offset}+{length} lies outside its request (cookie {cookie})"
+            ),
+            ChunkOverlap {
+                cookie,
+                offset,
+                length,
+            } => write!(
+                f,
+                "chunk at {offset}+{length} overlaps earlier data (cookie {cookie})"
+            ),
+            FragmentedDf { cookie } => {
+                write!(
+                    f,
+                    "fragmented reply to a don't-fragment read (cookie {cookie})"
+                )
+            }
+            EmptyHole { cookie } => write!(f, "hole of length 0 (cookie {cookie})"),
+            EmptyExtent { cookie } => {
+                write!(f, "block status extent of length 0 (cookie {cookie})")
+            }
+            ExtentBeyondRequest { cookie } => {
+                write!(
+                    f,
+                    "block status extent beyond its request (cookie {cookie})"
+                )
+            }
+            UnknownContext { cookie, id } => {
+                write!(
+                    f,
+                    "block status for unselected context {id} (cookie {cookie})"
+                )
+            }
+            DuplicateStatus { cookie, id } => {
+                write!(
+                    f,
+                    "two block status chunks for context {id} (cookie {cookie})"
+                )
+            }
+            ErrorMessageTooLong {
+                cookie,
+                message_length,
+            } => write!(
+                f,
+                "error message of {message_length} bytes overruns its chunk (cookie {cookie})"
+            ),
+        }
+    }
+}
+
 /// A request the client refused to send (nothing was queued).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestError {

@@ -65,7 +65,7 @@ impl fmt::Display for ClientError {
             ClientError::Uri(e) => write!(f, "{e}"),
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::Tls(e) => write!(f, "TLS: {e}"),
-            ClientError::Protocol(e) => write!(f, "NBD protocol: {e:?}"),
+            ClientError::Protocol(e) => write!(f, "NBD protocol: {e}"),
             ClientError::Request {
                 what,
                 offset,

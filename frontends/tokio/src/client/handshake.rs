@@ -270,7 +270,7 @@ async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> 
                 let _ = send_all(&mut machine, &mut stream).await;
                 return Err(match (e, details.last_refusal.take()) {
                     (e, Some(msg)) if !msg.is_empty() => {
-                        ClientError::Closed(format!("{e:?}: server said: {msg}"))
+                        ClientError::Closed(format!("{e}: server said: {msg}"))
                     }
                     (e, _) => ClientError::Protocol(e),
                 });
