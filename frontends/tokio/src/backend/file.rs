@@ -254,7 +254,10 @@ mod tests {
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let b = FileBackend::open(&path, false).unwrap();
         let _ = std::fs::remove_file(&path);
-        assert!(crate::sys::on_memory_fs(&b.file), "/dev/shm is tmpfs on Linux");
+        assert!(
+            crate::sys::on_memory_fs(&b.file),
+            "/dev/shm is tmpfs on Linux"
+        );
         assert!(!b.caps().blocking);
     }
 
