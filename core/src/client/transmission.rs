@@ -183,6 +183,19 @@ impl<'c, const N: usize> Client<'c, N> {
     /// closes, [`handle_eof`](Self::handle_eof) says whether anything was
     /// lost.
     pub fn disconnect(&mut self) -> Result<(), RequestError> {
+        self.ready_to_send()?;
+        if !self.push_request(CommandType::DISC, CommandFlags::empty(), 0, 0, 0) {
+            return Err(RequestError::TransmitFull);
+        }
+        self.phase = Phase::Transmission {
+            disconnecting: true,
+        };
+        Ok(())
+    }
+
+    /// A request may be queued: transmission is on, no disconnect queued,
+    /// and no write payload is still owed.
+    fn ready_to_send(&self) -> Result<(), RequestError> {
         if !matches!(
             self.phase,
             Phase::Transmission {
@@ -194,12 +207,6 @@ impl<'c, const N: usize> Client<'c, N> {
         if self.payload_owed {
             return Err(RequestError::PayloadOwed);
         }
-        if !self.push_request(CommandType::DISC, CommandFlags::empty(), 0, 0, 0) {
-            return Err(RequestError::TransmitFull);
-        }
-        self.phase = Phase::Transmission {
-            disconnecting: true,
-        };
         Ok(())
     }
 
@@ -246,17 +253,7 @@ impl<'c, const N: usize> Client<'c, N> {
         offset: u64,
         length: u64,
     ) -> Result<Cookie, RequestError> {
-        if !matches!(
-            self.phase,
-            Phase::Transmission {
-                disconnecting: false
-            }
-        ) {
-            return Err(RequestError::NotReady);
-        }
-        if self.payload_owed {
-            return Err(RequestError::PayloadOwed);
-        }
+        self.ready_to_send()?;
         let export = self.export.ok_or(RequestError::NotReady)?;
         type C = CommandType;
         type F = CommandFlags;
