@@ -483,3 +483,39 @@ fn sigterm_with_a_client_that_never_reads() {
     }
     drop(c);
 }
+
+/// `blkdebug=` on an `--export` injects errors into that export only.
+#[test]
+fn blkdebug_on_one_export_leaves_the_others_alone() {
+    require!("qemu-io");
+    if is_standin() {
+        return;
+    }
+    let Some(srv) = Server::start(&[
+        "--export",
+        "name=good,memory=1M",
+        "--export",
+        "name=bad,memory=1M,blkdebug=event=read,,errno=5",
+    ]) else {
+        return;
+    };
+    let read = |name: &str| {
+        run(
+            "qemu-io",
+            &["-f", "raw", "-c", "read 0 4k", &srv.uri_unix(name)],
+        )
+    };
+    let bad = read("bad");
+    let text =
+        String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        text.contains("Input/output error"),
+        "no EIO from the blkdebug export: {text}"
+    );
+    let good = read("good");
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains("read 4096/4096"),
+        "the other export failed too: {}",
+        explain("qemu-io", &["good"], &good)
+    );
+}

@@ -84,9 +84,11 @@ pub struct ServeArgs {
     /// name=NAME, and one of file=PATH | memory=SIZE | null=SIZE; then
     /// optionally readonly, offset=SIZE and size=SIZE (a window into the
     /// file, size a multiple of 512), description=TEXT, cow (copy-on-write
-    /// in memory), bitmap=NAME (repeatable), allocation-depth. A literal
-    /// comma in a value is written ",,". Example:
+    /// in memory), bitmap=NAME (repeatable), allocation-depth,
+    /// throttle=LIMITS and blkdebug=RULES (as --throttle and --blkdebug). A
+    /// literal comma in a value is written ",,". Examples:
     /// --export name=b,file=img.raw,readonly,offset=1M,size=64M
+    /// --export name=slow,memory=1G,throttle=bps=10M,,iops=100
     #[arg(long = "export", value_name = "SPEC", value_parser = ExportSpec::parse)]
     pub exports: Vec<ExportSpec>,
 
@@ -216,6 +218,8 @@ pub struct ExportSpec {
     pub cow: bool,
     pub bitmaps: Vec<String>,
     pub allocation_depth: bool,
+    pub throttle: Option<ThrottleLimits>,
+    pub blkdebug: Option<String>,
 }
 
 /// Splits on single commas; ",," is a literal comma (QEMU's convention).
@@ -251,6 +255,8 @@ impl ExportSpec {
             cow: false,
             bitmaps: vec![],
             allocation_depth: false,
+            throttle: None,
+            blkdebug: None,
         };
         let mut set_source = |src: SourceSpec| {
             if source.replace(src).is_some() {
@@ -280,10 +286,13 @@ impl ExportSpec {
                 "cow" => spec.cow = parse_bool(key, value)?,
                 "bitmap" | "dirty-bitmap" => spec.bitmaps.push(need()?.to_owned()),
                 "allocation-depth" => spec.allocation_depth = parse_bool(key, value)?,
+                "throttle" => spec.throttle = Some(parse_throttle(need()?)?),
+                "blkdebug" => spec.blkdebug = Some(parse_blkdebug(need()?)?),
                 _ => {
                     return Err(format!(
                         "unknown key {key:?} (known: name, file, memory, null, readonly, \
-                         offset, size, description, cow, bitmap, allocation-depth)"
+                         offset, size, description, cow, bitmap, allocation-depth, \
+                         throttle, blkdebug)"
                     ));
                 }
             }
@@ -391,6 +400,14 @@ mod tests {
         let e = ExportSpec::parse("name=m,memory=1G,description=a,, b,bitmap=x,bitmap=y").unwrap();
         assert_eq!(e.description, "a, b");
         assert_eq!(e.bitmaps, vec!["x", "y"]);
+        let e = ExportSpec::parse(
+            "name=t,memory=1M,throttle=bps=1M,,iops=100,blkdebug=event=read,,errno=5,,once=on",
+        )
+        .unwrap();
+        assert!(e.throttle.is_some());
+        assert_eq!(e.blkdebug.as_deref(), Some("event=read,errno=5,once=on"));
+        assert!(ExportSpec::parse("name=t,memory=1M,throttle=bogus=1").is_err());
+        assert!(ExportSpec::parse("name=t,memory=1M,blkdebug=event=nope").is_err());
         assert!(ExportSpec::parse("file=x").unwrap_err().contains("name"));
         assert!(ExportSpec::parse("name=x").unwrap_err().contains("file"));
         assert!(ExportSpec::parse("name=x,memory=1G,null=1G").is_err());

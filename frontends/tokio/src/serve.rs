@@ -83,8 +83,8 @@ fn plan_of(e: &ExportSpec, args: &ServeArgs) -> Plan {
         cow: e.cow.then_some(None),
         bitmaps: e.bitmaps.clone(),
         allocation_depth: e.allocation_depth,
-        throttle: None,
-        blkdebug: None,
+        throttle: e.throttle,
+        blkdebug: e.blkdebug.clone(),
     }
 }
 
