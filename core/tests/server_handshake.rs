@@ -749,7 +749,6 @@ fn shutdown_refuses_options() {
 /// not leave that payload in the output (the buffer is shared).
 #[test]
 fn timeout_mid_option_payload_sends_nothing_more() {
-    use blockwire_core::time::Instant;
     let mut p = Pair::start(Split::Whole, 3);
     let o = opt(OptionType::GO, &go_payload("disk", &[1, 2, 3]));
     p.feed(&o[..o.len() - 3]);
