@@ -377,6 +377,25 @@ fn chunk_offset_near_2_pow_64_is_refused() {
         last_failure(&run),
         Some(Error::ChunkOutOfRange { .. })
     ));
+    // Found by fuzzing: ERROR_OFFSET is not valid for a flush. The reply is
+    // an error (EIO here), and no offset is reported for it.
+    let mut c = structured();
+    let f = c.flush().unwrap();
+    let run = run_whole(
+        &mut c,
+        &Script::new()
+            .chunk(DONE, ERROR_OFFSET, f, &error_payload(5, "x", Some(1 << 40)))
+            .0,
+    );
+    assert!(last_failure(&run).is_none(), "{:?}", run.events);
+    assert!(
+        run.events
+            .iter()
+            .any(|e| matches!(e, Ev::ReplyError(c, Errno::EIO, None, _) if *c == f))
+    );
+    assert!(run.events.iter().any(
+        |e| matches!(e, Ev::Completed(c, Err(RequestFailure::Server(Errno::EIO))) if *c == f)
+    ));
 }
 
 #[test]

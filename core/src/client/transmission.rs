@@ -692,7 +692,7 @@ impl<'c, const N: usize> Client<'c, N> {
                 }
                 let cookie = self.cookie_of(slot);
                 let message = Span::text(Src::Payload, self.payload.bytes(), 0, message_len);
-                let offset = with_offset.then(|| be64(self.payload.bytes(), message_len));
+                let mut offset = with_offset.then(|| be64(self.payload.bytes(), message_len));
                 if let (Some(o), Some(s)) = (offset, self.inflight.get(slot)) {
                     let ranged = matches!(
                         s.command,
@@ -703,7 +703,12 @@ impl<'c, const N: usize> Client<'c, N> {
                             | CommandType::WRITE_ZEROES
                             | CommandType::BLOCK_STATUS
                     );
-                    if ranged && !s.contains(o, 1) {
+                    if !ranged {
+                        // ERROR_OFFSET is not valid for this command: an
+                        // unexpected error chunk still fails the request,
+                        // but its offset means nothing and is not passed on.
+                        offset = None;
+                    } else if !s.contains(o, 1) {
                         return Err(Error::ChunkOutOfRange {
                             cookie: cookie.0,
                             offset: o,
