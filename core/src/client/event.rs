@@ -10,6 +10,12 @@ use super::{Error, RequestFailure};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cookie(pub u64);
 
+impl From<Cookie> for u64 {
+    fn from(c: Cookie) -> u64 {
+        c.0
+    }
+}
+
 /// `NBD_INFO_BLOCK_SIZE`, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockSize {

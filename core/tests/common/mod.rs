@@ -6,6 +6,8 @@
 mod exports;
 pub use exports::*;
 
+include!("bytes.rs");
+
 use blockwire_core::server::{CloseReason, Request, Server, ServerConfig, Session};
 use blockwire_core::time::Instant;
 use blockwire_core::wire::*;
@@ -250,42 +252,6 @@ fn owned(e: blockwire_core::server::Event<'_>) -> Ev {
         E::Disconnect => Ev::Disconnect,
         E::Close(r) => Ev::Close(r),
     }
-}
-
-pub fn opt(option: OptionType, data: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    v.extend_from_slice(&option.0.to_be_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    v.extend_from_slice(data);
-    v
-}
-
-pub fn go_payload(name: &str, infos: &[u16]) -> Vec<u8> {
-    go_payload_raw(name.as_bytes(), infos)
-}
-
-pub fn go_payload_raw(name: &[u8], infos: &[u16]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&(name.len() as u32).to_be_bytes());
-    v.extend_from_slice(name);
-    v.extend_from_slice(&(infos.len() as u16).to_be_bytes());
-    for i in infos {
-        v.extend_from_slice(&i.to_be_bytes());
-    }
-    v
-}
-
-pub fn meta_payload(export: &str, queries: &[&str]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    v.extend_from_slice(export.as_bytes());
-    v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-    for q in queries {
-        v.extend_from_slice(&(q.len() as u32).to_be_bytes());
-        v.extend_from_slice(q.as_bytes());
-    }
-    v
 }
 
 pub fn request(
