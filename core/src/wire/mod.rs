@@ -2,12 +2,20 @@
 //! extension, flag fields as bitflags, and zerocopy structs for every
 //! fixed-size header.
 //!
+//! Variable-length payloads (option requests and replies, reply chunks)
+//! are value types in [`option`] and [`chunk`], read through the checked
+//! [`codec::Reader`] and written through [`codec::Sink`]; nothing else in
+//! the crate indexes wire bytes by hand.
+//!
 //! Decoding never panics: [`decode`] returns [`WireError::Short`] when more
 //! bytes are needed and [`WireError::BadMagic`] when a header's magic is wrong.
 
+pub mod chunk;
+pub mod codec;
 mod consts;
 mod flags;
 pub mod headers;
+pub mod option;
 
 pub use consts::*;
 pub use flags::*;
