@@ -58,7 +58,7 @@ fn session() -> Server<Disk> {
     loop {
         let n = s.poll_transmit().len();
         s.transmitted(n);
-        let p = s.handle_input(rest, Instant(0));
+        let p = s.handle_input(rest);
         let (c, done) = (p.consumed, matches!(p.event, Some(Event::Ready(_))));
         rest = &rest[c..];
         if done {
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
     let read = request(CommandType::READ, 4096);
     g.bench_function("read_4k", |b| {
         b.iter(|| {
-            let p = s.handle_input(black_box(&read), Instant(0));
+            let p = s.handle_input(black_box(&read));
             let Some(Event::Request(r)) = p.event else {
                 unreachable!()
             };
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
             let mut rest = black_box(&write[..]);
             let mut req = None;
             while !rest.is_empty() {
-                let p = s.handle_input(rest, Instant(0));
+                let p = s.handle_input(rest);
                 match p.event {
                     Some(Event::Request(r)) => req = Some(r),
                     Some(Event::WriteData { data, .. }) => {
@@ -124,7 +124,7 @@ fn bench(c: &mut Criterion) {
     let mut out = vec![0u8; 4096];
     g.bench_function("block_status_16_extents", |b| {
         b.iter(|| {
-            let p = s.handle_input(black_box(&bs), Instant(0));
+            let p = s.handle_input(black_box(&bs));
             let Some(Event::Request(r)) = p.event else {
                 unreachable!()
             };

@@ -51,7 +51,7 @@ fn drive_counting(
                 let n = out.len();
                 server.transmitted(n);
             }
-            let p = server.handle_input(&buf, Instant(steps as u64));
+            let p = server.handle_input(&buf);
             let consumed = p.consumed;
             assert!(consumed <= buf.len());
             let ev = p.event.is_some();

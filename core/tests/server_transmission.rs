@@ -3,7 +3,7 @@
 mod common;
 
 use blockwire_core::block::Extent;
-use blockwire_core::server::{CloseReason, Request};
+use blockwire_core::server::{CloseReason, Command, ContextSet, ReplyEncoder, Request};
 use blockwire_core::wire::*;
 use common::*;
 
@@ -82,7 +82,7 @@ fn check_reply_shape(mode: HeaderMode, bytes: &[u8], errno: Errno, cookie: u64) 
 fn assert_in_sync(p: &mut Pair, mode: HeaderMode) {
     p.feed(&req(mode, CommandType::READ, 0x5151, 0, 512));
     let r = expect_request(p);
-    assert_eq!((r.cookie, r.length), (0x5151, 512));
+    assert_eq!((r.cookie, r.len()), (0x5151, 512));
 }
 
 #[test]
@@ -117,9 +117,9 @@ fn valid_requests_of_every_kind_are_handed_over() {
                 };
                 p.feed(&request(mode, flags, cmd, i as u64, off, len));
                 let r = expect_request(&mut p);
-                assert_eq!((r.command, r.flags, r.cookie), (cmd, flags, i as u64));
-                if cmd == CommandType::BLOCK_STATUS {
-                    assert_eq!(r.contexts.iter().collect::<Vec<_>>(), vec![0]);
+                assert_eq!((r.kind(), r.flags(), r.cookie), (cmd, flags, i as u64));
+                if let Command::BlockStatus { contexts, .. } = r.command {
+                    assert_eq!(contexts.iter().collect::<Vec<_>>(), vec![0]);
                 }
             }
         }
@@ -147,8 +147,12 @@ fn write_payload_arrives_in_pieces_never_buffered() {
                 panic!("{evs:?}")
             };
             assert_eq!(
-                (r.command, r.offset, r.length),
-                (CommandType::WRITE, 1000, 70_000)
+                r.command,
+                Command::Write {
+                    offset: 1000,
+                    len: 70_000,
+                    fua: false
+                }
             );
             let mut got = Vec::new();
             let mut next = 1000;
@@ -340,7 +344,7 @@ fn payload_len_on_a_command_without_payload_is_consumed_then_invalid() {
         p.feed(&w);
         let evs = p.take_events();
         assert!(
-            matches!(evs[0], Ev::Request(Request { length: 100, .. })),
+            matches!(evs[0], Ev::Request(r) if r.len() == 100),
             "{evs:?}"
         );
         assert!(
@@ -388,7 +392,7 @@ fn zero_length_read_gets_a_request_not_a_disconnect() {
         for mode in MODES {
             let (mut p, _) = Pair::ready(split, mode, "disk", &[]);
             p.feed(&req(mode, CommandType::READ, 1, 100, 0));
-            assert_eq!(expect_request(&mut p).length, 0);
+            assert_eq!(expect_request(&mut p).len(), 0);
             assert!(!p.server.is_closed());
         }
     }
@@ -559,8 +563,11 @@ fn extended_block_status_payload_selects_contexts() {
         bytes.extend_from_slice(&body);
         p.feed(&bytes);
         let r = expect_request(&mut p);
-        assert_eq!(r.length, 8192);
-        assert_eq!(r.contexts.iter().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(r.len(), 8192);
+        let Command::BlockStatus { contexts, .. } = r.command else {
+            panic!("{r:?}")
+        };
+        assert_eq!(contexts.iter().collect::<Vec<_>>(), vec![2]);
         // Unknown and repeated ids: payload consumed, EINVAL.
         for ids in [&[1u32][..], &[0, 0][..], &[][..]] {
             let body = bs_payload(8192, ids);
@@ -592,25 +599,60 @@ fn extended_requests_carry_64_bit_effect_lengths() {
     p.feed(&req(mode, CommandType::BLOCK_STATUS, 1, 0, (1 << 32) + 512));
     expect_reject(&mut p, Errno::EINVAL); // past the 1 MiB end
     p.feed(&req(mode, CommandType::TRIM, 1, 0, 1 << 20));
-    assert_eq!(expect_request(&mut p).length, 1 << 20);
+    assert_eq!(expect_request(&mut p).len(), 1 << 20);
 }
 
 // ---- reply encoding ----
 
 fn a_request(cmd: CommandType, flags: CommandFlags, offset: u64, length: u64) -> Request {
+    let command = match cmd {
+        CommandType::READ => Command::Read {
+            offset,
+            len: length as u32,
+            no_fragment: flags.contains(CommandFlags::DF),
+        },
+        CommandType::WRITE => Command::Write {
+            offset,
+            len: length as u32,
+            fua: flags.contains(CommandFlags::FUA),
+        },
+        CommandType::BLOCK_STATUS => Command::BlockStatus {
+            offset,
+            len: length,
+            req_one: flags.contains(CommandFlags::REQ_ONE),
+            contexts: ContextSet(1 << 7),
+        },
+        other => panic!("no test request for {other:?}"),
+    };
     Request {
         cookie: 0x0102_0304_0506_0708,
-        command: cmd,
-        flags,
-        offset,
-        length,
-        contexts: Default::default(),
+        command,
     }
+}
+
+/// One block-status chunk for context 7 of `r` from `ex`, into `room` bytes.
+fn status_chunk(enc: ReplyEncoder, r: &Request, ex: &[Extent], room: usize) -> Vec<u8> {
+    let mut scratch: Vec<Extent> = Vec::new();
+    let mut buf = vec![0u8; room];
+    let mut slice = blockwire_core::wire::codec::SliceSink::new(&mut buf);
+    enc.block_status(r, u32::MAX, &mut scratch, &mut slice, |id, q, push| {
+        assert_eq!(id, 7);
+        assert_eq!((q.offset, q.length), (r.offset(), r.len()));
+        for e in ex {
+            if !push(*e) {
+                break;
+            }
+        }
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let n = slice.written();
+    buf.truncate(n);
+    buf
 }
 
 #[test]
 fn encoder_headers_per_mode() {
-    use blockwire_core::server::ReplyEncoder;
     let r = a_request(CommandType::READ, CommandFlags::empty(), 4096, 8192);
     let simple = ReplyEncoder::new(HeaderMode::Simple);
     assert_eq!(simple.data(&r, 4096, 8192, true).as_bytes().len(), 16);
@@ -674,10 +716,8 @@ fn decode_bs32(b: &[u8]) -> (u32, Vec<(u32, u32)>) {
 
 #[test]
 fn block_status_encoding_merges_clips_and_honours_req_one() {
-    use blockwire_core::server::ReplyEncoder;
     let st = ReplyEncoder::new(HeaderMode::Structured);
     let r = a_request(CommandType::BLOCK_STATUS, CommandFlags::empty(), 0, 10_000);
-    let mut out = vec![0u8; 4096];
     let ex = [
         Extent::new(1000, 3),
         Extent::new(0, 1),
@@ -685,36 +725,31 @@ fn block_status_encoding_merges_clips_and_honours_req_one() {
         Extent::new(3000, 0),
         Extent::new(1 << 40, 3),
     ];
-    let n = st.block_status(&r, 7, ex, true, &mut out).unwrap();
-    let (id, got) = decode_bs32(&out[..n]);
+    let (id, got) = decode_bs32(&status_chunk(st, &r, &ex, 4096));
     assert_eq!(id, 7);
     assert_eq!(got, vec![(2000, 3), (3000, 0), (5000, 3)]);
     let one = a_request(CommandType::BLOCK_STATUS, CommandFlags::REQ_ONE, 0, 1500);
-    let n = st.block_status(&one, 0, ex, true, &mut out).unwrap();
-    assert_eq!(decode_bs32(&out[..n]).1, vec![(1500, 3)]);
-    let n = st.block_status(&r, 0, [], true, &mut out).unwrap();
     assert_eq!(
-        decode_bs32(&out[..n]).1,
+        decode_bs32(&status_chunk(st, &one, &ex, 4096)).1,
+        vec![(1500, 3)]
+    );
+    assert_eq!(
+        decode_bs32(&status_chunk(st, &r, &[], 4096)).1,
         vec![(10_000, 0)],
         "empty source: status 0"
     );
-    let many = (0..1000).map(|i| Extent::new(1, i % 2));
-    let n = st
-        .block_status(&r, 0, many, true, &mut out[..20 + 4 + 8 * 10])
-        .unwrap();
+    let many: Vec<Extent> = (0..1000).map(|i| Extent::new(1, i % 2)).collect();
     assert_eq!(
-        decode_bs32(&out[..n]).1.len(),
+        decode_bs32(&status_chunk(st, &r, &many, 20 + 4 + 8 * 10))
+            .1
+            .len(),
         10,
-        "stops when the buffer is full"
+        "descriptors are limited to what the reply's room holds"
     );
-    assert!(st.block_status(&r, 0, ex, true, &mut out[..27]).is_none());
 
     let ext = ReplyEncoder::new(HeaderMode::Extended);
     let big = a_request(CommandType::BLOCK_STATUS, CommandFlags::empty(), 0, 1 << 40);
-    let n = ext
-        .block_status(&big, 1, [Extent::new(1 << 40, 1)], true, &mut out)
-        .unwrap();
-    let b = &out[..n];
+    let b = status_chunk(ext, &big, &[Extent::new(1 << 40, 1)], 4096);
     assert_eq!(
         u16::from_be_bytes([b[6], b[7]]),
         ChunkType::BLOCK_STATUS_EXT.0
@@ -725,6 +760,109 @@ fn block_status_encoding_merges_clips_and_honours_req_one() {
         "descriptor count"
     );
     assert_eq!(u64::from_be_bytes(b[40..48].try_into().unwrap()), 1 << 40);
+}
+
+#[test]
+fn read_replies_follow_one_hole_rule() {
+    use blockwire_core::server::{MIN_HOLE, ReadChunk, ReadReply, status_from};
+    let r = a_request(CommandType::READ, CommandFlags::empty(), 1 << 20, 1 << 20);
+    // data 8K, a short zero run (kept as data), data, a long zero run.
+    let ex = [
+        Extent::new(8192, 0),
+        Extent::new(MIN_HOLE - 512, 3),
+        Extent::new(8192, 0),
+        Extent::new(1 << 20, 3),
+    ];
+    let plan = |mode, holes, cap| {
+        let mut p = ReadReply::new(&r, ReplyEncoder::new(mode), holes).unwrap();
+        let mut status = status_from(&ex, 1 << 20);
+        let mut out = vec![];
+        while let Some(c) = p.next_chunk(cap, &mut status) {
+            out.push(match c {
+                ReadChunk::Data { offset, len, .. } => ('d', offset - (1 << 20), len),
+                ReadChunk::Hole { offset, len, .. } => ('h', offset - (1 << 20), len),
+                ReadChunk::Empty(_) => ('e', 0, 0),
+            });
+        }
+        assert!(p.is_done());
+        out
+    };
+    let short = 8192 + MIN_HOLE as u32 - 512 + 8192;
+    assert_eq!(
+        plan(HeaderMode::Structured, true, u64::MAX),
+        vec![('d', 0, short), ('h', short as u64, (1 << 20) - short)]
+    );
+    assert_eq!(
+        plan(HeaderMode::Simple, true, 4096),
+        vec![('d', 0, 1 << 20)],
+        "simple replies are one chunk whatever the cap"
+    );
+    assert_eq!(
+        plan(HeaderMode::Extended, false, u64::MAX),
+        vec![('d', 0, 1 << 20)],
+        "a device without holes is not asked"
+    );
+    let capped = plan(HeaderMode::Structured, true, 10_000);
+    assert_eq!(capped[0], ('d', 0, 10_000));
+    assert_eq!(capped.last().unwrap().0, 'h');
+    let zero = Request {
+        cookie: 1,
+        command: Command::Read {
+            offset: 0,
+            len: 0,
+            no_fragment: false,
+        },
+    };
+    let mut p = ReadReply::new(&zero, ReplyEncoder::new(HeaderMode::Structured), true).unwrap();
+    assert!(matches!(
+        p.next_chunk(1, |_, m| Extent::new(m, 0)),
+        Some(ReadChunk::Empty(_))
+    ));
+    assert!(p.next_chunk(1, |_, m| Extent::new(m, 0)).is_none());
+}
+
+#[test]
+fn device_caps_become_flags() {
+    use blockwire_core::server::DeviceCaps;
+    let rw = DeviceCaps {
+        trim: true,
+        write_zeroes: true,
+        fast_zero: true,
+        cache: true,
+        multi_conn: true,
+        ..DeviceCaps::default()
+    };
+    let f = rw.transmission_flags();
+    assert!(f.contains(
+        TransmissionFlags::SEND_FLUSH
+            | TransmissionFlags::SEND_FUA
+            | TransmissionFlags::SEND_TRIM
+            | TransmissionFlags::SEND_WRITE_ZEROES
+            | TransmissionFlags::SEND_FAST_ZERO
+            | TransmissionFlags::SEND_CACHE
+            | TransmissionFlags::CAN_MULTI_CONN
+    ));
+    let ro = DeviceCaps {
+        read_only: true,
+        ..rw
+    }
+    .transmission_flags();
+    assert!(ro.contains(TransmissionFlags::READ_ONLY));
+    assert!(!ro.intersects(
+        TransmissionFlags::SEND_TRIM
+            | TransmissionFlags::SEND_WRITE_ZEROES
+            | TransmissionFlags::SEND_FAST_ZERO
+    ));
+    let slow = DeviceCaps {
+        fast_zero: true,
+        write_zeroes: false,
+        ..rw
+    };
+    assert!(
+        !slow
+            .transmission_flags()
+            .contains(TransmissionFlags::SEND_FAST_ZERO)
+    );
 }
 
 /// One handshake buffer serves option payloads and replies alike, so a

@@ -4,9 +4,10 @@
 
 use blockwire_core::block::Extent;
 use blockwire_core::server::{
-    CloseReason, Event, Exports, MAX_REPLY_HEADER, Request, Server, ServerConfig, Session,
-    TRANSMIT_BUFFER,
+    CloseReason, Command, ContextSet, Event, Exports, MAX_REPLY_HEADER, Request, Server,
+    ServerConfig, Session, StatusError, TRANSMIT_BUFFER,
 };
+use blockwire_core::wire::codec::SliceSink;
 use blockwire_core::time::Instant;
 use blockwire_core::wire::*;
 
@@ -125,7 +126,7 @@ impl<E: Exports> ServerDriver<E> {
                 self.take_payload();
             }
             let before = self.buf.len();
-            let p = self.server.handle_input(&self.buf, Instant(0));
+            let p = self.server.handle_input(&self.buf);
             let consumed = p.consumed;
             assert!(consumed <= before, "consumed more than given");
             let ev = p.event.map(Owned::from);
@@ -290,43 +291,43 @@ impl<E: Exports> ServerDriver<E> {
         self.requests += 1;
         let tf = s.flags;
         let known = matches!(
-            r.command,
+            r.kind(),
             C::READ | C::WRITE | C::FLUSH | C::TRIM | C::CACHE | C::WRITE_ZEROES | C::BLOCK_STATUS
         );
         assert!(known, "unknown command accepted");
-        if r.command != C::FLUSH {
-            let end = r.offset.checked_add(r.length).expect("range overflows");
+        if r.kind() != C::FLUSH {
+            let end = r.offset().checked_add(r.len()).expect("range overflows");
             assert!(end <= s.size, "request past the end accepted");
             let min = u64::from(s.block_sizes.minimum.max(1));
-            assert!(r.offset % min == 0 && r.length % min == 0, "misaligned");
+            assert!(r.offset() % min == 0 && r.len() % min == 0, "misaligned");
         }
-        let writes = matches!(r.command, C::WRITE | C::TRIM | C::WRITE_ZEROES);
+        let writes = matches!(r.kind(), C::WRITE | C::TRIM | C::WRITE_ZEROES);
         assert!(!(writes && tf.contains(TransmissionFlags::READ_ONLY)));
-        if r.flags.contains(CommandFlags::FUA) {
+        if r.flags().contains(CommandFlags::FUA) {
             assert!(tf.contains(TransmissionFlags::SEND_FUA));
         }
-        if r.flags.contains(CommandFlags::DF) {
-            assert!(r.command == C::READ && s.mode.structured());
+        if r.flags().contains(CommandFlags::DF) {
+            assert!(r.kind() == C::READ && s.mode.structured());
         }
         if self.disk.is_some() {
             return self.ram_request(s, r);
         }
         let enc = s.encoder();
-        match r.command {
+        match r.kind() {
             C::READ => {
-                assert!(r.length <= u64::from(s.block_sizes.maximum));
-                let len = r.length as u32;
+                assert!(r.len() <= u64::from(s.block_sizes.maximum));
+                let len = r.len() as u32;
                 if !s.mode.structured() {
-                    let h = enc.data(&r, r.offset, len, true);
+                    let h = enc.data(&r, r.offset(), len, true);
                     check_reply_header(s.mode, h.as_bytes(), r.cookie);
                     self.reply_bytes += h.as_bytes().len() + len as usize;
                 } else {
                     // Data for the first half, a hole for the rest, then done.
                     let half = len / 2;
-                    let h = enc.data(&r, r.offset, half, false);
+                    let h = enc.data(&r, r.offset(), half, false);
                     check_chunk(s.mode, h.as_bytes(), r.cookie, 8 + u64::from(half));
-                    assert_eq!(be::u64(h.as_bytes(), h.as_bytes().len() - 8), r.offset);
-                    match enc.hole(&r, r.offset + u64::from(half), len - half, false) {
+                    assert_eq!(be::u64(h.as_bytes(), h.as_bytes().len() - 8), r.offset());
+                    match enc.hole(&r, r.offset() + u64::from(half), len - half, false) {
                         Some(h) => check_chunk(s.mode, h.as_bytes(), r.cookie, 12),
                         None => assert_eq!(len - half, 0),
                     }
@@ -334,35 +335,47 @@ impl<E: Exports> ServerDriver<E> {
                     check_chunk(s.mode, h.as_bytes(), r.cookie, 0);
                 }
             }
-            C::WRITE if r.length > 0 => {
-                self.write = Some((r, r.offset, r.offset + r.length));
+            C::WRITE if r.len() > 0 => {
+                self.write = Some((r, r.offset(), r.offset() + r.len()));
                 if self.skip_payloads {
                     self.take_payload();
                 }
             }
             C::BLOCK_STATUS => {
-                assert!(r.length > 0);
-                assert!(!r.contexts.is_empty());
-                assert_eq!(r.contexts.0 & !s.contexts.0, 0, "unselected context");
-                // Answer each context into buffers of varying size, with
+                assert!(r.len() > 0);
+                let contexts = contexts_of(&r);
+                assert!(!contexts.is_empty());
+                assert_eq!(contexts.0 & !s.contexts.0, 0, "unselected context");
+                // Answer every context into a buffer of varying size, with
                 // extents derived from the cookie (fuzzed).
-                let n = r.contexts.len();
-                for (i, id) in r.contexts.iter().enumerate() {
-                    let room = (r.cookie as usize % 97) + 16;
-                    let mut buf = vec![0u8; room];
+                let room = (r.cookie as usize % 300) + 16;
+                let mut buf = vec![0u8; room];
+                let mut out = SliceSink::new(&mut buf);
+                let mut scratch: Vec<Extent> = Vec::new();
+                let answered = enc.block_status(&r, u32::MAX, &mut scratch, &mut out, |id, q, push| {
+                    assert!(contexts.contains(id));
+                    assert_eq!((q.offset, q.length), (r.offset(), r.len()));
                     let mut seed = r.cookie ^ u64::from(id);
-                    let extents = (0..(r.cookie >> 8) % 40).map(|_| {
+                    for _ in 0..(r.cookie >> 8) % 40 {
                         seed = seed
                             .wrapping_mul(6364136223846793005)
                             .wrapping_add(1442695040888963407);
-                        Extent::new((seed >> 33) % (r.length + 2), (seed >> 20) & 3)
-                    });
-                    let done = i + 1 == n as usize;
-                    if let Some(used) = enc.block_status(&r, id, extents, done, &mut buf) {
-                        assert!(used <= room);
-                        check_status_chunk(s.mode, &buf[..used], &r, id);
+                        if !push(Extent::new((seed >> 33) % (r.len() + 2), (seed >> 20) & 3)) {
+                            break;
+                        }
+                    }
+                    Ok::<(), ()>(())
+                });
+                match answered {
+                    Ok(()) => {
+                        let used = out.written();
+                        check_status_reply(s.mode, &buf[..used], &r, contexts);
                         self.reply_bytes += used;
                     }
+                    Err(StatusError::NoRoom) => {
+                        assert!(room < contexts.len() as usize * enc.status_chunk_len(1));
+                    }
+                    Err(e) => panic!("block status failed: {e:?}"),
                 }
             }
             _ => {
@@ -379,12 +392,12 @@ impl<E: Exports> ServerDriver<E> {
     fn ram_request(&mut self, s: Session, r: Request) {
         use CommandType as C;
         let enc = s.encoder();
-        let (off, len) = (r.offset as usize, r.length as usize);
-        match r.command {
+        let (off, len) = (r.offset() as usize, r.len() as usize);
+        match r.kind() {
             C::READ => {
                 let data = self.disk.as_ref().unwrap()[off..off + len].to_vec();
                 if !s.mode.structured() {
-                    let h = enc.data(&r, r.offset, len as u32, true);
+                    let h = enc.data(&r, r.offset(), len as u32, true);
                     self.send(h.as_bytes());
                     self.send(&data);
                     return;
@@ -398,7 +411,7 @@ impl<E: Exports> ServerDriver<E> {
                     pieces.push((at, end));
                     at = end;
                 }
-                if r.flags.contains(CommandFlags::DF) {
+                if r.flags().contains(CommandFlags::DF) {
                     // Don't fragment: one data chunk for the whole read.
                     pieces = vec![(off, off + len)];
                 } else if self.reverse {
@@ -407,7 +420,7 @@ impl<E: Exports> ServerDriver<E> {
                 for (a, b) in pieces {
                     let piece = &data[a - off..b - off];
                     let zero = piece.iter().all(|&x| x == 0);
-                    if self.holes && zero && !r.flags.contains(CommandFlags::DF) {
+                    if self.holes && zero && !r.flags().contains(CommandFlags::DF) {
                         let h = enc.hole(&r, a as u64, (b - a) as u32, false).unwrap();
                         self.send(h.as_bytes());
                     } else {
@@ -420,7 +433,7 @@ impl<E: Exports> ServerDriver<E> {
                 self.send(h.as_bytes());
             }
             C::WRITE if len > 0 => {
-                self.write = Some((r, r.offset, r.offset + r.length));
+                self.write = Some((r, r.offset(), r.offset() + r.len()));
                 if self.skip_payloads {
                     self.take_payload();
                 }
@@ -430,13 +443,13 @@ impl<E: Exports> ServerDriver<E> {
                 self.reply_ok(r);
             }
             C::BLOCK_STATUS => {
-                let n = r.contexts.len() as usize;
+                let contexts = contexts_of(&r);
                 let disk = self.disk.as_ref().unwrap();
-                let mut chunks = Vec::new();
-                for (i, id) in r.contexts.iter().enumerate() {
+                let mut out = Vec::new();
+                let mut scratch: Vec<Extent> = Vec::new();
+                enc.block_status(&r, u32::MAX, &mut scratch, &mut out, |id, _, push| {
                     // id 0: base:allocation (zero 4 KiB blocks are holes);
                     // id 1: allocation depth 1 everywhere.
-                    let mut extents = Vec::new();
                     let mut at = off;
                     while at < disk.len() && at < off + len.max(1) {
                         let end = ((at / 4096 + 1) * 4096).min(disk.len());
@@ -447,19 +460,16 @@ impl<E: Exports> ServerDriver<E> {
                         } else {
                             1
                         };
-                        extents.push(Extent::new((end - at) as u64, flags));
+                        if !push(Extent::new((end - at) as u64, flags)) {
+                            break;
+                        }
                         at = end;
                     }
-                    let mut buf = vec![0u8; 64 + 16 * extents.len()];
-                    let used = enc
-                        .block_status(&r, id, extents, i + 1 == n, &mut buf)
-                        .expect("status buffer too small");
-                    check_status_chunk(s.mode, &buf[..used], &r, id);
-                    chunks.push(buf[..used].to_vec());
-                }
-                for c in chunks {
-                    self.send(&c);
-                }
+                    Ok::<(), ()>(())
+                })
+                .expect("block status into a growable buffer");
+                check_status_reply(s.mode, &out, &r, contexts);
+                self.send(&out);
             }
             _ => self.reply_ok(r),
         }
@@ -509,6 +519,33 @@ fn check_chunk(mode: HeaderMode, bytes: &[u8], cookie: u64, payload: u64) {
     assert_eq!(len, payload, "chunk length field");
 }
 
+fn contexts_of(r: &Request) -> ContextSet {
+    match r.command {
+        Command::BlockStatus { contexts, .. } => contexts,
+        _ => ContextSet::EMPTY,
+    }
+}
+
+/// A whole block-status reply: one chunk per context in id order, each
+/// well-formed, the last (and only the last) with DONE.
+fn check_status_reply(mode: HeaderMode, mut bytes: &[u8], r: &Request, contexts: ContextSet) {
+    let head = if mode == HeaderMode::Extended { 32 } else { 20 };
+    let n = contexts.len() as usize;
+    for (i, id) in contexts.iter().enumerate() {
+        assert!(bytes.len() >= head, "status reply cut short");
+        let len = match mode {
+            HeaderMode::Extended => be::u64(bytes, 24) as usize,
+            _ => be::u32(bytes, 16) as usize,
+        };
+        let (chunk, rest) = bytes.split_at(head + len);
+        let done = be::u16(chunk, 4) & 1 == 1;
+        assert_eq!(done, i + 1 == n, "DONE on the last chunk only");
+        check_status_chunk(mode, chunk, r, id);
+        bytes = rest;
+    }
+    assert!(bytes.is_empty(), "bytes after the last status chunk");
+}
+
 fn check_status_chunk(mode: HeaderMode, bytes: &[u8], r: &Request, id: u32) {
     let ext = mode == HeaderMode::Extended;
     let (head, prefix, each) = if ext { (32, 8, 16) } else { (20, 4, 8) };
@@ -522,7 +559,7 @@ fn check_status_chunk(mode: HeaderMode, bytes: &[u8], r: &Request, id: u32) {
     if ext {
         assert_eq!(be::u32(bytes, head + 4) as usize, count);
     }
-    if r.flags.contains(CommandFlags::REQ_ONE) {
+    if r.flags().contains(CommandFlags::REQ_ONE) {
         assert_eq!(count, 1);
     }
     let mut sum = 0u64;
@@ -535,7 +572,7 @@ fn check_status_chunk(mode: HeaderMode, bytes: &[u8], r: &Request, id: u32) {
         assert!(len > 0, "zero-length descriptor");
         sum += len;
     }
-    assert!(sum <= r.length.max(1), "descriptors past the request");
+    assert!(sum <= r.len().max(1), "descriptors past the request");
 }
 
 /// An event with its borrowed data reduced to what the checks need.

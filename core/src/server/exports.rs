@@ -40,6 +40,64 @@ impl Default for BlockSizes {
     }
 }
 
+/// What an export's device can do, as far as the transmission flags the
+/// export advertises depend on it.
+///
+/// Every frontend turns its device's abilities into flags here, so the
+/// same device is advertised the same way everywhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeviceCaps {
+    /// Writes, trims and zeroing are refused.
+    pub read_only: bool,
+    /// The device honours `NBD_CMD_TRIM` (even as a no-op: trim is advisory).
+    pub trim: bool,
+    /// The device answers `NBD_CMD_WRITE_ZEROES` (natively or by writing).
+    pub write_zeroes: bool,
+    /// Zeroing is cheap, so `NBD_CMD_FLAG_FAST_ZERO` can be honoured.
+    pub fast_zero: bool,
+    /// The device answers `NBD_CMD_CACHE` (even as a no-op).
+    pub cache: bool,
+    /// A flush on one connection covers writes completed on every other
+    /// (one device state behind every connection).
+    pub multi_conn: bool,
+    /// Seeks are costly (a spinning disk).
+    pub rotational: bool,
+}
+
+impl DeviceCaps {
+    /// The flags an export over this device advertises. `FLUSH` and `FUA`
+    /// are always offered (a device without a cache flushes trivially);
+    /// writing commands only on writable exports, as qemu-nbd does; the
+    /// machine adds `HAS_FLAGS`, `SEND_DF` and `BLOCK_STAT_PAYLOAD` per
+    /// session.
+    pub const fn transmission_flags(&self) -> TransmissionFlags {
+        let mut f = TransmissionFlags::SEND_FLUSH.union(TransmissionFlags::SEND_FUA);
+        if self.read_only {
+            f = f.union(TransmissionFlags::READ_ONLY);
+        } else {
+            if self.trim {
+                f = f.union(TransmissionFlags::SEND_TRIM);
+            }
+            if self.write_zeroes {
+                f = f.union(TransmissionFlags::SEND_WRITE_ZEROES);
+                if self.fast_zero {
+                    f = f.union(TransmissionFlags::SEND_FAST_ZERO);
+                }
+            }
+        }
+        if self.cache {
+            f = f.union(TransmissionFlags::SEND_CACHE);
+        }
+        if self.multi_conn {
+            f = f.union(TransmissionFlags::CAN_MULTI_CONN);
+        }
+        if self.rotational {
+            f = f.union(TransmissionFlags::ROTATIONAL);
+        }
+        f
+    }
+}
+
 /// One export as the handshake describes it.
 ///
 /// `flags` are what the export supports (`READ_ONLY`, `SEND_FLUSH`,

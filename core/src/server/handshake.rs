@@ -1,84 +1,69 @@
 //! Option haggling (fixed newstyle): from the greeting to `NBD_OPT_GO`.
 
-use zerocopy::IntoBytes;
+use core::fmt::Write as _;
 
 use super::exports::{ContextSet, ExportInfo, Exports};
 use super::{
     CloseReason, MAX_CONTEXTS, MAX_OPTION_LENGTH, OPTION_BUFFER, ServerConfig, Session,
     TRANSMIT_BUFFER, TlsPolicy,
 };
-use crate::wire::headers::{
-    ExportNameReply, Greeting, InfoBlockSize, InfoExport, OptionReply, OptionRequest,
+use crate::wire::codec::{Overflow, PayloadError, Reader, Sink, nbd_string};
+use crate::wire::headers::{ExportNameReply, Greeting, OptionRequest};
+use crate::wire::option::{
+    Info, InfoRequest, MetaContextEntry, MetaContextRequest, ServerEntry, emit_reply,
 };
 use crate::wire::{
     ClientFlags, EXPORT_NAME_PADDING, HandshakeFlags, HeaderMode, IHAVEOPT, InfoType, MAX_STRING,
-    NBD_MAGIC, OPTION_REPLY_MAGIC, OptionType, ReplyType, TransmissionFlags, decode,
+    NBD_MAGIC, OptionType, ReplyType, TransmissionFlags, decode,
 };
 
 type Out = heapless::Vec<u8, TRANSMIT_BUFFER>;
+/// Output of a step: `Overflow` means a reply did not fit the machine's
+/// buffer, which its sizing rules out (a bug, not a peer's doing).
+type Emit<T> = Result<T, Overflow>;
 
-pub(super) fn write_greeting(out: &mut Out) {
-    let g = Greeting {
+pub(super) fn write_greeting(out: &mut Out) -> Emit<()> {
+    out.put_header(&Greeting {
         magic: NBD_MAGIC.into(),
         ihaveopt: IHAVEOPT.into(),
         flags: (HandshakeFlags::FIXED_NEWSTYLE | HandshakeFlags::NO_ZEROES)
             .bits()
             .into(),
-    };
-    let _ = out.extend_from_slice(g.as_bytes());
+    })
 }
 
 /// Append one option reply. `out` is sized for the largest reply we build,
 /// and the machine only writes into it once it has been drained.
-fn reply(out: &mut Out, option: OptionType, ty: ReplyType, parts: &[&[u8]]) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let h = OptionReply {
-        magic: OPTION_REPLY_MAGIC.into(),
-        option: option.0.into(),
-        reply_type: ty.0.into(),
-        length: (len as u32).into(),
-    };
-    let _ = out.extend_from_slice(h.as_bytes());
-    for p in parts {
-        let _ = out.extend_from_slice(p);
-    }
+fn reply(out: &mut Out, option: OptionType, ty: ReplyType, parts: &[&[u8]]) -> Emit<()> {
+    emit_reply(out, option, ty, parts)
 }
 
-fn error(out: &mut Out, option: OptionType, ty: ReplyType, message: &str) {
-    reply(out, option, ty, &[message.as_bytes()]);
+fn error(out: &mut Out, option: OptionType, ty: ReplyType, message: &str) -> Emit<()> {
+    reply(out, option, ty, &[message.as_bytes()])
 }
 
-/// A string as the spec allows it: at most 4096 bytes of UTF-8 without NUL.
-fn valid_string(bytes: &[u8]) -> Option<&str> {
-    if bytes.len() > MAX_STRING || bytes.contains(&0) {
-        return None;
-    }
-    core::str::from_utf8(bytes).ok()
+/// Why an option's payload is refused with `NBD_REP_ERR_INVALID`.
+#[derive(Clone, Copy)]
+enum Invalid {
+    Payload(PayloadError),
+    Because(&'static str),
 }
 
-/// A bounds-checked reader over an option's payload.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn u16(&mut self) -> Option<u16> {
-        let (h, t) = self.0.split_first_chunk::<2>()?;
-        self.0 = t;
-        Some(u16::from_be_bytes(*h))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        let (h, t) = self.0.split_first_chunk::<4>()?;
-        self.0 = t;
-        Some(u32::from_be_bytes(*h))
-    }
-    fn bytes(&mut self, n: u32) -> Option<&'a [u8]> {
-        let n = usize::try_from(n).ok()?;
-        if n > self.0.len() {
-            return None;
+fn invalid(out: &mut Out, option: OptionType, why: Invalid) -> Emit<()> {
+    let mut msg: heapless::String<96> = heapless::String::new();
+    match why {
+        // The message names the field; one that does not fit is cut.
+        Invalid::Payload(e) => {
+            if write!(msg, "{e}").is_err() {
+                msg.clear();
+                let _ = msg.push_str(e.summary());
+            }
         }
-        let (h, t) = self.0.split_at(n);
-        self.0 = t;
-        Some(h)
+        Invalid::Because(m) => {
+            let _ = msg.push_str(m);
+        }
     }
+    error(out, option, ReplyType::ERR_INVALID, &msg)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +98,7 @@ enum Pending {
 /// An option's payload, read and resolved.
 enum Parsed {
     Nothing,
-    Invalid(&'static str),
+    Invalid(Invalid),
     Export(Option<usize>),
     Info {
         export: Option<usize>,
@@ -217,8 +202,9 @@ impl Handshake {
                         return step(used, Outcome::Continue);
                     }
                     self.hdr_len = 0;
-                    let raw =
-                        u32::from_be_bytes([self.hdr[0], self.hdr[1], self.hdr[2], self.hdr[3]]);
+                    let raw = Reader::new(&self.hdr[..4])
+                        .u32("client flags")
+                        .unwrap_or(u32::MAX);
                     let Some(flags) = ClientFlags::from_bits(raw) else {
                         return step(used, Outcome::Close(CloseReason::UnknownClientFlags));
                     };
@@ -237,7 +223,7 @@ impl Handshake {
                         return step(used, Outcome::Continue);
                     }
                     self.hdr_len = 0;
-                    let Ok(h) = decode::<OptionRequest>(&self.hdr) else {
+                    let Ok(h) = decode::<OptionRequest>(&self.hdr[..]) else {
                         return step(used, Outcome::Close(CloseReason::BadOptionMagic));
                     };
                     if h.magic.get() != IHAVEOPT {
@@ -262,7 +248,9 @@ impl Handshake {
                         // The payload shares the buffer replies are built
                         // in: handle_input only runs once it is drained,
                         // and classify() checked the length against it.
-                        let _ = out.extend_from_slice(&input[used..used + take]);
+                        if out.put(&input[used..used + take]).is_err() {
+                            return step(used, overflow());
+                        }
                     }
                     used += take;
                     let remaining = remaining - take as u32;
@@ -278,7 +266,9 @@ impl Handshake {
                     self.state = State::OptionHeader;
                     let parsed = self.parse(option, out, exports);
                     out.clear();
-                    let outcome = self.finish(option, verdict, parsed, exports, config, out);
+                    let outcome = self
+                        .finish(option, verdict, parsed, exports, config, out)
+                        .unwrap_or_else(|_| overflow());
                     return step(used, outcome);
                 }
             }
@@ -364,32 +354,32 @@ impl Handshake {
         exports: &impl Exports,
         config: &ServerConfig,
         out: &mut Out,
-    ) -> Outcome {
+    ) -> Emit<Outcome> {
         if option == OptionType::ABORT {
-            reply(out, option, ReplyType::ACK, &[]);
-            return Outcome::Close(CloseReason::Aborted);
+            reply(out, option, ReplyType::ACK, &[])?;
+            return Ok(Outcome::Close(CloseReason::Aborted));
         }
         if let Some((ty, msg)) = verdict {
             // SET_META_CONTEXT replaces the selection even when it fails.
             if option == OptionType::SET_META_CONTEXT {
                 self.meta = None;
             }
-            error(out, option, ty, msg);
-            return Outcome::Continue;
+            error(out, option, ty, msg)?;
+            return Ok(Outcome::Continue);
         }
         match option {
             OptionType::LIST => {
                 self.pending = Pending::List { next: 0 };
-                self.refill(exports, out);
+                self.refill(exports, out)?;
             }
             OptionType::STARTTLS => {
                 if self.tls {
-                    error(out, option, ReplyType::ERR_INVALID, "TLS is already active");
+                    error(out, option, ReplyType::ERR_INVALID, "TLS is already active")?;
                 } else if config.tls == TlsPolicy::Off {
-                    error(out, option, ReplyType::ERR_POLICY, "TLS is not configured");
+                    error(out, option, ReplyType::ERR_POLICY, "TLS is not configured")?;
                 } else {
-                    reply(out, option, ReplyType::ACK, &[]);
-                    return Outcome::StartTls;
+                    reply(out, option, ReplyType::ACK, &[])?;
+                    return Ok(Outcome::StartTls);
                 }
             }
             OptionType::STRUCTURED_REPLY => match self.mode {
@@ -398,22 +388,22 @@ impl Handshake {
                     option,
                     ReplyType::ERR_UNSUP,
                     "structured replies disabled",
-                ),
+                )?,
                 HeaderMode::Extended => error(
                     out,
                     option,
                     ReplyType::ERR_EXT_HEADER_REQD,
                     "extended headers already negotiated",
-                ),
+                )?,
                 HeaderMode::Structured => error(
                     out,
                     option,
                     ReplyType::ERR_INVALID,
                     "structured replies already negotiated",
-                ),
+                )?,
                 HeaderMode::Simple => {
                     self.mode = HeaderMode::Structured;
-                    reply(out, option, ReplyType::ACK, &[]);
+                    reply(out, option, ReplyType::ACK, &[])?;
                 }
             },
             OptionType::EXTENDED_HEADERS => match self.mode {
@@ -422,16 +412,16 @@ impl Handshake {
                     option,
                     ReplyType::ERR_UNSUP,
                     "extended headers disabled",
-                ),
+                )?,
                 HeaderMode::Extended => error(
                     out,
                     option,
                     ReplyType::ERR_INVALID,
                     "extended headers already negotiated",
-                ),
+                )?,
                 _ => {
                     self.mode = HeaderMode::Extended;
-                    reply(out, option, ReplyType::ACK, &[]);
+                    reply(out, option, ReplyType::ACK, &[])?;
                 }
             },
             OptionType::EXPORT_NAME => return self.export_name(parsed, exports, out),
@@ -439,12 +429,12 @@ impl Handshake {
                 return self.info_or_go(option, parsed, exports, out);
             }
             OptionType::LIST_META_CONTEXT | OptionType::SET_META_CONTEXT => {
-                self.meta_context(option, parsed, exports, out)
+                self.meta_context(option, parsed, exports, out)?
             }
             // classify() gave every other option a verdict.
-            _ => error(out, option, ReplyType::ERR_UNSUP, "unsupported option"),
+            _ => error(out, option, ReplyType::ERR_UNSUP, "unsupported option")?,
         }
-        Outcome::Continue
+        Ok(Outcome::Continue)
     }
 
     fn flags_for(&self, export: usize, info: &ExportInfo<'_>) -> TransmissionFlags {
@@ -483,31 +473,35 @@ impl Handshake {
         }
     }
 
-    fn export_name(&mut self, parsed: Parsed, exports: &impl Exports, out: &mut Out) -> Outcome {
+    fn export_name(
+        &mut self,
+        parsed: Parsed,
+        exports: &impl Exports,
+        out: &mut Out,
+    ) -> Emit<Outcome> {
         // A client that negotiated extended headers MUST NOT use
         // EXPORT_NAME, and the option cannot carry an error: close.
         if self.mode == HeaderMode::Extended {
-            return Outcome::Close(CloseReason::ExportNameRefused);
+            return Ok(Outcome::Close(CloseReason::ExportNameRefused));
         }
         let Parsed::Export(Some(index)) = parsed else {
-            return Outcome::Close(CloseReason::ExportNameRefused);
+            return Ok(Outcome::Close(CloseReason::ExportNameRefused));
         };
         let Some(info) = exports.export(index) else {
-            return Outcome::Close(CloseReason::ExportNameRefused);
+            return Ok(Outcome::Close(CloseReason::ExportNameRefused));
         };
         if info.block_size_required {
-            return Outcome::Close(CloseReason::ExportNameRefused);
+            return Ok(Outcome::Close(CloseReason::ExportNameRefused));
         }
         let session = self.session(index, &info, false);
-        let r = ExportNameReply {
+        out.put_header(&ExportNameReply {
             size: info.size.into(),
             flags: session.flags.bits().into(),
-        };
-        let _ = out.extend_from_slice(r.as_bytes());
+        })?;
         if !self.client_flags.contains(ClientFlags::NO_ZEROES) {
-            let _ = out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING]);
+            out.put(&[0u8; EXPORT_NAME_PADDING])?;
         }
-        Outcome::Ready(session)
+        Ok(Outcome::Ready(session))
     }
 
     fn info_or_go(
@@ -516,74 +510,56 @@ impl Handshake {
         parsed: Parsed,
         exports: &impl Exports,
         out: &mut Out,
-    ) -> Outcome {
+    ) -> Emit<Outcome> {
         let (index, want) = match parsed {
             Parsed::Info { export, want } => (export, want),
-            Parsed::Invalid(msg) => {
-                error(out, option, ReplyType::ERR_INVALID, msg);
-                return Outcome::Continue;
+            Parsed::Invalid(why) => {
+                invalid(out, option, why)?;
+                return Ok(Outcome::Continue);
             }
             _ => (None, InfoWanted::default()),
         };
-        let InfoWanted {
-            name: want_name,
-            description: want_description,
-            block_size: want_block_size,
-        } = want;
         let Some((index, info)) = index.and_then(|i| exports.export(i).map(|e| (i, e))) else {
-            error(out, option, ReplyType::ERR_UNKNOWN, "export not found");
-            return Outcome::Continue;
+            error(out, option, ReplyType::ERR_UNKNOWN, "export not found")?;
+            return Ok(Outcome::Continue);
         };
-        let session = self.session(index, &info, option == OptionType::GO && want_block_size);
-        let info_type = |t: InfoType| t.0.to_be_bytes();
-        if want_name {
+        let session = self.session(index, &info, option == OptionType::GO && want.block_size);
+        if want.name {
             let n = super::reply::truncate(info.name, MAX_STRING);
-            reply(
-                out,
-                option,
-                ReplyType::INFO,
-                &[&info_type(InfoType::NAME), n.as_bytes()],
-            );
+            Info::Name(n.as_bytes()).emit(out, option)?;
         }
-        if want_description && !info.description.is_empty() {
+        if want.description && !info.description.is_empty() {
             let d = super::reply::truncate(info.description, MAX_STRING);
-            reply(
-                out,
-                option,
-                ReplyType::INFO,
-                &[&info_type(InfoType::DESCRIPTION), d.as_bytes()],
-            );
+            Info::Description(d.as_bytes()).emit(out, option)?;
         }
         // Sent unasked too, as qemu-nbd does: harmless to clients that do not
         // understand it, and it saves a round trip for those that do.
-        let bs = InfoBlockSize {
-            info_type: InfoType::BLOCK_SIZE.0.into(),
-            minimum: info.block_sizes.minimum.into(),
-            preferred: info.block_sizes.preferred.into(),
-            maximum: info.block_sizes.maximum.into(),
-        };
-        reply(out, option, ReplyType::INFO, &[bs.as_bytes()]);
-        if option == OptionType::GO && info.block_size_required && !want_block_size {
+        Info::BlockSize {
+            minimum: info.block_sizes.minimum,
+            preferred: info.block_sizes.preferred,
+            maximum: info.block_sizes.maximum,
+        }
+        .emit(out, option)?;
+        if option == OptionType::GO && info.block_size_required && !want.block_size {
             error(
                 out,
                 option,
                 ReplyType::ERR_BLOCK_SIZE_REQD,
                 "this export requires NBD_INFO_BLOCK_SIZE",
-            );
-            return Outcome::Continue;
+            )?;
+            return Ok(Outcome::Continue);
         }
-        let ex = InfoExport {
-            info_type: InfoType::EXPORT.0.into(),
-            size: info.size.into(),
-            flags: session.flags.bits().into(),
-        };
-        reply(out, option, ReplyType::INFO, &[ex.as_bytes()]);
-        reply(out, option, ReplyType::ACK, &[]);
-        if option == OptionType::GO {
+        Info::Export {
+            size: info.size,
+            flags: session.flags.bits(),
+        }
+        .emit(out, option)?;
+        reply(out, option, ReplyType::ACK, &[])?;
+        Ok(if option == OptionType::GO {
             Outcome::Ready(session)
         } else {
             Outcome::Continue
-        }
+        })
     }
 
     fn meta_context(
@@ -592,19 +568,18 @@ impl Handshake {
         parsed: Parsed,
         exports: &impl Exports,
         out: &mut Out,
-    ) {
+    ) -> Emit<()> {
         let set = option == OptionType::SET_META_CONTEXT;
         if set {
             self.meta = None;
         }
         let (export, selected) = match parsed {
             Parsed::Contexts { export, selected } => (export, selected),
-            Parsed::Invalid(msg) => return error(out, option, ReplyType::ERR_INVALID, msg),
+            Parsed::Invalid(why) => return invalid(out, option, why),
             _ => (None, ContextSet::EMPTY),
         };
         let Some(export) = export else {
-            error(out, option, ReplyType::ERR_UNKNOWN, "export not found");
-            return;
+            return error(out, option, ReplyType::ERR_UNKNOWN, "export not found");
         };
         if set {
             self.meta = Some((export, selected));
@@ -614,7 +589,7 @@ impl Handshake {
             export,
             set: selected,
         };
-        self.refill(exports, out);
+        self.refill(exports, out)
     }
 
     /// Read what an option's payload says out of the shared buffer, before
@@ -623,82 +598,40 @@ impl Handshake {
     fn parse(&self, option: OptionType, data: &[u8], exports: &impl Exports) -> Parsed {
         match option {
             OptionType::EXPORT_NAME => {
-                Parsed::Export(valid_string(data).and_then(|n| exports.find(n)))
+                Parsed::Export(nbd_string(data).and_then(|n| exports.find(n)))
             }
-            OptionType::INFO | OptionType::GO => Self::parse_info(data, exports),
+            OptionType::INFO | OptionType::GO => match InfoRequest::parse(data) {
+                Ok(r) => Parsed::Info {
+                    export: exports.find(r.name),
+                    want: InfoWanted {
+                        name: r.requests.contains(InfoType::NAME),
+                        description: r.requests.contains(InfoType::DESCRIPTION),
+                        // EXPORT is always sent; unknown requests MUST be
+                        // ignored.
+                        block_size: r.requests.contains(InfoType::BLOCK_SIZE),
+                    },
+                },
+                Err(e) => Parsed::Invalid(Invalid::Payload(e)),
+            },
             OptionType::LIST_META_CONTEXT | OptionType::SET_META_CONTEXT => {
                 if !self.mode.structured() {
-                    return Parsed::Invalid("structured replies must be negotiated first");
+                    return Parsed::Invalid(Invalid::Because(
+                        "structured replies must be negotiated first",
+                    ));
                 }
-                Self::parse_contexts(data, option == OptionType::SET_META_CONTEXT, exports)
+                match MetaContextRequest::parse(data) {
+                    Ok(r) => {
+                        Self::select_contexts(r, option == OptionType::SET_META_CONTEXT, exports)
+                    }
+                    Err(e) => Parsed::Invalid(Invalid::Payload(e)),
+                }
             }
             _ => Parsed::Nothing,
         }
     }
 
-    fn parse_info(data: &[u8], exports: &impl Exports) -> Parsed {
-        let mut c = Cursor(data);
-        let Some(name_len) = c.u32() else {
-            return Parsed::Invalid("option too short");
-        };
-        // "MUST be no larger than the option data length - 6".
-        if name_len as usize > data.len().saturating_sub(6) {
-            return Parsed::Invalid("name length exceeds option length");
-        }
-        let Some(name_bytes) = c.bytes(name_len) else {
-            return Parsed::Invalid("name length exceeds option length");
-        };
-        let Some(name) = valid_string(name_bytes) else {
-            return Parsed::Invalid("export name too long, not UTF-8, or containing NUL");
-        };
-        let Some(count) = c.u16() else {
-            return Parsed::Invalid("option too short");
-        };
-        if c.0.len() != 2 * count as usize {
-            return Parsed::Invalid("information request count does not match option length");
-        }
-        let mut want = InfoWanted::default();
-        while let Some(t) = c.u16() {
-            match InfoType(t) {
-                InfoType::NAME => want.name = true,
-                InfoType::DESCRIPTION => want.description = true,
-                InfoType::BLOCK_SIZE => want.block_size = true,
-                // EXPORT is always sent; unknown requests MUST be ignored.
-                _ => {}
-            }
-        }
-        Parsed::Info {
-            export: exports.find(name),
-            want,
-        }
-    }
-
-    fn parse_contexts(data: &[u8], set: bool, exports: &impl Exports) -> Parsed {
-        let mut c = Cursor(data);
-        let Some(name) = c.u32().and_then(|n| c.bytes(n)) else {
-            return Parsed::Invalid("export name length exceeds option length");
-        };
-        let Some(name) = valid_string(name) else {
-            return Parsed::Invalid("export name too long, not UTF-8, or containing NUL");
-        };
-        let Some(count) = c.u32() else {
-            return Parsed::Invalid("option too short");
-        };
-        // Check the whole request before acting on any of it.
-        let queries = c.0;
-        let mut check = Cursor(queries);
-        for _ in 0..count {
-            let Some(q) = check.u32().and_then(|n| check.bytes(n)) else {
-                return Parsed::Invalid("query length exceeds option length");
-            };
-            if valid_string(q).is_none() {
-                return Parsed::Invalid("query too long, not UTF-8, or containing NUL");
-            }
-        }
-        if !check.0.is_empty() {
-            return Parsed::Invalid("trailing data after queries");
-        }
-        let Some(export) = exports.find(name) else {
+    fn select_contexts(r: MetaContextRequest<'_>, set: bool, exports: &impl Exports) -> Parsed {
+        let Some(export) = exports.find(r.export) else {
             return Parsed::Contexts {
                 export: None,
                 selected: ContextSet::EMPTY,
@@ -709,15 +642,13 @@ impl Handshake {
             let Some(ctx) = exports.meta_context(export, id) else {
                 break;
             };
-            let matched = if count == 0 {
+            let matched = if r.queries.is_empty() {
                 // No queries: LIST shows everything, SET selects nothing.
                 !set
             } else {
-                let mut q = Cursor(queries);
-                (0..count).any(|_| {
-                    let query = q.u32().and_then(|n| q.bytes(n)).unwrap_or(&[]);
-                    query_matches(query, ctx.as_bytes(), set)
-                })
+                r.queries
+                    .iter()
+                    .any(|q| query_matches(q.as_bytes(), ctx.as_bytes(), set))
             };
             if matched {
                 selected.insert(id as u32);
@@ -730,24 +661,20 @@ impl Handshake {
     }
 
     /// Emit the next lazily generated reply into an empty `out`.
-    pub(super) fn refill(&mut self, exports: &impl Exports, out: &mut Out) {
+    pub(super) fn refill(&mut self, exports: &impl Exports, out: &mut Out) -> Emit<()> {
         match self.pending {
             Pending::None => {}
             Pending::List { next } => match exports.export(next) {
                 Some(e) => {
-                    let name = super::reply::truncate(e.name, MAX_STRING);
-                    let desc = super::reply::truncate(e.description, MAX_STRING);
-                    let len = (name.len() as u32).to_be_bytes();
-                    reply(
-                        out,
-                        OptionType::LIST,
-                        ReplyType::SERVER,
-                        &[&len, name.as_bytes(), desc.as_bytes()],
-                    );
+                    ServerEntry {
+                        name: super::reply::truncate(e.name, MAX_STRING),
+                        description: super::reply::truncate(e.description, MAX_STRING).as_bytes(),
+                    }
+                    .emit(out)?;
                     self.pending = Pending::List { next: next + 1 };
                 }
                 None => {
-                    reply(out, OptionType::LIST, ReplyType::ACK, &[]);
+                    reply(out, OptionType::LIST, ReplyType::ACK, &[])?;
                     self.pending = Pending::None;
                 }
             },
@@ -768,12 +695,7 @@ impl Handshake {
                     } else {
                         0
                     };
-                    reply(
-                        out,
-                        option,
-                        ReplyType::META_CONTEXT,
-                        &[&wire_id.to_be_bytes(), name.as_bytes()],
-                    );
+                    MetaContextEntry { id: wire_id, name }.emit(out, option)?;
                     self.pending = Pending::Contexts {
                         option,
                         export,
@@ -781,12 +703,21 @@ impl Handshake {
                     };
                 }
                 None => {
-                    reply(out, option, ReplyType::ACK, &[]);
+                    reply(out, option, ReplyType::ACK, &[])?;
                     self.pending = Pending::None;
                 }
             },
         }
+        Ok(())
     }
+}
+
+/// A reply did not fit the machine's buffer: a sizing bug. Debug builds
+/// stop here; release builds end the connection rather than send a
+/// truncated frame.
+fn overflow() -> Outcome {
+    debug_assert!(false, "handshake reply larger than the transmit buffer");
+    Outcome::Close(CloseReason::ReplyTooLarge)
 }
 
 /// Whether `query` selects context `ctx`. For `LIST_META_CONTEXT` a query

@@ -1,26 +1,19 @@
 //! The sans-IO NBD server: one [`Server`] per client connection.
 //!
-//! # The driving loop
+//! It is driven by the crate's [driving loop](crate#the-driving-loop).
+//! What is particular to the server:
 //!
-//! A `Server` owns no socket, no clock and no heap. The frontend moves
-//! bytes and time through it, in this order, for as long as the connection
-//! lives:
-//!
-//! 1. **Transmit.** Send everything [`Server::poll_transmit`] returns and
-//!    report it with [`Server::transmitted`]. Only the handshake produces
-//!    bytes here (the greeting, option replies); do this first, always —
-//!    the machine stops reading input while replies are waiting, which is
-//!    what keeps its output bounded.
-//! 2. **Receive.** Pass received bytes to [`Server::handle_input`]. It
-//!    returns a [`Progress`]: how many bytes it `consumed` and at most one
-//!    [`Event`]. Drop the consumed bytes, act on the event, and call again
-//!    with the rest. `consumed == 0` with no event means "give me more
-//!    bytes" (or "transmit first", step 1). Any split of the input works,
-//!    down to one byte per call.
-//! 3. **Time.** Before waiting for the socket, ask [`Server::poll_timeout`]
-//!    for the next deadline; when it passes, call
-//!    [`Server::handle_timeout`], which may close the connection (a client
-//!    that dawdles in the handshake).
+//! * Only the handshake produces bytes in [`Server::poll_transmit`] (the
+//!   greeting, option replies).
+//! * Requests come out as typed [`Request`]s, validated against every rule
+//!   of the spec, with one [`Command`] variant per command carrying exactly
+//!   what it means. Their replies are encoded with the session's
+//!   [`ReplyEncoder`]: [`ReplyEncoder::result`] for requests without data,
+//!   a [`ReadReply`] plan for reads (data and hole chunks), and
+//!   [`ReplyEncoder::block_status`] for block status. The frontend never
+//!   lays out reply bytes.
+//! * [`DeviceCaps::transmission_flags`] turns what a device can do into
+//!   the flags its export advertises.
 //!
 //! Events say what the frontend must do:
 //!
@@ -78,7 +71,7 @@
 //! let mut rest = &input[..];
 //! let mut ready = false;
 //! loop {
-//!     let p = server.handle_input(rest, Instant(0));
+//!     let p = server.handle_input(rest);
 //!     if let Some(Event::Ready(session)) = p.event { assert_eq!(session.size, 1 << 20); ready = true; }
 //!     else if p.consumed == 0 { break }
 //!     rest = &rest[p.consumed..];
@@ -89,16 +82,23 @@
 
 mod exports;
 mod handshake;
+mod read_reply;
 mod reply;
+mod request;
 mod transmission;
 
-pub use exports::{BlockSizes, ContextSet, ExportInfo, Exports};
-pub use reply::{ErrorReply, MAX_ERROR_MESSAGE, MAX_REPLY_HEADER, ReplyEncoder, ReplyHeader};
+pub use exports::{BlockSizes, ContextSet, DeviceCaps, ExportInfo, Exports};
+pub use read_reply::{MIN_HOLE, ReadChunk, ReadReply, SPARSE_READ_MIN, status_from};
+pub use reply::{
+    ErrorReply, ExtentBuf, Fault, MAX_ERROR_MESSAGE, MAX_REPLY_HEADER, ReplyEncoder, ReplyHeader,
+    ReplyTo, ShortReply, StatusError,
+};
+pub use request::{Command, Request};
 
 use core::time::Duration;
 
 use crate::time::Instant;
-use crate::wire::{ClientFlags, CommandFlags, CommandType, HeaderMode, TransmissionFlags};
+use crate::wire::{ClientFlags, HeaderMode, TransmissionFlags};
 
 /// Metadata contexts an export may offer (ids 0..64).
 pub const MAX_CONTEXTS: usize = 64;
@@ -182,20 +182,6 @@ impl Session {
     }
 }
 
-/// A validated transmission request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Request {
-    pub cookie: u64,
-    pub command: CommandType,
-    pub flags: CommandFlags,
-    pub offset: u64,
-    /// Effect length (for `BLOCK_STATUS` with a payload, the one the
-    /// payload gives); for `WRITE`, the payload length.
-    pub length: u64,
-    /// For `BLOCK_STATUS`: the contexts to answer, one chunk each.
-    pub contexts: ContextSet,
-}
-
 /// Why the connection ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -227,6 +213,10 @@ pub enum CloseReason {
     /// `close()` was called after the connection had ended, or input came
     /// after a close.
     Closed,
+    /// A handshake reply did not fit the machine's buffer. Its sizing rules
+    /// this out (debug builds assert it); release builds close instead of
+    /// sending a truncated frame.
+    ReplyTooLarge,
 }
 
 /// What the frontend must act on; see the [module docs](self).
@@ -307,7 +297,9 @@ impl<E: Exports> Server<E> {
             deadline: config.handshake_timeout.map(|t| now.saturating_add(t)),
             shutting_down: false,
         };
-        handshake::write_greeting(&mut s.out);
+        // The greeting is 18 bytes in an empty buffer of several KiB.
+        let greeted = handshake::write_greeting(&mut s.out);
+        debug_assert!(greeted.is_ok());
         s
     }
 
@@ -328,7 +320,13 @@ impl<E: Exports> Server<E> {
             self.out.clear();
             self.sent = 0;
             if let Phase::Handshake(h) = &mut self.phase {
-                h.refill(&self.exports, &mut self.out);
+                if h.refill(&self.exports, &mut self.out).is_err() {
+                    // A sizing bug (see CloseReason::ReplyTooLarge): send
+                    // nothing rather than a truncated reply.
+                    debug_assert!(false, "option reply larger than the transmit buffer");
+                    self.out.clear();
+                    self.phase = Phase::Closed;
+                }
             }
         }
         &self.out[self.sent..]
@@ -349,9 +347,9 @@ impl<E: Exports> Server<E> {
             || matches!(&self.phase, Phase::Handshake(h) if h.has_pending_replies())
     }
 
-    /// Feed received bytes; see the [module docs](self).
-    pub fn handle_input<'a>(&'a mut self, input: &'a [u8], now: Instant) -> Progress<'a> {
-        let _ = now;
+    /// Feed received bytes; see the [module docs](self). The event borrows
+    /// only `input`.
+    pub fn handle_input<'i>(&mut self, input: &'i [u8]) -> Progress<'i> {
         let output_pending = self.output_pending();
         match &mut self.phase {
             Phase::Handshake(_) if output_pending => Progress::NONE,

@@ -4,26 +4,75 @@
 //! so a frontend can encode replies on whichever task completes the I/O,
 //! in any order. Read data is never copied here: the encoder returns the
 //! header, and the frontend sends its own buffer right after it (one
-//! vectored write).
+//! vectored write). What a read reply is made of is planned by
+//! [`ReadReply`](super::ReadReply), and a block-status reply is assembled
+//! by [`ReplyEncoder::block_status`]; a frontend never lays out reply bytes.
+
+use core::fmt;
 
 use zerocopy::IntoBytes;
 
 use super::Request;
 use crate::block::Extent;
-use crate::wire::headers::{
-    BlockStatusExtHeader, BlockStatusHeader, ErrorChunk, ExtendedReply, Extent32, Extent64,
-    OffsetData, OffsetHole, SimpleReply, StructuredReply,
-};
+use crate::block::contract::{MAX_EXTENT_LEN_32, StatusQuery};
+use crate::wire::chunk::{ErrorPayload, Hole, StatusHead, descriptor_size, emit_descriptor};
+use crate::wire::codec::{Overflow, Sink};
+use crate::wire::headers::{ErrorChunk, ExtendedReply, OffsetData, SimpleReply, StructuredReply};
 use crate::wire::{
     ChunkType, CommandType, EXTENDED_REPLY_MAGIC, Errno, HeaderMode, MAX_EXTENTS_PER_CHUNK,
     ReplyFlags, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
 };
 
 /// Longest header this module emits: an extended header plus the 8-byte
-/// offset of `OFFSET_DATA`.
-pub const MAX_REPLY_HEADER: usize = ExtendedReply::SIZE + OffsetData::SIZE + 4;
+/// offset of `OFFSET_DATA`, or the 12-byte payload of `OFFSET_HOLE`.
+pub const MAX_REPLY_HEADER: usize = ExtendedReply::SIZE + 12;
 /// Longest error message the machine puts in an error chunk.
 pub const MAX_ERROR_MESSAGE: usize = 120;
+
+/// Who a reply answers: enough of a request to address its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub cookie: u64,
+    pub offset: u64,
+    pub kind: CommandType,
+}
+
+impl From<&Request> for ReplyTo {
+    fn from(r: &Request) -> Self {
+        Self {
+            cookie: r.cookie,
+            offset: r.offset(),
+            kind: r.kind(),
+        }
+    }
+}
+
+impl From<Request> for ReplyTo {
+    fn from(r: Request) -> Self {
+        (&r).into()
+    }
+}
+
+/// Why a request failed, as the frontend reports it: the NBD error and a
+/// message for the client (truncated to [`MAX_ERROR_MESSAGE`] bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault<'m> {
+    pub errno: Errno,
+    pub message: &'m str,
+}
+
+impl<'m> Fault<'m> {
+    pub const fn new(errno: Errno, message: &'m str) -> Self {
+        Self { errno, message }
+    }
+}
+
+impl fmt::Display for Fault<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.errno.name().unwrap_or("error");
+        write!(f, "{name}: {}", self.message)
+    }
+}
 
 /// A reply header (or a whole small reply) in a fixed buffer.
 #[derive(Clone, Copy, Debug)]
@@ -40,14 +89,26 @@ impl ReplyHeader {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        let start = self.len as usize;
-        self.buf[start..start + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len() as u8;
-    }
-
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len as usize]
+    }
+}
+
+/// Every header this module builds is sized by [`MAX_REPLY_HEADER`]; a
+/// frame that does not fit is a bug in this module, caught by the tests.
+impl Sink for ReplyHeader {
+    fn room(&self) -> usize {
+        MAX_REPLY_HEADER - self.len as usize
+    }
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Overflow> {
+        let start = self.len as usize;
+        let dst = self
+            .buf
+            .get_mut(start..start + bytes.len())
+            .ok_or(Overflow)?;
+        dst.copy_from_slice(bytes);
+        self.len += bytes.len() as u8;
+        Ok(())
     }
 }
 
@@ -71,6 +132,36 @@ impl ErrorReply {
     }
 }
 
+/// The whole reply of a request that carries no data: success or error.
+#[derive(Clone, Debug)]
+pub enum ShortReply {
+    Ok(ReplyHeader),
+    Error(ErrorReply),
+}
+
+impl ShortReply {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            ShortReply::Ok(h) => h.as_bytes(),
+            ShortReply::Error(e) => e.as_bytes(),
+        }
+    }
+
+    /// The error sent, if the reply is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            ShortReply::Ok(_) => None,
+            ShortReply::Error(e) => Some(e.errno()),
+        }
+    }
+}
+
+/// Debug builds stop at a sizing bug; release builds send nothing rather
+/// than a truncated frame (the connection then fails visibly).
+fn sized(r: Result<(), Overflow>) {
+    debug_assert!(r.is_ok(), "reply frame larger than its buffer");
+}
+
 /// Encodes replies in the session's negotiated header mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyEncoder {
@@ -91,45 +182,59 @@ impl ReplyEncoder {
         self.mode.structured()
     }
 
-    fn chunk(&self, req: &Request, flags: ReplyFlags, ty: ChunkType, payload: u64) -> ReplyHeader {
+    fn chunk(&self, to: ReplyTo, flags: ReplyFlags, ty: ChunkType, payload: u64) -> ReplyHeader {
         let mut h = ReplyHeader::new();
+        sized(self.chunk_into(&mut h, to, flags, ty, payload));
+        h
+    }
+
+    fn chunk_into(
+        &self,
+        out: &mut impl Sink,
+        to: ReplyTo,
+        flags: ReplyFlags,
+        ty: ChunkType,
+        payload: u64,
+    ) -> Result<(), Overflow> {
         match self.mode {
-            HeaderMode::Extended => h.push(
+            HeaderMode::Extended => out.put(
                 ExtendedReply {
                     magic: EXTENDED_REPLY_MAGIC.into(),
                     flags: flags.bits().into(),
                     chunk_type: ty.0.into(),
-                    cookie: req.cookie.into(),
-                    offset: req.offset.into(),
+                    cookie: to.cookie.into(),
+                    offset: to.offset.into(),
                     length: payload.into(),
                 }
                 .as_bytes(),
             ),
-            // Only called for structured chunks; payloads of chunks we build
-            // fit 32 bits (data chunks are bounded by the maximum payload).
-            _ => h.push(
+            // Only called for structured chunks, whose payloads here fit 32
+            // bits (data chunks are bounded by the maximum payload, status
+            // chunks by the descriptor limit).
+            _ => out.put(
                 StructuredReply {
                     magic: STRUCTURED_REPLY_MAGIC.into(),
                     flags: flags.bits().into(),
                     chunk_type: ty.0.into(),
-                    cookie: req.cookie.into(),
-                    length: (payload.min(u32::MAX as u64) as u32).into(),
+                    cookie: to.cookie.into(),
+                    length: u32::try_from(payload).map_err(|_| Overflow)?.into(),
                 }
                 .as_bytes(),
             ),
         }
-        h
     }
 
-    fn simple(req: &Request, error: Errno) -> ReplyHeader {
+    fn simple(to: ReplyTo, error: Errno) -> ReplyHeader {
         let mut h = ReplyHeader::new();
-        h.push(
-            SimpleReply {
-                magic: SIMPLE_REPLY_MAGIC.into(),
-                error: error.0.into(),
-                cookie: req.cookie.into(),
-            }
-            .as_bytes(),
+        sized(
+            h.put(
+                SimpleReply {
+                    magic: SIMPLE_REPLY_MAGIC.into(),
+                    error: error.0.into(),
+                    cookie: to.cookie.into(),
+                }
+                .as_bytes(),
+            ),
         );
         h
     }
@@ -146,77 +251,88 @@ impl ReplyEncoder {
     /// frontend sends exactly `len` bytes after it.
     ///
     /// In simple mode this is the whole reply's header, so it must cover the
-    /// entire request (`offset == req.offset`, `len == req.length`) and `done`
-    /// is ignored.
-    pub fn data(&self, req: &Request, offset: u64, len: u32, done: bool) -> ReplyHeader {
+    /// entire request and `done` is ignored. Frontends get these from
+    /// [`ReadReply`](super::ReadReply), which keeps those rules.
+    pub fn data(&self, to: impl Into<ReplyTo>, offset: u64, len: u32, done: bool) -> ReplyHeader {
+        let to = to.into();
         if !self.mode.structured() {
-            return Self::simple(req, Errno(0));
+            return Self::simple(to, Errno(0));
         }
         let mut h = self.chunk(
-            req,
+            to,
             Self::done(done),
             ChunkType::OFFSET_DATA,
             OffsetData::SIZE as u64 + len as u64,
         );
-        h.push(
-            OffsetData {
-                offset: offset.into(),
-            }
-            .as_bytes(),
-        );
+        sized(h.put(offset.to_be_bytes().as_slice()));
         h
     }
 
     /// An `OFFSET_HOLE` chunk; `None` in simple mode, where holes must be
     /// sent as zeroes.
-    pub fn hole(&self, req: &Request, offset: u64, len: u32, done: bool) -> Option<ReplyHeader> {
+    pub fn hole(
+        &self,
+        to: impl Into<ReplyTo>,
+        offset: u64,
+        len: u32,
+        done: bool,
+    ) -> Option<ReplyHeader> {
         if !self.mode.structured() || len == 0 {
             return None;
         }
-        let mut h = self.chunk(
-            req,
-            Self::done(done),
-            ChunkType::OFFSET_HOLE,
-            OffsetHole::SIZE as u64,
-        );
-        h.push(
-            OffsetHole {
-                offset: offset.into(),
-                length: len.into(),
-            }
-            .as_bytes(),
-        );
+        let hole = Hole {
+            offset,
+            length: len,
+        };
+        let mut h = self.chunk(to.into(), Self::done(done), ChunkType::OFFSET_HOLE, 12);
+        sized(hole.emit(&mut h));
         Some(h)
     }
 
     /// The successful end of a reply: a simple reply, or a `NONE` chunk with
     /// `DONE` where a structured reply is required (reads and block status
     /// in structured mode, everything in extended mode).
-    pub fn ok(&self, req: &Request) -> ReplyHeader {
-        let structured_only = matches!(req.command, CommandType::READ | CommandType::BLOCK_STATUS);
+    pub fn ok(&self, to: impl Into<ReplyTo>) -> ReplyHeader {
+        let to = to.into();
+        let structured_only = matches!(to.kind, CommandType::READ | CommandType::BLOCK_STATUS);
         match self.mode {
-            HeaderMode::Simple => Self::simple(req, Errno(0)),
-            HeaderMode::Structured if !structured_only => Self::simple(req, Errno(0)),
-            _ => self.chunk(req, ReplyFlags::DONE, ChunkType::NONE, 0),
+            HeaderMode::Simple => Self::simple(to, Errno(0)),
+            HeaderMode::Structured if !structured_only => Self::simple(to, Errno(0)),
+            _ => self.chunk(to, ReplyFlags::DONE, ChunkType::NONE, 0),
         }
     }
 
-    /// A final error reply for `req`: a simple reply in simple mode, else an
-    /// `ERROR` chunk with `DONE` carrying `message` (truncated to
+    /// The whole reply of a request that carries no data back.
+    pub fn result(&self, to: impl Into<ReplyTo>, r: Result<(), Fault<'_>>) -> ShortReply {
+        let to = to.into();
+        match r {
+            Ok(()) => ShortReply::Ok(self.ok(to)),
+            Err(f) => ShortReply::Error(self.error(to, f.errno, f.message)),
+        }
+    }
+
+    /// A final error reply: a simple reply in simple mode, else an `ERROR`
+    /// chunk with `DONE` carrying `message` (truncated to
     /// [`MAX_ERROR_MESSAGE`] bytes at a character boundary).
-    pub fn error(&self, req: &Request, errno: Errno, message: &str) -> ErrorReply {
-        self.error_chunk(req, errno, message, None)
+    pub fn error(&self, to: impl Into<ReplyTo>, errno: Errno, message: &str) -> ErrorReply {
+        self.error_chunk(to.into(), errno, message, None)
     }
 
     /// Like [`error`](Self::error) but as `ERROR_OFFSET` naming the failed
     /// offset, where structured replies allow it.
-    pub fn error_at(&self, req: &Request, errno: Errno, offset: u64, message: &str) -> ErrorReply {
-        self.error_chunk(req, errno, message, Some(offset))
+    pub fn error_at(
+        &self,
+        to: impl Into<ReplyTo>,
+        errno: Errno,
+        offset: u64,
+        message: &str,
+    ) -> ErrorReply {
+        self.error_chunk(to.into(), errno, message, Some(offset))
     }
 
     fn error_chunk(
         &self,
-        req: &Request,
+        to: ReplyTo,
         errno: Errno,
         message: &str,
         offset: Option<u64>,
@@ -226,161 +342,321 @@ impl ReplyEncoder {
         let mut out = ErrorReply {
             buf: heapless::Vec::new(),
             errno,
-            cookie: req.cookie,
+            cookie: to.cookie,
         };
         if !self.mode.structured() {
-            let _ = out
-                .buf
-                .extend_from_slice(Self::simple(req, errno).as_bytes());
+            sized(out.buf.put(Self::simple(to, errno).as_bytes()));
             return out;
         }
-        let msg = truncate(message, MAX_ERROR_MESSAGE);
-        let (ty, tail) = match offset {
-            Some(_) => (ChunkType::ERROR_OFFSET, 8),
-            None => (ChunkType::ERROR, 0),
+        let payload = ErrorPayload {
+            error: errno.0,
+            message: truncate(message, MAX_ERROR_MESSAGE).as_bytes(),
+            offset,
         };
-        let payload = (ErrorChunk::SIZE + msg.len() + tail) as u64;
-        let h = self.chunk(req, ReplyFlags::DONE, ty, payload);
-        let _ = out.buf.extend_from_slice(h.as_bytes());
-        let _ = out.buf.extend_from_slice(
-            ErrorChunk {
-                error: errno.0.into(),
-                message_length: (msg.len() as u16).into(),
-            }
-            .as_bytes(),
-        );
-        let _ = out.buf.extend_from_slice(msg.as_bytes());
-        if let Some(off) = offset {
-            let _ = out.buf.extend_from_slice(&off.to_be_bytes());
-        }
+        let r = self
+            .chunk_into(
+                &mut out.buf,
+                to,
+                ReplyFlags::DONE,
+                payload.chunk_type(),
+                payload.len() as u64,
+            )
+            .and_then(|()| payload.emit(&mut out.buf));
+        sized(r);
         out
     }
 
-    /// Encode one block-status chunk for context `context_id` into `out`,
-    /// returning the bytes written, or `None` if `out` cannot hold even one
-    /// descriptor.
+    /// The device query for one context of a block-status request: the
+    /// request's range, `REQ_ONE`, at most `max_extents` descriptors, and
+    /// extents no longer than this header mode can carry.
+    pub fn status_query(&self, req: &Request, max_extents: u32) -> StatusQuery {
+        let (req_one, max_len) = match req.command {
+            super::Command::BlockStatus { req_one, .. } => (req_one, self.max_extent_len()),
+            _ => (false, self.max_extent_len()),
+        };
+        StatusQuery::new(req.offset(), req.len())
+            .req_one(req_one)
+            .max_extents(max_extents.clamp(1, MAX_EXTENTS_PER_CHUNK as u32))
+            .max_extent_len(max_len)
+    }
+
+    /// Longest extent one descriptor carries in this mode: 64 bits with
+    /// extended headers, else 32 bits kept a multiple of 512.
+    pub const fn max_extent_len(&self) -> u64 {
+        match self.mode {
+            HeaderMode::Extended => u64::MAX,
+            _ => MAX_EXTENT_LEN_32,
+        }
+    }
+
+    /// Bytes one block-status chunk of `n` descriptors takes.
+    pub const fn status_chunk_len(&self, n: usize) -> usize {
+        let wide = matches!(self.mode, HeaderMode::Extended);
+        let head = if wide {
+            ExtendedReply::SIZE
+        } else {
+            StructuredReply::SIZE
+        };
+        head + StatusHead::size(wide) + n * descriptor_size(wide)
+    }
+
+    /// Descriptors per context that fit `room` bytes of reply for a
+    /// request with `contexts` contexts (at least 1: a context always gets
+    /// one descriptor).
+    pub const fn status_fit(&self, room: usize, contexts: u32) -> u32 {
+        let share = room / if contexts == 0 { 1 } else { contexts as usize };
+        let fixed = self.status_chunk_len(0);
+        let each = self.status_chunk_len(1) - fixed;
+        let n = share.saturating_sub(fixed) / each;
+        if n == 0 {
+            1
+        } else if n > MAX_EXTENTS_PER_CHUNK {
+            MAX_EXTENTS_PER_CHUNK as u32
+        } else {
+            n as u32
+        }
+    }
+
+    /// Assembles a whole block-status reply into `out`: one chunk per
+    /// context of the request, in ascending id order, the last with `DONE`.
     ///
-    /// Extents are taken from `extents` in order starting at `req.offset`:
-    /// zero-length extents are skipped, neighbours with equal flags merged,
-    /// lengths clipped to the request's end; encoding stops at the request's
-    /// end, after one descriptor under `REQ_ONE`, at 2^20 descriptors, or
-    /// when `out` is full. If `extents` yields nothing, one descriptor with
-    /// status 0 covers the request (always a safe answer). In structured
-    /// mode the high 32 bits of each status are dropped: only contexts with
-    /// 32-bit status may be negotiated without extended headers.
-    pub fn block_status(
+    /// For each context, `answer(id, query, sink)` asks the device; the
+    /// extents it pushes are collected in `scratch` (the frontend's
+    /// storage; its capacity bounds the descriptors per chunk along with
+    /// `max_extents` and the room `out` has), merged and clipped here. If
+    /// `answer` fails, its error is returned and `out` holds a partial
+    /// reply: the frontend sends [`result`](Self::result)`(Err(..))`
+    /// instead. If `out` cannot hold one descriptor per context, nothing is
+    /// asked and [`StatusError::NoRoom`] says so.
+    pub fn block_status<E>(
+        &self,
+        req: &Request,
+        max_extents: u32,
+        scratch: &mut impl ExtentBuf,
+        out: &mut impl Sink,
+        mut answer: impl FnMut(u32, &StatusQuery, &mut dyn FnMut(Extent) -> bool) -> Result<(), E>,
+    ) -> Result<(), StatusError<E>> {
+        let super::Command::BlockStatus { contexts, .. } = req.command else {
+            return Err(StatusError::NotBlockStatus);
+        };
+        if out.room() < contexts.len() as usize * self.status_chunk_len(1) {
+            return Err(StatusError::NoRoom);
+        }
+        let fit = self
+            .status_fit(out.room(), contexts.len())
+            .min(max_extents)
+            .min(scratch.capacity());
+        let query = self.status_query(req, fit);
+        let last = contexts.iter().last();
+        for id in contexts.iter() {
+            scratch.clear();
+            answer(id, &query, &mut |e| {
+                scratch.push(e) && scratch.len() < fit as usize
+            })
+            .map_err(StatusError::Device)?;
+            sized(self.status_chunk(req, id, scratch.as_slice(), Some(id) == last, out));
+        }
+        Ok(())
+    }
+
+    /// One block-status chunk for context `context_id` from `extents` (in
+    /// order from the request's offset): zero-length extents skipped,
+    /// neighbours with equal flags merged, lengths clipped to the request's
+    /// end; one descriptor under `REQ_ONE`. If `extents` is empty, one
+    /// descriptor with status 0 covers the request (always a safe answer).
+    /// In structured mode the high 32 bits of each status are dropped: only
+    /// contexts with 32-bit status may be negotiated without extended
+    /// headers.
+    fn status_chunk(
         &self,
         req: &Request,
         context_id: u32,
-        extents: impl IntoIterator<Item = Extent>,
+        extents: &[Extent],
         done: bool,
-        out: &mut [u8],
-    ) -> Option<usize> {
-        let ext = self.mode == HeaderMode::Extended;
-        let (head, prefix, each) = if ext {
-            (
-                ExtendedReply::SIZE,
-                BlockStatusExtHeader::SIZE,
-                Extent64::SIZE,
-            )
-        } else {
-            (
-                StructuredReply::SIZE,
-                BlockStatusHeader::SIZE,
-                Extent32::SIZE,
-            )
-        };
-        let room = out.len().checked_sub(head + prefix)? / each;
-        if room == 0 {
+        out: &mut impl Sink,
+    ) -> Result<(), Overflow> {
+        let wide = self.mode == HeaderMode::Extended;
+        let req_one = matches!(
+            req.command,
+            super::Command::BlockStatus { req_one: true, .. }
+        );
+        let want = req.len().max(1);
+        let max_len = self.max_extent_len();
+        let limit = if req_one { 1 } else { MAX_EXTENTS_PER_CHUNK };
+        let mut merged = Merged::new(extents, want, max_len, limit);
+        let count = merged.clone().count();
+        if out.room() < self.status_chunk_len(count.max(1)) {
+            return Err(Overflow);
+        }
+        let payload = StatusHead::size(wide) + count.max(1) * descriptor_size(wide);
+        self.chunk_into(
+            out,
+            req.into(),
+            Self::done(done),
+            if wide {
+                ChunkType::BLOCK_STATUS_EXT
+            } else {
+                ChunkType::BLOCK_STATUS
+            },
+            payload as u64,
+        )?;
+        StatusHead {
+            context_id,
+            count: wide.then_some(count.max(1) as u32),
+        }
+        .emit(out)?;
+        if count == 0 {
+            return emit_descriptor(out, Extent::new(want.min(max_len), 0), wide);
+        }
+        merged.try_for_each(|e| emit_descriptor(out, e, wide))
+    }
+}
+
+/// Why [`ReplyEncoder::block_status`] built no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusError<E> {
+    /// The device failed to answer; its error.
+    Device(E),
+    /// The output cannot hold one descriptor per context.
+    NoRoom,
+    /// The request is not a block-status request.
+    NotBlockStatus,
+}
+
+impl<E: fmt::Display> fmt::Display for StatusError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusError::Device(e) => e.fmt(f),
+            StatusError::NoRoom => f.write_str("block status reply larger than its buffer"),
+            StatusError::NotBlockStatus => f.write_str("not a block status request"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for StatusError<E> {}
+
+impl<E> StatusError<E> {
+    /// The NBD error for the client: the device's, or `EOVERFLOW` for a
+    /// reply that cannot be built (the spec's answer for "too large").
+    pub fn errno(&self, device: impl FnOnce(&E) -> Errno) -> Errno {
+        match self {
+            StatusError::Device(e) => device(e),
+            StatusError::NoRoom => Errno::EOVERFLOW,
+            StatusError::NotBlockStatus => Errno::EINVAL,
+        }
+    }
+}
+
+/// Extents merged and clipped to a request, as descriptors will carry them.
+#[derive(Clone)]
+struct Merged<'a> {
+    rest: core::slice::Iter<'a, Extent>,
+    want: u64,
+    covered: u64,
+    max_len: u64,
+    left: usize,
+    pending: Option<Extent>,
+}
+
+impl<'a> Merged<'a> {
+    fn new(extents: &'a [Extent], want: u64, max_len: u64, limit: usize) -> Self {
+        Self {
+            rest: extents.iter(),
+            want,
+            covered: 0,
+            max_len,
+            left: limit,
+            pending: None,
+        }
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = Extent;
+
+    fn next(&mut self) -> Option<Extent> {
+        if self.left == 0 {
             return None;
         }
-        let want = req.length.max(1);
-        let one = req.flags.contains(crate::wire::CommandFlags::REQ_ONE);
-        let limit = room
-            .min(MAX_EXTENTS_PER_CHUNK)
-            .min(if one { 1 } else { usize::MAX });
-        // In compact mode the request length is 32 bits, so clipped extents fit.
-        let max_len: u64 = if ext { u64::MAX } else { u32::MAX as u64 };
-
-        let mut written = 0usize;
-        let mut covered = 0u64;
-        let mut pending: Option<Extent> = None;
-        let mut body = &mut out[head + prefix..];
-        let emit = |e: Extent, body: &mut &mut [u8], written: &mut usize| {
-            let slot = core::mem::take(body);
-            let (dst, rest) = slot.split_at_mut(each);
-            if ext {
-                dst.copy_from_slice(
-                    Extent64 {
-                        length: e.length.into(),
-                        flags: e.flags.into(),
-                    }
-                    .as_bytes(),
-                );
-            } else {
-                dst.copy_from_slice(
-                    Extent32 {
-                        length: (e.length as u32).into(),
-                        flags: (e.flags as u32).into(),
-                    }
-                    .as_bytes(),
-                );
-            }
-            *body = rest;
-            *written += 1;
-        };
-        for e in extents {
-            if covered >= want || written >= limit {
-                break;
-            }
+        loop {
+            let e = match self.rest.next() {
+                Some(e) if self.covered < self.want => *e,
+                _ => break,
+            };
             if e.length == 0 {
                 continue;
             }
-            let len = e.length.min(want - covered);
-            covered += len;
-            match pending {
-                Some(ref mut p)
-                    if p.flags == e.flags && p.length.saturating_add(len) <= max_len =>
-                {
+            let len = e.length.min(self.want - self.covered);
+            self.covered += len;
+            match &mut self.pending {
+                Some(p) if p.flags == e.flags && p.length.saturating_add(len) <= self.max_len => {
                     p.length += len;
                 }
                 Some(p) => {
-                    emit(p, &mut body, &mut written);
-                    pending = Some(Extent::new(len, e.flags));
+                    let out = *p;
+                    self.pending = Some(Extent::new(len, e.flags));
+                    self.left -= 1;
+                    return Some(out);
                 }
-                None => pending = Some(Extent::new(len, e.flags)),
+                None => self.pending = Some(Extent::new(len, e.flags)),
             }
         }
-        match pending {
-            Some(p) if written < limit => emit(p, &mut body, &mut written),
-            Some(_) => {}
-            None => emit(Extent::new(want.min(max_len), 0), &mut body, &mut written),
-        }
+        let out = self.pending.take()?;
+        self.left -= 1;
+        Some(out)
+    }
+}
 
-        let payload = prefix + written * each;
-        let (ty, id_bytes) = if ext {
-            (ChunkType::BLOCK_STATUS_EXT, {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(
-                    BlockStatusExtHeader {
-                        context_id: context_id.into(),
-                        count: (written as u32).into(),
-                    }
-                    .as_bytes(),
-                );
-                b
-            })
-        } else {
-            (ChunkType::BLOCK_STATUS, {
-                let mut b = [0u8; 8];
-                b[..4].copy_from_slice(&context_id.to_be_bytes());
-                b
-            })
-        };
-        let h = self.chunk(req, Self::done(done), ty, payload as u64);
-        out[..head].copy_from_slice(h.as_bytes());
-        out[head..head + prefix].copy_from_slice(&id_bytes[..prefix]);
-        Some(head + payload)
+/// Frontend-owned storage for one context's extents while a block-status
+/// chunk is assembled.
+pub trait ExtentBuf {
+    fn clear(&mut self);
+    /// Store `e`; `false` if full.
+    fn push(&mut self, e: Extent) -> bool;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn as_slice(&self) -> &[Extent];
+    /// Most extents it holds (`u32::MAX` for growable storage).
+    fn capacity(&self) -> u32;
+}
+
+impl<const N: usize> ExtentBuf for heapless::Vec<Extent, N> {
+    fn clear(&mut self) {
+        heapless::Vec::clear(self)
+    }
+    fn push(&mut self, e: Extent) -> bool {
+        heapless::Vec::push(self, e).is_ok()
+    }
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn as_slice(&self) -> &[Extent] {
+        self
+    }
+    fn capacity(&self) -> u32 {
+        N.min(u32::MAX as usize) as u32
+    }
+}
+
+#[cfg(any(test, feature = "alloc"))]
+impl ExtentBuf for alloc::vec::Vec<Extent> {
+    fn clear(&mut self) {
+        alloc::vec::Vec::clear(self)
+    }
+    fn push(&mut self, e: Extent) -> bool {
+        alloc::vec::Vec::push(self, e);
+        true
+    }
+    fn len(&self) -> usize {
+        alloc::vec::Vec::len(self)
+    }
+    fn as_slice(&self) -> &[Extent] {
+        self
+    }
+    fn capacity(&self) -> u32 {
+        u32::MAX
     }
 }
 

@@ -1,8 +1,10 @@
 //! Transmission phase: decoding and checking requests.
 
 use super::exports::ContextSet;
-use super::reply::ReplyEncoder;
+use super::reply::{ReplyEncoder, ReplyTo};
 use super::{CloseReason, Event, MAX_CONTEXTS, Request, Session};
+use crate::wire::chunk::StatusFilter;
+use crate::wire::codec::Sink;
 use crate::wire::headers::{CompactRequest, ExtendedRequest};
 use crate::wire::{
     CommandFlags, CommandType, DEFAULT_MAX_PAYLOAD, EXTENDED_REQUEST_MAGIC, Errno, HeaderMode,
@@ -176,7 +178,10 @@ impl Transmission {
                 }
                 State::BlockStatusPayload { header, remaining } => {
                     let take = remaining.min((input.len() - used) as u64) as usize;
-                    let _ = self.bs_payload.extend_from_slice(&input[used..used + take]);
+                    // `remaining` was checked against the buffer's size
+                    // when the header arrived.
+                    let stored = self.bs_payload.put(&input[used..used + take]);
+                    debug_assert!(stored.is_ok(), "block status payload past its bound");
                     used += take;
                     if (take as u64) < remaining {
                         self.state = State::BlockStatusPayload {
@@ -216,22 +221,23 @@ impl Transmission {
         }
     }
 
-    fn request(h: &Header, contexts: ContextSet) -> Request {
-        Request {
-            cookie: h.cookie,
-            command: h.command,
-            flags: h.flags,
-            offset: h.offset,
-            length: h.length,
-            contexts,
+    /// The typed request for a header that passed [`check`](Self::check),
+    /// or a rejection if it cannot be typed (which `check` rules out).
+    fn request<'a>(&self, h: &Header, contexts: ContextSet) -> Event<'a> {
+        match Request::from_wire(h.cookie, h.command, h.flags, h.offset, h.length, contexts) {
+            Some(r) => Event::Request(r),
+            None => self.reject(h, (Errno::EINVAL, "unknown command")),
         }
     }
 
     fn reject<'a>(&self, h: &Header, (errno, msg): (Errno, &'static str)) -> Event<'a> {
+        let to = ReplyTo {
+            cookie: h.cookie,
+            offset: h.offset,
+            kind: h.command,
+        };
         Event::Reject {
-            reply: self
-                .encoder()
-                .error(&Self::request(h, ContextSet::EMPTY), errno, msg),
+            reply: self.encoder().error(to, errno, msg),
             close: None,
         }
     }
@@ -301,7 +307,7 @@ impl Transmission {
                         remaining: payload,
                     };
                 }
-                Event::Request(Self::request(&h, self.contexts_for(&h)))
+                self.request(&h, self.contexts_for(&h))
             }
             Err(e) => {
                 if payload > 0 {
@@ -321,26 +327,25 @@ impl Transmission {
     }
 
     fn block_status_with_payload<'a>(&mut self, mut h: Header) -> Event<'a> {
-        let p = &self.bs_payload;
         let mut set = ContextSet::EMPTY;
         let mut bad = false;
-        if let Some((len, ids)) = p.split_first_chunk::<8>() {
-            h.length = u64::from_be_bytes(*len);
-            for id in ids.chunks_exact(4) {
-                let id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
-                if !self.session.contexts.contains(id) || set.contains(id) {
-                    bad = true;
+        match StatusFilter::parse(&self.bs_payload) {
+            Ok(filter) => {
+                h.length = filter.effect_length;
+                for id in filter.ids() {
+                    if !self.session.contexts.contains(id) || set.contains(id) {
+                        bad = true;
+                    }
+                    set.insert(id);
                 }
-                set.insert(id);
             }
-        } else {
-            bad = true;
+            Err(_) => bad = true,
         }
         if bad || set.is_empty() {
             return self.reject(&h, (Errno::EINVAL, "unknown or repeated context id"));
         }
         match self.check(&h) {
-            Ok(()) => Event::Request(Self::request(&h, set)),
+            Ok(()) => self.request(&h, set),
             Err(e) => self.reject(&h, e),
         }
     }

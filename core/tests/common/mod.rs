@@ -128,7 +128,7 @@ impl Pair {
     pub fn pump(&mut self) {
         loop {
             self.drain();
-            let p = self.server.handle_input(&self.buf, Instant(0));
+            let p = self.server.handle_input(&self.buf);
             let consumed = p.consumed;
             let ev = p.event.map(owned);
             self.consumed += consumed;

@@ -1,13 +1,12 @@
 //! One client connection: the core machine, plus the reply in progress.
 
 use blockwire_core::block::Extent;
-use blockwire_core::block::contract::{BlockError, MAX_EXTENT_LEN_32, StatusQuery};
-use blockwire_core::server::{Event, ReplyEncoder, Request, Server, ServerConfig};
-use blockwire_core::time::Instant;
-use blockwire_core::wire::headers::{
-    BlockStatusExtHeader, BlockStatusHeader, ExtendedReply, Extent32, Extent64, StructuredReply,
+use blockwire_core::block::contract::BlockError;
+use blockwire_core::server::{
+    Command, Event, Fault, ReadReply, ReplyEncoder, Request, Server, ServerConfig, StatusError,
 };
-use blockwire_core::wire::{CommandFlags, CommandType, Errno, HeaderMode};
+use blockwire_core::time::Instant;
+use blockwire_core::wire::{Errno, HeaderMode};
 use smoltcp::socket::tcp;
 
 use crate::block_device::BlockDevice;
@@ -18,8 +17,7 @@ use crate::stats::ServerStats;
 
 /// Most descriptors one block-status reply carries: what fits the reply
 /// slot in compact form. Clients ask again for the rest.
-const MAX_STATUS_EXTENTS: usize =
-    (REPLY_SLOT - StructuredReply::SIZE - BlockStatusHeader::SIZE) / Extent32::SIZE;
+const MAX_STATUS_EXTENTS: usize = REPLY_SLOT / 8;
 
 /// A client connection's whole state. Requests are handled one at a time,
 /// in order: while a reply is unsent, no more input is read, which bounds
@@ -42,6 +40,7 @@ struct Replies {
 /// A write whose payload is still arriving.
 struct PendingWrite {
     req: Request,
+    fua: bool,
     /// The first failure; the rest of the payload is still consumed (the
     /// stream must stay in sync) but not written.
     error: Option<BlockError>,
@@ -77,7 +76,6 @@ impl<'n> Connection<'n> {
         &mut self,
         socket: &mut tcp::Socket<'_>,
         device: &mut D,
-        now: Instant,
         stats: &mut ServerStats,
     ) -> bool {
         let mut progress = false;
@@ -99,7 +97,7 @@ impl<'n> Connection<'n> {
             }
             let Connection { machine, replies } = self;
             let step = socket.recv(|input| {
-                let (used, produced) = replies.receive(machine, input, device, now, stats);
+                let (used, produced) = replies.receive(machine, input, device, stats);
                 (used, used > 0 || produced)
             });
             if !matches!(step, Ok(true)) {
@@ -171,7 +169,7 @@ impl<'n> Connection<'n> {
             let Some(read) = &mut r.read else {
                 return Flow::Drained;
             };
-            match read.step(socket, device, &r.encoder) {
+            match read.step(socket, device) {
                 Step::Header(h) => {
                     stats.read_chunks += 1;
                     r.slot.set(h.as_bytes());
@@ -203,12 +201,11 @@ impl Replies {
         machine: &mut Server<Export<'_>>,
         input: &[u8],
         device: &mut D,
-        now: Instant,
         stats: &mut ServerStats,
     ) -> (usize, bool) {
         let mut used = 0;
         while !self.busy() {
-            let p = machine.handle_input(&input[used..], now);
+            let p = machine.handle_input(&input[used..]);
             used += p.consumed;
             match p.event {
                 Some(ev) => self.on_event(ev, device, stats),
@@ -245,7 +242,7 @@ impl Replies {
                     let req = w.req;
                     let result = match w.error {
                         Some(e) => Err(e),
-                        None => fua(device, &req),
+                        None => fua_flush(device, w.fua),
                     };
                     self.write = None;
                     self.finish(&req, result);
@@ -269,112 +266,79 @@ impl Replies {
     ) {
         stats.requests += 1;
         let result = match req.command {
-            CommandType::READ if req.length > 0 => {
-                self.read = Some(ReadStream::new(req, &self.encoder));
+            Command::Read { .. } => {
+                // The RAM disk answers status from its map: asking is cheap.
+                if let Some(plan) = ReadReply::new(&req, self.encoder, true) {
+                    self.read = Some(ReadStream::new(plan));
+                }
                 return;
             }
-            CommandType::READ => Ok(()),
-            CommandType::WRITE if req.length > 0 => {
-                self.write = Some(PendingWrite { req, error: None });
+            Command::Write { len: 0, fua, .. } => fua_flush(device, fua),
+            Command::Write { fua, .. } => {
+                self.write = Some(PendingWrite {
+                    req,
+                    fua,
+                    error: None,
+                });
                 return;
             }
-            CommandType::WRITE => fua(device, &req),
-            CommandType::FLUSH => device.flush(),
-            CommandType::TRIM => device
-                .trim(req.offset, req.length)
-                .and_then(|()| fua(device, &req)),
-            CommandType::WRITE_ZEROES => {
-                if req.flags.contains(CommandFlags::FAST_ZERO) && !device.fast_zero() {
+            Command::Flush => device.flush(),
+            Command::Trim { offset, len, fua } => device
+                .trim(offset, len)
+                .and_then(|()| fua_flush(device, fua)),
+            Command::WriteZeroes {
+                offset,
+                len,
+                may_trim,
+                fast,
+                fua,
+            } => {
+                if fast && !device.fast_zero() {
                     Err(BlockError::NotSupported)
                 } else {
-                    let unmap = !req.flags.contains(CommandFlags::NO_HOLE);
                     device
-                        .write_zeroes(req.offset, req.length, unmap)
-                        .and_then(|()| fua(device, &req))
+                        .write_zeroes(offset, len, may_trim)
+                        .and_then(|()| fua_flush(device, fua))
                 }
             }
-            CommandType::CACHE => Ok(()),
-            CommandType::BLOCK_STATUS => {
+            // Advisory: a device in memory has nothing to prefetch.
+            Command::Cache { .. } => Ok(()),
+            Command::BlockStatus { .. } => {
                 self.block_status(&req, device);
                 return;
             }
-            // The machine passes on only commands it validated.
-            _ => Err(BlockError::Invalid),
         };
         self.finish(&req, result);
     }
 
     fn finish(&mut self, req: &Request, result: Result<(), BlockError>) {
-        match result {
-            Ok(()) => self.slot.set(self.encoder.ok(req).as_bytes()),
-            Err(e) => self.slot.set(
-                self.encoder
-                    .error(req, Errno(e.nbd_errno()), describe(e))
-                    .as_bytes(),
-            ),
-        }
+        let r = result.map_err(|e| Fault::new(Errno(e.nbd_errno()), describe(e)));
+        self.slot.set(self.encoder.result(req, r).as_bytes());
     }
 
     /// One chunk per selected context (only `base:allocation` is offered),
-    /// encoded into the reply slot.
+    /// encoded into the reply slot, sized by the core to fit it.
     fn block_status<D: BlockDevice + ?Sized>(&mut self, req: &Request, device: &D) {
-        let wide = self.encoder.mode() == HeaderMode::Extended;
-        let (fixed, each) = if wide {
-            (
-                ExtendedReply::SIZE + BlockStatusExtHeader::SIZE,
-                Extent64::SIZE,
-            )
-        } else {
-            (
-                StructuredReply::SIZE + BlockStatusHeader::SIZE,
-                Extent32::SIZE,
-            )
-        };
-        let contexts = req.contexts.len().max(1) as usize;
-        let share = REPLY_SLOT / contexts;
-        let fit = (share.saturating_sub(fixed) / each).clamp(1, MAX_STATUS_EXTENTS);
-
-        let mut extents = [Extent::new(0, 0); MAX_STATUS_EXTENTS];
-        let mut n = 0;
-        let query = StatusQuery::new(req.offset, req.length)
-            .req_one(req.flags.contains(CommandFlags::REQ_ONE))
-            .max_extents(fit as u32)
-            .max_extent_len(if wide { u64::MAX } else { MAX_EXTENT_LEN_32 });
-        let answer = device.block_status(&query, &mut |e| {
-            extents[n] = e;
-            n += 1;
-            n < fit
-        });
-        if let Err(e) = answer {
-            self.finish(req, Err(e));
-            return;
+        let mut extents: heapless::Vec<Extent, MAX_STATUS_EXTENTS> = heapless::Vec::new();
+        let answered = self.encoder.block_status(
+            req,
+            MAX_STATUS_EXTENTS as u32,
+            &mut extents,
+            &mut self.slot,
+            |_, query, sink| device.block_status(query, sink).map(|_| ()),
+        );
+        match answered {
+            Ok(()) => {}
+            Err(StatusError::Device(e)) => self.finish(req, Err(e)),
+            // One context, one descriptor: always fits the slot.
+            Err(_) => self.finish(req, Err(BlockError::TooLarge)),
         }
-        let mut used = 0;
-        let last = req.contexts.iter().last();
-        let space = self.slot.space();
-        for id in req.contexts.iter() {
-            let end = (used + share).min(REPLY_SLOT);
-            let out = &mut space[used..end];
-            let written = self.encoder.block_status(
-                req,
-                id,
-                extents[..n].iter().copied(),
-                Some(id) == last,
-                out,
-            );
-            used += written.unwrap_or(0);
-        }
-        self.slot.filled(used);
     }
 }
 
 /// Complete a write-like request: `FUA` means durable before the reply.
-fn fua<D: BlockDevice + ?Sized>(device: &mut D, req: &Request) -> Result<(), BlockError> {
-    if req.flags.contains(CommandFlags::FUA) {
-        device.flush()
-    } else {
-        Ok(())
-    }
+fn fua_flush<D: BlockDevice + ?Sized>(device: &mut D, fua: bool) -> Result<(), BlockError> {
+    if fua { device.flush() } else { Ok(()) }
 }
 
 /// The message of an error chunk.

@@ -1,7 +1,7 @@
 //! The one export a server offers, as the handshake machine sees it.
 
 use blockwire_core::block::contract::Op;
-use blockwire_core::server::{BlockSizes, ExportInfo, Exports};
+use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
 use blockwire_core::wire::{DEFAULT_MAX_PAYLOAD, TransmissionFlags, context};
 
 use crate::block_device::BlockDevice;
@@ -22,27 +22,18 @@ pub struct Export<'n> {
 impl<'n> Export<'n> {
     /// What `device` can do, under `name`.
     pub fn of<D: BlockDevice + ?Sized>(device: &D, name: &'n str, description: &'n str) -> Self {
-        let mut flags = TransmissionFlags::SEND_FLUSH
-            | TransmissionFlags::SEND_FUA
+        let caps = DeviceCaps {
+            read_only: device.read_only(),
+            trim: device.supports(Op::Trim),
+            write_zeroes: device.supports(Op::WriteZeroes),
+            fast_zero: device.fast_zero(),
+            cache: device.supports(Op::Cache),
             // Every connection drives the same device from one loop and a
             // flush reaches everything written on any of them.
-            | TransmissionFlags::CAN_MULTI_CONN;
-        if device.read_only() {
-            flags |= TransmissionFlags::READ_ONLY;
-        } else {
-            if device.supports(Op::Trim) {
-                flags |= TransmissionFlags::SEND_TRIM;
-            }
-            if device.supports(Op::WriteZeroes) {
-                flags |= TransmissionFlags::SEND_WRITE_ZEROES;
-                if device.fast_zero() {
-                    flags |= TransmissionFlags::SEND_FAST_ZERO;
-                }
-            }
-        }
-        if device.supports(Op::Cache) {
-            flags |= TransmissionFlags::SEND_CACHE;
-        }
+            multi_conn: true,
+            rotational: false,
+        };
+        let flags = caps.transmission_flags();
         let limits = device.limits();
         let minimum = pow2_clamp(limits.align, 1, 1 << 16);
         let preferred = pow2_clamp(limits.opt_write_zero.max(4096), 512, 1 << 20).max(minimum);

@@ -1,9 +1,8 @@
-//! A read reply in progress: data goes from the device straight into the
-//! socket's send buffer, in chunks sized to the room the window leaves.
+//! A read reply in progress: the core's [`ReadReply`] plans the chunks,
+//! and data goes from the device straight into the socket's send buffer,
+//! in chunks sized to the room the window leaves.
 
-use blockwire_core::block::contract::STATE_ZERO;
-use blockwire_core::server::{MAX_REPLY_HEADER, ReplyEncoder, ReplyHeader, Request};
-use blockwire_core::wire::CommandFlags;
+use blockwire_core::server::{MAX_REPLY_HEADER, ReadChunk, ReadReply, ReplyHeader};
 use smoltcp::socket::tcp;
 
 use crate::block_device::BlockDevice;
@@ -12,14 +11,11 @@ use crate::block_device::BlockDevice;
 /// held, it is read from the device into the socket buffer on the spot.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ReadStream {
-    req: Request,
-    /// Next export offset to send (as data or hole).
+    plan: ReadReply,
+    /// The data chunk being sent: next offset and bytes left after its
+    /// header.
     pos: u64,
-    end: u64,
-    /// Data bytes of the current chunk still to send after its header.
     chunk_left: u64,
-    /// One data chunk for everything: simple replies, or `DF` set.
-    whole: bool,
 }
 
 /// What one step of the stream did.
@@ -38,13 +34,11 @@ pub(crate) enum Step {
 }
 
 impl ReadStream {
-    pub(crate) fn new(req: Request, encoder: &ReplyEncoder) -> Self {
+    pub(crate) fn new(plan: ReadReply) -> Self {
         Self {
-            req,
-            pos: req.offset,
-            end: req.offset + req.length,
+            plan,
+            pos: 0,
             chunk_left: 0,
-            whole: !encoder.supports_holes() || req.flags.contains(CommandFlags::DF),
         }
     }
 
@@ -54,7 +48,6 @@ impl ReadStream {
         &mut self,
         socket: &mut tcp::Socket<'_>,
         device: &mut D,
-        encoder: &ReplyEncoder,
     ) -> Step {
         if self.chunk_left > 0 {
             let (pos, left) = (self.pos, self.chunk_left);
@@ -78,27 +71,7 @@ impl ReadStream {
                 Ok(Err(_)) => Step::Failed,
             };
         }
-        if self.pos >= self.end {
-            return Step::Done;
-        }
-        let remaining = self.end - self.pos;
-        if self.whole {
-            // Reads are at most the 32 MiB maximum payload (the machine
-            // rejects longer ones), so the length fits the header's u32.
-            self.chunk_left = remaining;
-            return Step::Header(encoder.data(&self.req, self.pos, remaining as u32, true));
-        }
-        let run = device.extent_at(self.pos, remaining);
-        let run_len = run.length.clamp(1, remaining);
-        if run.flags & STATE_ZERO != 0 {
-            let len = run_len.min(u64::from(u32::MAX)) as u32;
-            let next = self.pos + u64::from(len);
-            if let Some(h) = encoder.hole(&self.req, self.pos, len, next == self.end) {
-                self.pos = next;
-                return Step::Header(h);
-            }
-        }
-        // Size the chunk to the room the send buffer has now, but never
+        // Size data chunks to the room the send buffer has now, but never
         // below half the buffer, so a nearly full buffer does not turn into
         // a stream of tiny chunks.
         let free = socket.send_capacity() - socket.send_queue();
@@ -106,9 +79,21 @@ impl ReadStream {
             .saturating_sub(MAX_REPLY_HEADER)
             .max(socket.send_capacity() / 2)
             .max(1) as u64;
-        let len = run_len.min(target);
-        let done = self.pos + len == self.end;
-        self.chunk_left = len;
-        Step::Header(encoder.data(&self.req, self.pos, len as u32, done))
+        let chunk = self
+            .plan
+            .next_chunk(target, |pos, max| device.extent_at(pos, max));
+        match chunk {
+            None => Step::Done,
+            Some(ReadChunk::Data {
+                header,
+                offset,
+                len,
+            }) => {
+                self.pos = offset;
+                self.chunk_left = u64::from(len);
+                Step::Header(header)
+            }
+            Some(ReadChunk::Hole { header, .. } | ReadChunk::Empty(header)) => Step::Header(header),
+        }
     }
 }

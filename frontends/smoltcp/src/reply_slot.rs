@@ -1,5 +1,7 @@
 //! A small buffer for one encoded reply waiting for room in the socket.
 
+use blockwire_core::wire::codec::{Overflow, Sink};
+
 /// Bytes a connection can hold of replies it could not send yet: an error
 /// reply with its message, or a block-status chunk of up to 29 extended
 /// (61 compact) descriptors. Reads never pass through here; their data goes
@@ -25,24 +27,16 @@ impl ReplySlot {
         self.sent == self.len
     }
 
-    /// Queue `bytes` (at most [`REPLY_SLOT`]; callers only put replies
-    /// whose size is bounded below that). Only called when empty.
+    /// Queue one whole reply; only called when empty. Every reply queued
+    /// here is bounded below [`REPLY_SLOT`] (a header, an error with its
+    /// capped message, a block-status chunk sized to fit), so a reply that
+    /// does not fit is a sizing bug: debug builds stop, release builds
+    /// queue nothing rather than a truncated frame.
     pub(crate) fn set(&mut self, bytes: &[u8]) {
-        let n = bytes.len().min(REPLY_SLOT);
-        self.buf[..n].copy_from_slice(&bytes[..n]);
-        self.len = n as u16;
+        self.len = 0;
         self.sent = 0;
-    }
-
-    /// The whole buffer to encode into in place; [`filled`](Self::filled)
-    /// says how much was used.
-    pub(crate) fn space(&mut self) -> &mut [u8; REPLY_SLOT] {
-        &mut self.buf
-    }
-
-    pub(crate) fn filled(&mut self, n: usize) {
-        self.len = n.min(REPLY_SLOT) as u16;
-        self.sent = 0;
+        let queued = self.put(bytes);
+        debug_assert!(queued.is_ok(), "reply larger than the reply slot");
     }
 
     pub(crate) fn pending(&self) -> &[u8] {
@@ -51,5 +45,22 @@ impl ReplySlot {
 
     pub(crate) fn advance(&mut self, n: usize) {
         self.sent = (self.sent as usize + n).min(self.len as usize) as u16;
+    }
+}
+
+/// Replies are encoded straight into the slot (when it is empty).
+impl Sink for ReplySlot {
+    fn room(&self) -> usize {
+        REPLY_SLOT - self.len as usize
+    }
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Overflow> {
+        let start = self.len as usize;
+        let dst = self
+            .buf
+            .get_mut(start..start + bytes.len())
+            .ok_or(Overflow)?;
+        dst.copy_from_slice(bytes);
+        self.len += bytes.len() as u16;
+        Ok(())
     }
 }

@@ -194,7 +194,7 @@ fn serve<'n, D: BlockDevice>(
                 return true;
             }
             conn.handle_timeout(core_now);
-            let progress = conn.pump(socket, device, core_now, stats);
+            let progress = conn.pump(socket, device, stats);
             if conn.is_finished() {
                 // Whatever the client wrote is made durable when it leaves,
                 // as qemu-nbd does on close.

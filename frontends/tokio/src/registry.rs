@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use blockwire_core::server::{BlockSizes, ExportInfo, Exports};
+use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
 use blockwire_core::wire::TransmissionFlags;
 
 use crate::stack::{ContextKind, Device};
@@ -53,28 +53,26 @@ impl Export {
     }
 }
 
-/// Transmission flags for a device.
+/// Transmission flags for a device, as the core derives them from what it
+/// can do.
 ///
-/// `CAN_MULTI_CONN` is true unless disabled: every connection to an export
-/// shares one [`Device`] in this process (one descriptor, one page cache,
-/// one RAM disk), so a flush on any connection covers writes completed on
-/// all of them — the guarantee the flag makes.
+/// Every backend accepts trim (advisory: at worst ignored), write-zeroes
+/// (at worst written) and cache (a prefetch hint). `CAN_MULTI_CONN` is
+/// true unless disabled: every connection to an export shares one
+/// [`Device`] in this process (one descriptor, one page cache, one RAM
+/// disk), so a flush on any connection covers writes completed on all of
+/// them — the guarantee the flag makes.
 pub fn export_flags(device: &Device, policy: ExportPolicy) -> TransmissionFlags {
-    let caps = device.caps();
-    let mut f = TransmissionFlags::SEND_FLUSH | TransmissionFlags::SEND_FUA;
-    f |= TransmissionFlags::SEND_CACHE;
-    if device.read_only() {
-        f |= TransmissionFlags::READ_ONLY;
-    } else {
-        f |= TransmissionFlags::SEND_TRIM | TransmissionFlags::SEND_WRITE_ZEROES;
-        if caps.fast_zero {
-            f |= TransmissionFlags::SEND_FAST_ZERO;
-        }
+    DeviceCaps {
+        read_only: device.read_only(),
+        trim: true,
+        write_zeroes: true,
+        fast_zero: device.caps().fast_zero,
+        cache: true,
+        multi_conn: policy.multi_conn,
+        rotational: false,
     }
-    if policy.multi_conn {
-        f |= TransmissionFlags::CAN_MULTI_CONN;
-    }
-    f
+    .transmission_flags()
 }
 
 /// An immutable list of exports; the first is the default export.

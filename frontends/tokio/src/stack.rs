@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use blockwire_core::block::Extent;
 use blockwire_core::block::blkdebug::{Blkdebug, BlkdebugError, OpKind};
-use blockwire_core::block::contract::{BlockError, ExtentEmitter, STATE_ZERO, StatusQuery};
+use blockwire_core::block::contract::{BlockError, ExtentEmitter, StatusQuery};
 use blockwire_core::block::dirty_bitmap::{BitmapError, BitmapSet, CONTEXT_PREFIX};
 use blockwire_core::block::overlay::{Overlay, ReadStep, Source, WriteStep};
 use blockwire_core::block::raw_window::RawWindow;
@@ -26,9 +26,6 @@ pub const MAX_BITMAPS: usize = 16;
 pub const MAX_BLKDEBUG_RULES: usize = 32;
 /// Copy-on-write cluster size (qcow2's default).
 pub const COW_CLUSTER: u64 = 64 << 10;
-/// Zero runs shorter than this are read rather than sent as holes: a hole
-/// chunk costs a header, and tiny ones only fragment the reply.
-const MIN_HOLE: u64 = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -158,16 +155,6 @@ pub struct Device {
     epoch: std::time::Instant,
 }
 
-/// What a sparse read produced: runs of the buffer, data or zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    /// Offset from the start of the request.
-    pub start: u64,
-    pub len: u64,
-    /// Reads as zeroes and was not read into the buffer.
-    pub zero: bool,
-}
-
 impl Device {
     pub fn new(cfg: DeviceConfig) -> io::Result<Self> {
         let size = cfg.backend.size();
@@ -251,6 +238,12 @@ impl Device {
         }
     }
 
+    /// Whether a status lookup before a read can find zero runs now
+    /// (cheap: called per read).
+    pub fn maybe_sparse(&self) -> bool {
+        self.cow.is_some() || self.base.maybe_sparse()
+    }
+
     pub fn latency(&self) -> Option<Duration> {
         self.base.latency()
     }
@@ -299,11 +292,19 @@ impl Device {
     }
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.inject(OpKind::Read, offset, buf.len() as u64)?;
-        self.read_unchecked(offset, buf)
+        self.begin_read(offset, buf.len() as u64)?;
+        self.read_data(offset, buf)
     }
 
-    fn read_unchecked(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    /// The once-per-request part of a read (error injection), for a
+    /// caller that then reads the request in pieces with
+    /// [`read_data`](Self::read_data).
+    pub fn begin_read(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inject(OpKind::Read, offset, len)
+    }
+
+    /// Reads `buf` from `offset`, without the per-request part.
+    pub fn read_data(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let Some(cow) = &self.cow else {
             return self.base.read(offset, buf);
         };
@@ -321,55 +322,6 @@ impl Device {
                 Source::Base => self.base.read(s.offset, dst)?,
                 Source::Zeroes => dst.fill(0),
             }
-        }
-        Ok(())
-    }
-
-    /// Reads `buf`, leaving ranges that read as zeroes untouched and
-    /// describing them in `segs` so that they can be sent as holes.
-    pub fn read_sparse(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        segs: &mut Vec<Segment>,
-    ) -> io::Result<()> {
-        self.inject(OpKind::Read, offset, buf.len() as u64)?;
-        let len = buf.len() as u64;
-        segs.clear();
-        if self.cow.is_none() && !self.base.maybe_sparse() {
-            segs.push(Segment {
-                start: 0,
-                len,
-                zero: false,
-            });
-            return self.base.read(offset, buf);
-        }
-        let q = StatusQuery::new(offset, len).max_extent_len(u64::MAX);
-        let mut pos = 0u64;
-        self.allocation(&q, &mut |e| {
-            let zero = e.flags & STATE_ZERO != 0 && e.length >= MIN_HOLE;
-            match segs.last_mut() {
-                Some(last) if last.zero == zero => last.len += e.length,
-                _ => segs.push(Segment {
-                    start: pos,
-                    len: e.length,
-                    zero,
-                }),
-            }
-            pos += e.length;
-            true
-        })?;
-        if pos < len {
-            // Status stopped short (a cap): read the rest.
-            segs.push(Segment {
-                start: pos,
-                len: len - pos,
-                zero: false,
-            });
-        }
-        for s in segs.iter().filter(|s| !s.zero) {
-            let dst = &mut buf[s.start as usize..(s.start + s.len) as usize];
-            self.read_unchecked(offset + s.start, dst)?;
         }
         Ok(())
     }
@@ -499,7 +451,11 @@ impl Device {
     }
 
     /// `base:allocation` answer into `sink`.
-    fn allocation(&self, q: &StatusQuery, sink: &mut dyn FnMut(Extent) -> bool) -> io::Result<()> {
+    pub fn allocation(
+        &self,
+        q: &StatusQuery,
+        sink: &mut dyn FnMut(Extent) -> bool,
+    ) -> io::Result<()> {
         match &self.cow {
             None => {
                 let mut em = ExtentEmitter::new(q, sink);
@@ -605,36 +561,6 @@ mod tests {
         })
         .unwrap();
         v
-    }
-
-    #[test]
-    fn sparse_read_reports_holes() {
-        let d = dev(|_| {});
-        d.write(128 << 10, &[9u8; 4096], false).unwrap();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut segs = vec![];
-        d.read_sparse(0, &mut buf, &mut segs).unwrap();
-        assert_eq!(
-            segs,
-            vec![
-                Segment {
-                    start: 0,
-                    len: 128 << 10,
-                    zero: true
-                },
-                Segment {
-                    start: 128 << 10,
-                    len: 64 << 10,
-                    zero: false
-                },
-                Segment {
-                    start: 192 << 10,
-                    len: 64 << 10,
-                    zero: true
-                },
-            ]
-        );
-        assert_eq!(buf[128 << 10], 9);
     }
 
     #[test]

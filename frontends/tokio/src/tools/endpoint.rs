@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -349,19 +348,15 @@ async fn blocking<T: Send + 'static>(
 /// Data and holes of a regular file by `SEEK_DATA` / `SEEK_HOLE`; `None`
 /// if the file system cannot tell (then everything is data).
 fn file_runs(file: &File, offset: u64, len: u64) -> Option<Vec<Run>> {
-    let fd = file.as_raw_fd();
+    use crate::sys::{Seek, seek};
     let end = offset + len;
-    let seek = |at: u64, whence| -> Option<u64> {
-        // SAFETY: lseek on a descriptor we own; no memory is involved.
-        let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
-        (r >= 0).then_some(r as u64)
-    };
-    let data = match seek(offset, libc::SEEK_DATA) {
-        Some(d) => d.min(end),
-        // ENXIO: no data from here to the end of the file. Any other
-        // error means the file system cannot tell: read everything.
-        None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => end,
-        None => return None,
+    let data = match seek(file, offset, Seek::Data) {
+        Ok(Some(d)) => d.min(end),
+        // ENXIO: no data from here to the end of the file.
+        Ok(None) => end,
+        // Any other error means the file system cannot tell: read
+        // everything.
+        Err(_) => return None,
     };
     if data > offset {
         return Some(vec![Run {
@@ -370,7 +365,7 @@ fn file_runs(file: &File, offset: u64, len: u64) -> Option<Vec<Run>> {
             zero: true,
         }]);
     }
-    let hole = seek(offset, libc::SEEK_HOLE)?.min(end);
+    let hole = seek(file, offset, Seek::Hole).ok()??.min(end);
     (hole > offset).then(|| {
         vec![Run {
             offset,

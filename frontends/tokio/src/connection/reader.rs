@@ -1,0 +1,191 @@
+//! Transmission, reading side: decode requests, take write payloads
+//! straight into the request's buffer, and keep what is in flight within
+//! the connection's budgets (flow control: a client that does not read its
+//! replies stops being read from).
+
+use std::io;
+use std::sync::Arc;
+
+use blockwire_core::server::{CloseReason, Event, Request, Server, Session, ShortReply};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tracing::{Instrument, debug, info, warn};
+
+use super::dispatch::{Job, dispatch};
+use super::writer::{Outgoing, Reply, Ticket, writer};
+use super::{BYTE_BUDGET, ConnContext, MAX_IN_FLIGHT};
+use crate::io::{BufPool, InBuf, Socket};
+use crate::registry::Snapshot;
+
+enum Action {
+    Request(Request),
+    Reject(ShortReply, Option<CloseReason>),
+    End,
+    Close(CloseReason),
+}
+
+/// The connection's budgets: requests in flight, and payload bytes in
+/// flight (read data or write payloads), each held until the reply is sent.
+struct Budget {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Budget {
+    /// Waits for room for a request carrying `bytes` of data either way.
+    async fn ticket(&self, bytes: u64) -> Ticket {
+        let n = bytes.min(BYTE_BUDGET as u64) as u32;
+        // The semaphores are never closed, so acquiring cannot fail.
+        let request = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore closed");
+        let bytes = if n > 0 {
+            Some(
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .expect("semaphore closed"),
+            )
+        } else {
+            None
+        };
+        Ticket {
+            _request: request,
+            _bytes: bytes,
+        }
+    }
+}
+
+pub(super) async fn transmission<S: Socket>(
+    mut server: Server<Snapshot>,
+    session: Session,
+    sock: S,
+    mut input: InBuf,
+    ctx: &ConnContext,
+) -> io::Result<()> {
+    let Some(export) = server.exports().0.get(session.export).cloned() else {
+        return Err(io::Error::other(
+            "session names an export not in the snapshot",
+        ));
+    };
+    tracing::Span::current().record("export", export.name.as_str());
+    info!(mode = ?session.mode, contexts = session.contexts.len(), "transmission");
+    let job = Arc::new(Job::new(
+        export,
+        session.encoder(),
+        Arc::new(BufPool::default()),
+    ));
+    let (mut rd, wr) = sock.split_owned();
+    let budget = Budget {
+        requests: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        bytes: Arc::new(Semaphore::new(BYTE_BUDGET)),
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer_gone = Arc::new(Notify::new());
+    let writer =
+        tokio::spawn(writer(wr, rx, job.pool.clone(), writer_gone.clone()).in_current_span());
+    let mut shutdown = ctx.shutdown.clone();
+
+    let result: io::Result<()> = async {
+        loop {
+            while !input.is_empty() {
+                let p = server.handle_input(input.data());
+                let consumed = p.consumed;
+                let action = match p.event {
+                    None => None,
+                    Some(Event::Request(req)) => Some(Action::Request(req)),
+                    Some(Event::Reject { reply, close }) => {
+                        Some(Action::Reject(ShortReply::Error(reply), close))
+                    }
+                    Some(Event::Disconnect) => Some(Action::End),
+                    Some(Event::Close(r)) => Some(Action::Close(r)),
+                    Some(other) => {
+                        // WriteData cannot come: payloads are taken below
+                        // right after their request.
+                        warn!("unexpected event in transmission: {other:?}");
+                        Some(Action::Close(CloseReason::Closed))
+                    }
+                };
+                input.consume(consumed);
+                match action {
+                    None if consumed == 0 => break,
+                    None => {}
+                    Some(Action::Request(req)) => {
+                        let ticket = tokio::select! {
+                            t = budget.ticket(u64::from(req.data_len())) => t,
+                            _ = writer_gone.notified() => return Ok(()),
+                        };
+                        // A write's payload, taken from what was read with
+                        // its header and the rest straight from the socket
+                        // into the request's buffer.
+                        let payload = req.payload_len() as usize;
+                        let mut buf = Vec::new();
+                        if payload > 0 {
+                            buf = job.pool.get(payload);
+                            let have = input.len().min(payload);
+                            buf[..have].copy_from_slice(&input.data()[..have]);
+                            input.consume(have);
+                            server.skip_payload(have as u64);
+                            if have < payload {
+                                tokio::select! {
+                                    r = rd.read_exact(&mut buf[have..payload]) => { r?; }
+                                    _ = writer_gone.notified() => return Ok(()),
+                                    _ = shutdown.wait_for(|s| *s) => {
+                                        server.shutdown();
+                                        return Ok(());
+                                    }
+                                }
+                                server.skip_payload((payload - have) as u64);
+                            }
+                        }
+                        dispatch(job.clone(), req, buf, ticket, tx.clone());
+                    }
+                    Some(Action::Reject(reply, close)) => {
+                        debug!(errno = ?reply.errno(), "request rejected");
+                        let ticket = budget.ticket(0).await;
+                        let _ = tx.send(Outgoing {
+                            reply: Reply::Short(reply),
+                            _ticket: ticket,
+                        });
+                        if let Some(r) = close {
+                            debug!("closing: {r:?}");
+                            return Ok(());
+                        }
+                    }
+                    Some(Action::End) => {
+                        debug!("client disconnected");
+                        return Ok(());
+                    }
+                    Some(Action::Close(r)) => {
+                        info!("closing: {r:?}");
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => {
+                    server.shutdown();
+                    return Ok(());
+                }
+                _ = writer_gone.notified() => return Ok(()),
+                r = input.fill(&mut rd) => {
+                    if r? == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    // Let in-flight requests finish and their replies go out.
+    let _all = budget.requests.acquire_many(MAX_IN_FLIGHT as u32).await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
