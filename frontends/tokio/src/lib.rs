@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod block;
 pub mod cli;
 pub mod client;
 pub mod connection;

@@ -1,0 +1,109 @@
+//! One file per driver. [`open`] builds the driver a `BlockdevOptions`
+//! names, opening or looking up its children through the graph.
+
+pub mod blkdebug;
+pub mod cow;
+pub mod file;
+pub mod null;
+pub mod ram;
+pub mod raw;
+pub mod throttle;
+
+use std::sync::Arc;
+
+use super::graph::{ChildResolver, GraphError};
+use super::node::Driver;
+use super::options::{BlockdevOptions, DriverOptions};
+
+/// Builds the driver of `opts`. The node's generic options (`read-only`,
+/// `discard`, `detect-zeroes`) are the graph's business; `cache` and the
+/// driver's own options are the driver's.
+pub async fn open(
+    opts: BlockdevOptions,
+    children: &mut ChildResolver<'_>,
+) -> Result<Box<dyn Driver>, GraphError> {
+    let read_only = opts.read_only;
+    Ok(match opts.driver {
+        DriverOptions::File {
+            host_device,
+            filename,
+            aio,
+            locking,
+        } => Box::new(file::FileDriver::open(
+            &filename,
+            file::FileOpen {
+                read_only,
+                host_device,
+                aio,
+                locking,
+                direct: opts.cache.direct,
+                no_flush: opts.cache.no_flush,
+            },
+        )?),
+        DriverOptions::NullCo {
+            size,
+            latency_ns,
+            read_zeroes,
+        } => Box::new(null::NullCo::new(size, latency_ns, read_zeroes)),
+        DriverOptions::Ram { size } => Box::new(ram::Ram::new(size)?),
+        DriverOptions::Nbd { .. } => {
+            return Err(GraphError::Generic(
+                "the nbd driver is not available in this build".into(),
+            ));
+        }
+        DriverOptions::Raw { file, offset, size } => {
+            let file = children.open("file", file, true).await?;
+            Box::new(raw::Raw::new(file, offset, size)?)
+        }
+        DriverOptions::Throttle {
+            file,
+            throttle_group,
+        } => {
+            let group = children.throttle_group(&throttle_group)?;
+            let file = children.open("file", file, true).await?;
+            Box::new(throttle::Throttle::new(file, group))
+        }
+        DriverOptions::Blkdebug {
+            image,
+            align,
+            max_transfer,
+            inject_error,
+            set_state,
+        } => {
+            let image = children.open("image", image, true).await?;
+            Box::new(blkdebug::Blkdebug::new(
+                image,
+                align,
+                max_transfer,
+                &inject_error,
+                &set_state,
+            )?)
+        }
+        DriverOptions::Cow {
+            backing,
+            file,
+            cluster_size,
+        } => {
+            let backing = children.open("backing", backing, false).await?;
+            let top = match file {
+                Some(f) => children.open("file", f, true).await?,
+                None => {
+                    // The top in memory, as an unnamed child of its own.
+                    let ram = super::options::BlockdevOptions::new(DriverOptions::Ram {
+                        size: backing.size(),
+                    });
+                    children.open("file", ram.into(), true).await?
+                }
+            };
+            Box::new(cow::Cow::new(top, backing, cluster_size)?)
+        }
+    })
+}
+
+/// A node built from options, for tests and for code that needs one.
+pub async fn open_node(
+    graph: &super::graph::Graph,
+    opts: BlockdevOptions,
+) -> Result<Arc<super::node::Node>, GraphError> {
+    graph.add(opts).await
+}

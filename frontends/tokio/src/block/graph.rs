@@ -1,0 +1,396 @@
+//! The graph: named nodes, the objects they refer to (throttle groups),
+//! and QEMU's rules for changing it.
+//!
+//! * Node names are unique and well-formed (QEMU's `id_wellformed`: a
+//!   letter, then letters, digits, `-`, `.`, `_`); inline children without
+//!   a name get `#blockNNN`, which no user name can collide with.
+//! * Permissions are checked when a parent is attached: a writable node
+//!   cannot sit on a read-only child it writes to.
+//! * A node used by an export or by a parent cannot be deleted; deleting a
+//!   node deletes the unnamed children it created with it.
+//! * Only nodes added at the top (by `blockdev-add` or `--blockdev`) can be
+//!   deleted, as QEMU allows only monitor-owned nodes.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blockwire_core::block::throttle::ThrottleLimits;
+
+use super::drivers;
+use super::events::Events;
+use super::node::{Node, NodeOptions, invalid, lock};
+use super::options::{BlockdevOptions, BlockdevRef};
+use super::throttle_group::ThrottleGroup;
+
+/// Why a graph change was refused; the message is QEMU's where QEMU has
+/// one.
+#[derive(Debug)]
+pub enum GraphError {
+    /// `DeviceNotFound` in QMP: no such node.
+    NotFound(String),
+    /// `GenericError`: everything else, with its message.
+    Generic(String),
+}
+
+impl std::fmt::Display for GraphError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphError::NotFound(name) => {
+                write!(f, "Cannot find device={name} nor node-name={name}")
+            }
+            GraphError::Generic(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+impl From<io::Error> for GraphError {
+    fn from(e: io::Error) -> Self {
+        GraphError::Generic(e.to_string())
+    }
+}
+
+fn generic(m: impl Into<String>) -> GraphError {
+    GraphError::Generic(m.into())
+}
+
+/// QEMU's `id_wellformed`: what a user-chosen node name must look like.
+pub fn id_wellformed(id: &str) -> bool {
+    let mut c = id.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '.' | '_'))
+}
+
+struct Entry {
+    node: Arc<Node>,
+    /// Added at the top by the user (deletable), not created inline.
+    owned: bool,
+    /// Nodes created inline with this one, deleted with it.
+    implicit: Vec<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// In creation order, as `query-named-block-nodes` lists them.
+    order: Vec<String>,
+    nodes: HashMap<String, Entry>,
+    /// Users of each node that are not nodes (exports), by node name.
+    users: HashMap<String, usize>,
+    throttle_groups: HashMap<String, Arc<ThrottleGroup>>,
+}
+
+/// The block graph of one process.
+#[derive(Default)]
+pub struct Graph {
+    inner: Mutex<Inner>,
+    next_auto: AtomicU64,
+    events: Events,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// `blockdev-add`: builds `opts` and its inline children; all or
+    /// nothing. Top-level nodes must be named.
+    pub async fn add(&self, opts: BlockdevOptions) -> Result<Arc<Node>, GraphError> {
+        if opts.node_name.is_none() {
+            return Err(generic("'node-name' must be specified for the root node"));
+        }
+        let mut created = Vec::new();
+        match self.build(opts, &mut created).await {
+            Ok(node) => {
+                let mut g = lock(&self.inner);
+                let implicit: Vec<String> = created
+                    .iter()
+                    .filter(|n| n.as_str() != node.name())
+                    .cloned()
+                    .collect();
+                if let Some(e) = g.nodes.get_mut(node.name()) {
+                    e.owned = true;
+                    e.implicit = implicit;
+                }
+                Ok(node)
+            }
+            Err(e) => {
+                let mut g = lock(&self.inner);
+                for name in created.iter().rev() {
+                    g.nodes.remove(name);
+                    g.order.retain(|n| n != name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds one node (children first), registering each as it is made.
+    fn build<'a>(
+        &'a self,
+        opts: BlockdevOptions,
+        created: &'a mut Vec<String>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Arc<Node>, GraphError>> + Send + 'a>> {
+        Box::pin(async move {
+            let (name, auto) = match &opts.node_name {
+                Some(n) => {
+                    if !id_wellformed(n) {
+                        return Err(generic(format!("Invalid node-name: '{n}'")));
+                    }
+                    if lock(&self.inner).nodes.contains_key(n) {
+                        return Err(generic(format!("Duplicate nodes with node-name='{n}'")));
+                    }
+                    (n.clone(), false)
+                }
+                None => (
+                    format!(
+                        "#block{:03}",
+                        self.next_auto.fetch_add(1, Ordering::Relaxed) + 1
+                    ),
+                    true,
+                ),
+            };
+            let node_opts = NodeOptions {
+                read_only: opts.read_only,
+                discard: opts.discard,
+                detect_zeroes: opts.detect_zeroes,
+            };
+            let mut children = ChildResolver {
+                graph: self,
+                created,
+                parent_writes: !opts.read_only,
+            };
+            let driver = drivers::open(opts, &mut children).await?;
+            let mut node_opts = node_opts;
+            if driver.info().read_only {
+                // A driver that cannot write (a read-only file, a
+                // snapshot) makes the node read-only only if the user did
+                // not ask for a writable one: that is an error, as in QEMU.
+                if !node_opts.read_only {
+                    return Err(generic(format!(
+                        "Could not open '{}': Permission denied (node is read-only)",
+                        driver.filename()
+                    )));
+                }
+                node_opts.read_only = true;
+            }
+            let node = Arc::new(Node::new(
+                name.clone(),
+                auto,
+                driver,
+                &node_opts,
+                self.events.clone(),
+            )?);
+            let mut g = lock(&self.inner);
+            if g.nodes.contains_key(&name) {
+                return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
+            }
+            g.nodes.insert(
+                name.clone(),
+                Entry {
+                    node: node.clone(),
+                    owned: false,
+                    implicit: Vec::new(),
+                },
+            );
+            g.order.push(name.clone());
+            drop(g);
+            created.push(name);
+            Ok(node)
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Node>> {
+        lock(&self.inner).nodes.get(name).map(|e| e.node.clone())
+    }
+
+    /// Looks a node up as QMP commands do: `DeviceNotFound` if absent.
+    pub fn find(&self, name: &str) -> Result<Arc<Node>, GraphError> {
+        self.get(name)
+            .ok_or_else(|| GraphError::NotFound(name.to_owned()))
+    }
+
+    /// Every node, in creation order.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        let g = lock(&self.inner);
+        g.order
+            .iter()
+            .filter_map(|n| g.nodes.get(n).map(|e| e.node.clone()))
+            .collect()
+    }
+
+    /// Names of the parents of `name` (nodes whose driver has it as a child).
+    fn parents(g: &Inner, name: &str) -> Vec<String> {
+        g.nodes
+            .values()
+            .filter(|e| e.node.children().iter().any(|c| c.node.name() == name))
+            .map(|e| e.node.name().to_owned())
+            .collect()
+    }
+
+    /// `blockdev-del`.
+    pub fn remove(&self, name: &str) -> Result<(), GraphError> {
+        let mut g = lock(&self.inner);
+        let Some(e) = g.nodes.get(name) else {
+            return Err(generic(format!(
+                "Failed to find node with node-name='{name}'"
+            )));
+        };
+        if !e.owned {
+            return Err(generic(format!("Node {name} is not owned by the monitor")));
+        }
+        if g.users.get(name).copied().unwrap_or(0) > 0 || !Self::parents(&g, name).is_empty() {
+            return Err(generic(format!("Node {name} is in use")));
+        }
+        let implicit = e.implicit.clone();
+        g.nodes.remove(name);
+        g.order.retain(|n| n != name);
+        // Unnamed children go with their parent unless someone else holds
+        // them too.
+        for child in implicit.iter().rev() {
+            if g.users.get(child).copied().unwrap_or(0) == 0 && Self::parents(&g, child).is_empty()
+            {
+                g.nodes.remove(child);
+                g.order.retain(|n| n != child);
+            }
+        }
+        Ok(())
+    }
+
+    /// An export (or another non-node user) starts using `name`; a
+    /// writable user needs a writable node.
+    pub fn attach(&self, name: &str, writable: bool) -> Result<Arc<Node>, GraphError> {
+        let mut g = lock(&self.inner);
+        let node = g
+            .nodes
+            .get(name)
+            .map(|e| e.node.clone())
+            .ok_or_else(|| GraphError::NotFound(name.to_owned()))?;
+        if writable && node.read_only() {
+            return Err(generic(format!("Block node '{name}' is read-only")));
+        }
+        *g.users.entry(name.to_owned()).or_default() += 1;
+        Ok(node)
+    }
+
+    pub fn detach(&self, name: &str) {
+        let mut g = lock(&self.inner);
+        if let Some(n) = g.users.get_mut(name) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Users of a node that are not nodes (exports).
+    pub fn users(&self, name: &str) -> usize {
+        lock(&self.inner).users.get(name).copied().unwrap_or(0)
+    }
+
+    // ---- throttle groups ----
+
+    /// `object-add qom-type=throttle-group`.
+    pub fn add_throttle_group(&self, id: &str, limits: ThrottleLimits) -> Result<(), GraphError> {
+        if !id_wellformed(id) {
+            return Err(generic(format!("Parameter 'id' expects an identifier")));
+        }
+        let group = ThrottleGroup::new(id, limits).map_err(generic)?;
+        let mut g = lock(&self.inner);
+        if g.throttle_groups.contains_key(id) {
+            return Err(generic(format!(
+                "attempt to add duplicate property '{id}' to object (type 'container')"
+            )));
+        }
+        g.throttle_groups.insert(id.to_owned(), Arc::new(group));
+        Ok(())
+    }
+
+    pub fn throttle_group(&self, id: &str) -> Option<Arc<ThrottleGroup>> {
+        lock(&self.inner).throttle_groups.get(id).cloned()
+    }
+
+    /// `object-del` of a throttle group no node uses.
+    pub fn remove_throttle_group(&self, id: &str) -> Result<(), GraphError> {
+        let mut g = lock(&self.inner);
+        let Some(group) = g.throttle_groups.get(id) else {
+            return Err(generic(format!("object '{id}' not found")));
+        };
+        if Arc::strong_count(group) > 1 {
+            return Err(generic(format!("object '{id}' can't be deleted")));
+        }
+        g.throttle_groups.remove(id);
+        Ok(())
+    }
+}
+
+/// How a driver gets its children while it is being opened: by name
+/// (checked to exist) or built inline.
+pub struct ChildResolver<'a> {
+    graph: &'a Graph,
+    created: &'a mut Vec<String>,
+    /// The node being opened will write (it is not read-only).
+    parent_writes: bool,
+}
+
+impl ChildResolver<'_> {
+    pub fn graph(&self) -> &Graph {
+        self.graph
+    }
+
+    /// The child for `role`; `writes` says whether the parent writes to
+    /// it (a `file` of a writable format does, a `backing` never does).
+    pub async fn open(
+        &mut self,
+        role: &'static str,
+        r: BlockdevRef,
+        writes: bool,
+    ) -> Result<Arc<Node>, GraphError> {
+        let node = match r {
+            BlockdevRef::Name(n) => self
+                .graph
+                .get(&n)
+                .ok_or_else(|| generic(format!("Cannot find device='' nor node-name='{n}'")))?,
+            BlockdevRef::Inline(mut o) => {
+                // An inline child inherits read-only from a parent that
+                // does not write to it, as QEMU's option inheritance does.
+                if !(writes && self.parent_writes) && !o.read_only {
+                    o.read_only = true;
+                }
+                self.graph.build(*o, self.created).await?
+            }
+        };
+        if writes && self.parent_writes && node.read_only() {
+            return Err(generic(format!(
+                "Block node '{}' is read-only: it cannot be the writable {role} of a writable node",
+                node.name()
+            )));
+        }
+        Ok(node)
+    }
+
+    /// Looks up a throttle group by id.
+    pub fn throttle_group(&self, id: &str) -> Result<Arc<ThrottleGroup>, GraphError> {
+        self.graph
+            .throttle_group(id)
+            .ok_or_else(|| generic(format!("Throttle group '{id}' does not exist")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_follow_qemu() {
+        for ok in ["a", "disk0", "a-b.c_d", "Z9"] {
+            assert!(id_wellformed(ok), "{ok}");
+        }
+        for bad in ["", "0a", "-a", "a b", "#block1", "é", "a/b"] {
+            assert!(!id_wellformed(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! A node of the graph: one driver, plus what every node has whatever its
+//! driver (QEMU's generic `BlockDriverState` part): its name, read-only
+//! state, `discard` and `detect-zeroes` policies, dirty bitmaps, write
+//! threshold and statistics.
+//!
+//! A driver knows only its own children. Every call into a node goes
+//! through [`Node`]'s methods, which check the request against the node
+//! (range, permission), apply the node's policies with the core's pure
+//! logic (`zero_policy`, `write_threshold`, `dirty_bitmap`) and then call
+//! the driver.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use blockwire_core::block::contract::STATE_ZERO;
+use blockwire_core::block::dirty_bitmap::{BitmapError, BitmapSet, DirtyBitmapStatus};
+use blockwire_core::block::stats::BlockAcct;
+use blockwire_core::block::write_threshold::WriteThreshold;
+use blockwire_core::block::zero_policy::{DetectZeroes, Discard, WriteAction, ZeroPolicy};
+
+use super::events::{Event, Events};
+use super::io::Io;
+
+/// Dirty bitmaps one node can carry.
+pub const MAX_BITMAPS: usize = 64;
+/// Intervals of timed statistics one node keeps.
+pub const MAX_STATS_INTERVALS: usize = 8;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One run of a block-status answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub len: u64,
+    /// `base:allocation` bits (`STATE_HOLE`, `STATE_ZERO`).
+    pub flags: u64,
+    /// `qemu:allocation-depth`: 0 unallocated anywhere in the chain, 1 in
+    /// this node (or its protocol layer), 2.. in the backing chain.
+    pub depth: u32,
+}
+
+impl Status {
+    pub const fn data(len: u64) -> Self {
+        Self {
+            len,
+            flags: 0,
+            depth: 1,
+        }
+    }
+    pub fn is_zero(&self) -> bool {
+        self.flags & STATE_ZERO != 0
+    }
+}
+
+/// How a write-zeroes request may be carried out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Zeroes {
+    /// The range may be deallocated (NBD without `NO_HOLE`).
+    pub may_unmap: bool,
+    /// Fail with `ENOTSUP` rather than write zeroes slowly.
+    pub fast: bool,
+    /// Durable before completion.
+    pub fua: bool,
+}
+
+/// What a driver tells its parents and the exports above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverInfo {
+    /// Writes are impossible here (opened read-only, a snapshot).
+    pub read_only: bool,
+    /// Calls block the calling thread (system calls on a disk): the
+    /// request runs on the blocking pool.
+    pub blocking: bool,
+    /// Calls may return [`Io::Pending`] (network, timers).
+    pub waits: bool,
+    /// Write-zeroes is cheap, so `FAST_ZERO` can be honoured.
+    pub fast_zero: bool,
+    /// Block status is exact and cheap, and zero runs exist: reads can
+    /// send holes.
+    pub sparse: bool,
+    /// A flush through any handle covers writes through every other one,
+    /// so `CAN_MULTI_CONN` holds for exports of this node.
+    pub multi_conn: bool,
+    /// The block size the storage prefers (0: no preference).
+    pub preferred_block: u32,
+    /// Reads and writes must be aligned to this (a power of two; 1: any).
+    pub align: u32,
+    /// Longest read or write in one request (0: no limit).
+    pub max_transfer: u32,
+}
+
+impl Default for DriverInfo {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            blocking: false,
+            waits: false,
+            fast_zero: false,
+            sparse: false,
+            multi_conn: true,
+            preferred_block: 0,
+            align: 1,
+            max_transfer: 0,
+        }
+    }
+}
+
+/// A driver's reference to one of its children.
+#[derive(Clone)]
+pub struct Child {
+    /// The schema's name for the edge: `file`, `backing`, `image`.
+    pub role: &'static str,
+    pub node: Arc<Node>,
+}
+
+/// One block driver. Offsets are checked by [`Node`] before a driver sees
+/// them (`offset + len <= size`), and writes are only sent to writable
+/// nodes.
+pub trait Driver: Send + Sync + 'static {
+    /// The schema's driver name (`file`, `raw`, `throttle`, ...).
+    fn driver_name(&self) -> &'static str;
+
+    fn info(&self) -> DriverInfo;
+
+    /// Current size in bytes.
+    fn size(&self) -> u64;
+
+    /// The nodes this driver reads from, for the graph's bookkeeping.
+    fn children(&self) -> Vec<Child> {
+        Vec::new()
+    }
+
+    /// What `query-named-block-nodes` shows as the node's `file`: the
+    /// path for files, a URI or a `json:` description otherwise.
+    fn filename(&self) -> String;
+
+    fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> Io<'a, ()>;
+
+    fn write<'a>(&'a self, offset: u64, data: &'a [u8], fua: bool) -> Io<'a, ()>;
+
+    /// Make every completed write durable.
+    fn flush(&self) -> Io<'_, ()>;
+
+    /// Advisory: contents afterwards are unspecified (but must agree with
+    /// block status).
+    fn discard(&self, offset: u64, len: u64) -> Io<'_, ()>;
+
+    fn write_zeroes(&self, offset: u64, len: u64, z: Zeroes) -> Io<'_, ()>;
+
+    /// Prefetch hint.
+    fn cache(&self, _offset: u64, _len: u64) -> Io<'_, ()> {
+        Io::ok(())
+    }
+
+    /// Status of `[offset, offset+len)` in order, appended to `out`; may
+    /// stop early (the caller asks again for the rest).
+    fn block_status<'a>(&'a self, offset: u64, len: u64, out: &'a mut Vec<Status>) -> Io<'a, ()>;
+
+    /// `block_resize`: grow (or shrink) to `size`.
+    fn resize(&self, _size: u64) -> Io<'_, ()> {
+        Io::errno(libc::ENOTSUP)
+    }
+}
+
+/// The per-node options every driver accepts (`BlockdevOptionsBase`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeOptions {
+    pub read_only: bool,
+    pub discard: Discard,
+    pub detect_zeroes: DetectZeroes,
+}
+
+/// A dirty bitmap as `query-named-block-nodes` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitmapInfo {
+    pub name: String,
+    pub count: u64,
+    pub granularity: u32,
+    pub recording: bool,
+    pub busy: bool,
+    pub persistent: bool,
+}
+
+/// A named node.
+pub struct Node {
+    name: String,
+    /// Named by the graph (`#blockNNN`), not by the user.
+    auto_named: bool,
+    driver: Box<dyn Driver>,
+    /// This driver or one below it blocks / waits.
+    blocking: bool,
+    waits: bool,
+    read_only: AtomicBool,
+    policy: Mutex<ZeroPolicy>,
+    bitmaps: Mutex<BitmapSet<Vec<u64>, MAX_BITMAPS>>,
+    has_bitmaps: AtomicBool,
+    threshold: Mutex<WriteThreshold>,
+    threshold_armed: AtomicBool,
+    wr_highest_offset: AtomicU64,
+    acct: Mutex<BlockAcct<MAX_STATS_INTERVALS>>,
+    events: Events,
+}
+
+/// Why a node cannot be built.
+pub fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}
+
+impl Node {
+    /// A node over `driver`, checked against QEMU's rules: `detect-zeroes
+    /// =unmap` needs `discard=unmap`; a writable node over a driver that
+    /// cannot write is refused.
+    pub(crate) fn new(
+        name: String,
+        auto_named: bool,
+        driver: Box<dyn Driver>,
+        opts: &NodeOptions,
+        events: Events,
+    ) -> io::Result<Self> {
+        let policy = ZeroPolicy::new(opts.detect_zeroes, opts.discard).map_err(|_| {
+            invalid("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+        })?;
+        let info = driver.info();
+        let children = driver.children();
+        let blocking = info.blocking || children.iter().any(|c| c.node.blocking);
+        let waits = info.waits || children.iter().any(|c| c.node.waits);
+        let threshold = WriteThreshold::new(&name)
+            .map_err(|_| invalid(format!("node name {name:?} is too long")))?;
+        Ok(Self {
+            read_only: AtomicBool::new(opts.read_only || info.read_only),
+            name,
+            auto_named,
+            driver,
+            blocking,
+            waits,
+            policy: Mutex::new(policy),
+            bitmaps: Mutex::new(BitmapSet::new()),
+            has_bitmaps: AtomicBool::new(false),
+            threshold: Mutex::new(threshold),
+            threshold_armed: AtomicBool::new(false),
+            wr_highest_offset: AtomicU64::new(0),
+            acct: Mutex::new(BlockAcct::new(false, false)),
+            events,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn auto_named(&self) -> bool {
+        self.auto_named
+    }
+
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.driver_name()
+    }
+
+    pub fn driver(&self) -> &dyn Driver {
+        &*self.driver
+    }
+
+    pub fn info(&self) -> DriverInfo {
+        let mut i = self.driver.info();
+        i.read_only = self.read_only();
+        i.blocking = self.blocking;
+        i.waits = self.waits;
+        i
+    }
+
+    pub fn size(&self) -> u64 {
+        self.driver.size()
+    }
+
+    pub fn children(&self) -> Vec<Child> {
+        self.driver.children()
+    }
+
+    pub fn filename(&self) -> String {
+        self.driver.filename()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request may block its thread / may wait, anywhere below.
+    pub fn blocking(&self) -> bool {
+        self.blocking
+    }
+
+    pub fn waits(&self) -> bool {
+        self.waits
+    }
+
+    pub fn options(&self) -> NodeOptions {
+        let p = lock(&self.policy);
+        NodeOptions {
+            read_only: self.read_only(),
+            discard: p.discard(),
+            detect_zeroes: p.detect_zeroes(),
+        }
+    }
+
+    /// `blockdev-reopen` of the generic options. Making a node writable
+    /// needs a driver that can write.
+    pub fn reopen(&self, opts: &NodeOptions) -> io::Result<()> {
+        if !opts.read_only && self.driver.info().read_only {
+            return Err(invalid(format!("Block node '{}' is read-only", self.name)));
+        }
+        let policy = ZeroPolicy::new(opts.detect_zeroes, opts.discard).map_err(|_| {
+            invalid("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+        })?;
+        *lock(&self.policy) = policy;
+        self.read_only.store(opts.read_only, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn check(&self, offset: u64, len: u64) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only() {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+        }
+    }
+
+    /// What every write-like request does to the node's own state before
+    /// the driver sees it: bitmaps record the range (before the write, so
+    /// a crash never leaves a written range unrecorded), the threshold may
+    /// fire, the highest written offset moves.
+    fn note_write(&self, offset: u64, len: u64) {
+        if self.has_bitmaps.load(Ordering::Relaxed) {
+            lock(&self.bitmaps).mark(offset, len);
+        }
+        if self.threshold_armed.load(Ordering::Relaxed) {
+            let mut t = lock(&self.threshold);
+            if let Some(ev) = t.check_write(offset, len) {
+                self.events.send(Event::WriteThreshold {
+                    node_name: ev.node_name.to_owned(),
+                    amount_exceeded: ev.amount_exceeded,
+                    write_threshold: ev.write_threshold,
+                });
+                self.threshold_armed.store(false, Ordering::Relaxed);
+            }
+        }
+        self.wr_highest_offset
+            .fetch_max(offset.saturating_add(len), Ordering::Relaxed);
+    }
+
+    pub fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> Io<'a, ()> {
+        if let Err(e) = self.check(offset, buf.len() as u64) {
+            return Io::err(e);
+        }
+        self.driver.read(offset, buf)
+    }
+
+    pub fn write<'a>(&'a self, offset: u64, data: &'a [u8], fua: bool) -> Io<'a, ()> {
+        let len = data.len() as u64;
+        if let Err(e) = self.check_write(offset, len) {
+            return Io::err(e);
+        }
+        let action = lock(&self.policy).plan_write(data);
+        self.note_write(offset, len);
+        match action {
+            WriteAction::Write => self.driver.write(offset, data, fua),
+            WriteAction::WriteZeroes { may_unmap } => self.driver.write_zeroes(
+                offset,
+                len,
+                Zeroes {
+                    may_unmap,
+                    fast: false,
+                    fua,
+                },
+            ),
+        }
+    }
+
+    pub fn flush(&self) -> Io<'_, ()> {
+        self.driver.flush()
+    }
+
+    /// `discard=ignore` drops the request (it is advisory); `unmap`
+    /// passes it on.
+    pub fn discard(&self, offset: u64, len: u64) -> Io<'_, ()> {
+        if let Err(e) = self.check_write(offset, len) {
+            return Io::err(e);
+        }
+        if lock(&self.policy).discard() == Discard::Ignore {
+            return Io::ok(());
+        }
+        self.note_write(offset, len);
+        self.driver.discard(offset, len)
+    }
+
+    /// Deallocation is allowed only where the client allows it and the
+    /// node's `discard=unmap` does (QEMU's `BDRV_O_UNMAP`).
+    pub fn write_zeroes(&self, offset: u64, len: u64, mut z: Zeroes) -> Io<'_, ()> {
+        if let Err(e) = self.check_write(offset, len) {
+            return Io::err(e);
+        }
+        z.may_unmap &= lock(&self.policy).discard() == Discard::Unmap;
+        self.note_write(offset, len);
+        self.driver.write_zeroes(offset, len, z)
+    }
+
+    pub fn cache(&self, offset: u64, len: u64) -> Io<'_, ()> {
+        if let Err(e) = self.check(offset, len) {
+            return Io::err(e);
+        }
+        self.driver.cache(offset, len)
+    }
+
+    pub fn block_status<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &'a mut Vec<Status>,
+    ) -> Io<'a, ()> {
+        if let Err(e) = self.check(offset, len) {
+            return Io::err(e);
+        }
+        self.driver.block_status(offset, len, out)
+    }
+
+    pub fn resize(&self, size: u64) -> Io<'_, ()> {
+        if self.read_only() {
+            return Io::errno(libc::EPERM);
+        }
+        if self.has_bitmaps.load(Ordering::Relaxed) {
+            return Io::err(invalid(format!(
+                "Cannot resize node '{}' with dirty bitmaps",
+                self.name
+            )));
+        }
+        self.driver.resize(size)
+    }
+
+    // ---- dirty bitmaps ----
+
+    /// `block-dirty-bitmap-add`.
+    pub fn add_bitmap(
+        &self,
+        name: &str,
+        granularity: Option<u32>,
+        disabled: bool,
+    ) -> Result<(), BitmapError> {
+        let mut set = lock(&self.bitmaps);
+        set.add_vec(name, self.size(), granularity)?;
+        if disabled {
+            set.disable(name)?;
+        }
+        self.has_bitmaps.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs `f` on the node's bitmaps (remove, clear, enable, disable,
+    /// merge, block status).
+    pub fn with_bitmaps<T>(&self, f: impl FnOnce(&mut BitmapSet<Vec<u64>, MAX_BITMAPS>) -> T) -> T {
+        let mut set = lock(&self.bitmaps);
+        let r = f(&mut set);
+        self.has_bitmaps
+            .store(set.iter().next().is_some(), Ordering::Relaxed);
+        r
+    }
+
+    pub fn has_bitmap(&self, name: &str) -> bool {
+        lock(&self.bitmaps).get(name).is_some()
+    }
+
+    pub fn bitmaps(&self) -> Vec<BitmapInfo> {
+        lock(&self.bitmaps)
+            .iter()
+            .map(|b| {
+                let i = b.info();
+                BitmapInfo {
+                    name: i.name.to_owned(),
+                    count: i.count,
+                    granularity: i.granularity,
+                    recording: i.status == DirtyBitmapStatus::Active,
+                    busy: i.status == DirtyBitmapStatus::Frozen,
+                    persistent: false,
+                }
+            })
+            .collect()
+    }
+
+    // ---- write threshold ----
+
+    /// `block-set-write-threshold`; 0 disables.
+    pub fn set_write_threshold(&self, threshold: u64) {
+        lock(&self.threshold).set(threshold);
+        self.threshold_armed.store(threshold > 0, Ordering::Relaxed);
+    }
+
+    pub fn write_threshold(&self) -> u64 {
+        lock(&self.threshold).get()
+    }
+
+    // ---- statistics ----
+
+    pub fn wr_highest_offset(&self) -> u64 {
+        self.wr_highest_offset.load(Ordering::Relaxed)
+    }
+
+    /// The node's accounting, kept for the node an export attaches to.
+    pub fn acct(&self) -> MutexGuard<'_, BlockAcct<MAX_STATS_INTERVALS>> {
+        lock(&self.acct)
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+}

@@ -1,0 +1,196 @@
+//! `BlockdevOptions` as typed values: what `blockdev-add` takes, with the
+//! schema's member names in the comments. The JSON form is parsed into
+//! these by [`super::qapi`]; the short command-line options build them
+//! directly, so both reach the graph the same way.
+
+use std::path::PathBuf;
+
+use blockwire_core::block::zero_policy::{DetectZeroes, Discard};
+
+/// `BlockdevOptions`: the members every node has, and its driver's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockdevOptions {
+    /// `node-name`; generated (`#blockNNN`) for inline children without one.
+    pub node_name: Option<String>,
+    /// `read-only` (default false).
+    pub read_only: bool,
+    /// `auto-read-only` (default false): open read-only if writing is
+    /// impossible, instead of failing.
+    pub auto_read_only: bool,
+    /// `discard` (default `ignore`).
+    pub discard: Discard,
+    /// `detect-zeroes` (default `off`).
+    pub detect_zeroes: DetectZeroes,
+    /// `cache`.
+    pub cache: CacheOptions,
+    pub driver: DriverOptions,
+}
+
+impl BlockdevOptions {
+    pub fn new(driver: DriverOptions) -> Self {
+        Self {
+            node_name: None,
+            read_only: false,
+            auto_read_only: false,
+            discard: Discard::Ignore,
+            detect_zeroes: DetectZeroes::Off,
+            cache: CacheOptions::default(),
+            driver,
+        }
+    }
+
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.node_name = Some(name.into());
+        self
+    }
+
+    pub fn read_only(mut self, ro: bool) -> Self {
+        self.read_only = ro;
+        self
+    }
+}
+
+/// `BlockdevCacheOptions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// `direct`: bypass the host page cache (`O_DIRECT`).
+    pub direct: bool,
+    /// `no-flush`: ignore flush requests.
+    pub no_flush: bool,
+}
+
+/// `BlockdevRef`: another node by name, or one defined inline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlockdevRef {
+    Name(String),
+    Inline(Box<BlockdevOptions>),
+}
+
+impl From<BlockdevOptions> for BlockdevRef {
+    fn from(o: BlockdevOptions) -> Self {
+        BlockdevRef::Inline(Box::new(o))
+    }
+}
+
+/// `OnOffAuto`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnOffAuto {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// `BlockdevAioOptions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aio {
+    #[default]
+    Threads,
+    Native,
+    IoUring,
+}
+
+/// `SocketAddress` (type `inet` or `unix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketAddress {
+    Inet { host: String, port: String },
+    Unix { path: PathBuf },
+}
+
+impl std::fmt::Display for SocketAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketAddress::Inet { host, port } if host.contains(':') => {
+                write!(f, "[{host}]:{port}")
+            }
+            SocketAddress::Inet { host, port } => write!(f, "{host}:{port}"),
+            SocketAddress::Unix { path } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// `BlkdebugInjectErrorOptions` and `BlkdebugSetStateOptions`, as the
+/// core's blkdebug rules (event names as the schema spells them).
+pub use blockwire_core::block::blkdebug::{InjectError, SetState};
+
+/// The driver and its own options.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DriverOptions {
+    /// `file` and `host_device` (`BlockdevOptionsFile`).
+    File {
+        host_device: bool,
+        filename: PathBuf,
+        aio: Aio,
+        locking: OnOffAuto,
+    },
+    /// `null-co` (`BlockdevOptionsNull`): `size` default 2^30.
+    NullCo {
+        size: u64,
+        latency_ns: u64,
+        read_zeroes: bool,
+    },
+    /// `blockwire-ram`: a sparse disk in memory. QEMU has no such driver;
+    /// the vendor prefix keeps the name from ever meaning something else.
+    Ram { size: u64 },
+    /// `nbd` (`BlockdevOptionsNbd`).
+    Nbd {
+        server: SocketAddress,
+        export: Option<String>,
+        tls_creds: Option<String>,
+        tls_hostname: Option<String>,
+        reconnect_delay: u32,
+    },
+    /// `raw` (`BlockdevOptionsRaw`): a window of `file`.
+    Raw {
+        file: BlockdevRef,
+        offset: u64,
+        size: Option<u64>,
+    },
+    /// `throttle` (`BlockdevOptionsThrottle`).
+    Throttle {
+        file: BlockdevRef,
+        throttle_group: String,
+    },
+    /// `blkdebug` (`BlockdevOptionsBlkdebug`).
+    Blkdebug {
+        image: BlockdevRef,
+        align: u64,
+        max_transfer: u64,
+        inject_error: Vec<InjectError>,
+        set_state: Vec<SetState>,
+    },
+    /// `blockwire-cow`: writes go to `file` (a node of the same size, or
+    /// memory when absent), reads of what was never written come from
+    /// `backing`. The qcow2 driver replaces it with a real format.
+    Cow {
+        backing: BlockdevRef,
+        file: Option<BlockdevRef>,
+        cluster_size: u64,
+    },
+}
+
+impl DriverOptions {
+    /// The schema's name for the driver.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DriverOptions::File {
+                host_device: true, ..
+            } => "host_device",
+            DriverOptions::File { .. } => "file",
+            DriverOptions::NullCo { .. } => "null-co",
+            DriverOptions::Ram { .. } => "blockwire-ram",
+            DriverOptions::Nbd { .. } => "nbd",
+            DriverOptions::Raw { .. } => "raw",
+            DriverOptions::Throttle { .. } => "throttle",
+            DriverOptions::Blkdebug { .. } => "blkdebug",
+            DriverOptions::Cow { .. } => "blockwire-cow",
+        }
+    }
+}
+
+/// `ThrottleGroupProperties` / the `throttle-group` object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleGroupOptions {
+    pub id: String,
+    pub limits: blockwire_core::block::throttle::ThrottleLimits,
+}
