@@ -20,7 +20,7 @@ use blockwire_core::block::throttle::ThrottleLimits;
 
 use super::drivers;
 use super::events::Events;
-use super::node::{Node, NodeOptions, invalid, lock};
+use super::node::{Node, NodeOptions, lock};
 use super::options::{BlockdevOptions, BlockdevRef};
 use super::throttle_group::ThrottleGroup;
 
