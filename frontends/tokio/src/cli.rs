@@ -7,9 +7,9 @@ use blockwire_core::block::blkdebug::Blkdebug;
 use blockwire_core::block::throttle::ThrottleLimits;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::block::drivers::blkdebug::MAX_RULES as MAX_BLKDEBUG_RULES;
 use crate::listen::ListenAddr;
 use crate::size::parse_size;
-use crate::stack::MAX_BLKDEBUG_RULES;
 
 #[derive(Debug, Parser)]
 #[command(name = "blockwire", version, about = "An NBD (Network Block Device) server", long_about = None)]

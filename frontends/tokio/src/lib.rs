@@ -1,14 +1,12 @@
 //! blockwire on tokio: the `blockwire` command's building blocks.
 //!
-//! The server side is a [`registry`] of exports, each a [`stack`] of
-//! block-driver layers from `blockwire_core::block` over a [`backend`];
-//! [`listen`] accepts clients and [`connection`] drives the core's sans-IO
-//! server machine for each. Client-side tools (`info`, `copy`) are meant to
-//! live beside these modules and add their subcommands to [`cli::Command`].
+//! The server side is a [`block`] graph of named nodes, a [`registry`] of
+//! exports on top of it, [`listen`] to accept clients and [`connection`]
+//! to drive the core's sans-IO server machine for each. The client side is
+//! [`client`] (the library) and [`tools`] (`info`, `copy`).
 
 #![deny(unsafe_code)]
 
-pub mod backend;
 pub mod block;
 pub mod cli;
 pub mod client;
@@ -19,7 +17,6 @@ pub mod registry;
 pub mod serve;
 pub mod shutdown;
 pub mod size;
-pub mod stack;
 // The one exception: the few system calls std does not wrap, each with
 // its safety argument.
 #[allow(unsafe_code)]

@@ -1,78 +1,185 @@
 //! The exports a server offers, changeable while it runs.
 //!
-//! The table is immutable once built and swapped whole on change, so a
-//! connection takes one [`Snapshot`] at accept time and the positions the
-//! core's handshake uses stay valid for the connection's lifetime; an
-//! export removed later lives on for the connections still using it.
+//! An export is a node of the [graph](crate::block::Graph) shown to NBD
+//! clients under a name, with the metadata contexts it offers. The table
+//! is immutable once built and swapped whole on change, so a connection
+//! takes one [`Snapshot`] at accept time and the positions the core's
+//! handshake uses stay valid for the connection's lifetime; an export
+//! removed later lives on for the connections still using it, and lets go
+//! of its node (raising `BLOCK_EXPORT_DELETED`) when the last one leaves.
 
 use std::sync::{Arc, RwLock};
 
+use blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX;
 use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
-use blockwire_core::wire::TransmissionFlags;
+use blockwire_core::wire::{DEFAULT_MAX_PAYLOAD, MAX_MIN_BLOCK, TransmissionFlags};
 
-use crate::stack::{ContextKind, Device};
+use crate::block::{Event, Graph, GraphError, Node};
 
-/// One export: what the handshake shows and the stack behind it.
-pub struct Export {
-    pub name: String,
-    pub description: String,
-    pub device: Arc<Device>,
-    /// What the export supports (the core adds `HAS_FLAGS` and the rest).
-    pub flags: TransmissionFlags,
-    pub block_sizes: BlockSizes,
-    /// Offered metadata contexts; position = context id.
-    pub contexts: Vec<ContextKind>,
-    context_names: Vec<String>,
-}
-
-/// Per-export policy the server applies when building flags.
-#[derive(Clone, Copy, Debug)]
-pub struct ExportPolicy {
-    pub multi_conn: bool,
-}
-
-impl Export {
-    pub fn new(
+/// A metadata context an export offers; its position is its id.
+#[derive(Clone)]
+pub enum ContextKind {
+    Allocation,
+    AllocationDepth,
+    /// A dirty bitmap of `node` (the export's node or one below it).
+    DirtyBitmap {
+        node: Arc<Node>,
         name: String,
-        description: String,
-        device: Arc<Device>,
-        contexts: Vec<ContextKind>,
-        policy: ExportPolicy,
-    ) -> Self {
-        let flags = export_flags(&device, policy);
-        let context_names = contexts.iter().map(ContextKind::name).collect();
-        Self {
-            name,
-            description,
-            device,
-            flags,
-            block_sizes: BlockSizes::DEFAULT,
-            contexts,
-            context_names,
+    },
+}
+
+impl ContextKind {
+    pub fn name(&self) -> String {
+        match self {
+            ContextKind::Allocation => "base:allocation".into(),
+            ContextKind::AllocationDepth => "qemu:allocation-depth".into(),
+            ContextKind::DirtyBitmap { name, .. } => format!("{CONTEXT_PREFIX}{name}"),
         }
     }
 }
 
-/// Transmission flags for a device, as the core derives them from what it
-/// can do.
-///
-/// Every backend accepts trim (advisory: at worst ignored), write-zeroes
-/// (at worst written) and cache (a prefetch hint). `CAN_MULTI_CONN` is
-/// true unless disabled: every connection to an export shares one
-/// [`Device`] in this process (one descriptor, one page cache, one RAM
-/// disk), so a flush on any connection covers writes completed on all of
-/// them — the guarantee the flag makes.
-pub fn export_flags(device: &Device, policy: ExportPolicy) -> TransmissionFlags {
-    DeviceCaps {
-        read_only: device.read_only(),
-        trim: true,
-        write_zeroes: true,
-        fast_zero: device.caps().fast_zero,
-        cache: true,
-        multi_conn: policy.multi_conn,
-        rotational: false,
+/// What an export is made of (`BlockExportOptionsNbd`).
+#[derive(Clone, Debug, Default)]
+pub struct ExportConfig {
+    /// `id` of the block export (QMP); defaults to the name.
+    pub id: String,
+    pub node_name: String,
+    /// `name`: what clients ask for.
+    pub name: String,
+    pub description: String,
+    pub writable: bool,
+    /// Dirty bitmaps to offer as `qemu:dirty-bitmap:NAME`.
+    pub bitmaps: Vec<String>,
+    pub allocation_depth: bool,
+    /// Advertise `CAN_MULTI_CONN` where the node allows it.
+    pub multi_conn: bool,
+}
+
+/// Holds the export's node while the export exists; lets go of it (and
+/// says so) when the last connection using the export is gone.
+struct Lease {
+    graph: Arc<Graph>,
+    node: String,
+    id: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.graph.detach(&self.node);
+        self.graph.events().send(Event::ExportDeleted {
+            id: self.id.clone(),
+        });
     }
-    .transmission_flags()
+}
+
+/// One export: what the handshake shows and the node behind it.
+pub struct Export {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub node: Arc<Node>,
+    pub writable: bool,
+    /// What the export supports (the core adds `HAS_FLAGS` and the rest).
+    pub flags: TransmissionFlags,
+    pub block_sizes: BlockSizes,
+    /// Clients must honour the block sizes (the node has an alignment).
+    pub block_size_required: bool,
+    /// Offered metadata contexts; position = context id.
+    pub contexts: Vec<ContextKind>,
+    context_names: Vec<String>,
+    _lease: Lease,
+}
+
+/// Finds a bitmap on `node` or down its chain of children, as QEMU looks
+/// for an export's bitmaps.
+fn find_bitmap(node: &Arc<Node>, name: &str) -> Option<Arc<Node>> {
+    if node.has_bitmap(name) {
+        return Some(node.clone());
+    }
+    node.children()
+        .iter()
+        .find_map(|c| find_bitmap(&c.node, name))
+}
+
+fn pow2_clamp(v: u64, lo: u32, hi: u32) -> u32 {
+    let v = v.clamp(u64::from(lo), u64::from(hi));
+    (v as u32).next_power_of_two().min(hi)
+}
+
+impl Export {
+    /// `block-export-add type=nbd`: checks the node and bitmaps as QEMU's
+    /// NBD server does, and takes hold of the node.
+    pub fn new(graph: &Arc<Graph>, cfg: ExportConfig) -> Result<Self, GraphError> {
+        let node = graph.attach(&cfg.node_name, cfg.writable)?;
+        // Taken at once, so an error below lets go of the node again.
+        let lease = Lease {
+            graph: graph.clone(),
+            node: cfg.node_name.clone(),
+            id: cfg.id.clone(),
+        };
+        let mut contexts = vec![ContextKind::Allocation];
+        if cfg.allocation_depth {
+            contexts.push(ContextKind::AllocationDepth);
+        }
+        for b in &cfg.bitmaps {
+            let Some(owner) = find_bitmap(&node, b) else {
+                return Err(GraphError::Generic(format!("Bitmap '{b}' is not found")));
+            };
+            let recording = owner.bitmaps().iter().any(|i| i.name == *b && i.recording);
+            // QEMU's rule: a read-only export of a node others may still
+            // write must not offer a bitmap that keeps recording, whose
+            // contents would change under the client's feet.
+            if !cfg.writable && !node.read_only() && recording {
+                return Err(GraphError::Generic(format!(
+                    "Enabled bitmap '{b}' incompatible with readonly export"
+                )));
+            }
+            contexts.push(ContextKind::DirtyBitmap {
+                node: owner,
+                name: b.clone(),
+            });
+        }
+        let info = node.info();
+        let read_only = !cfg.writable || node.read_only();
+        let flags = DeviceCaps {
+            read_only,
+            // Every node accepts trim (advisory: at worst ignored),
+            // write-zeroes (at worst written) and cache (a hint).
+            trim: true,
+            write_zeroes: true,
+            fast_zero: info.fast_zero,
+            cache: true,
+            multi_conn: cfg.multi_conn && info.multi_conn,
+            rotational: false,
+        }
+        .transmission_flags();
+        let minimum = pow2_clamp(u64::from(info.align.max(1)), 1, MAX_MIN_BLOCK);
+        let preferred =
+            pow2_clamp(u64::from(info.preferred_block.max(4096)), 512, 1 << 25).max(minimum);
+        let maximum = match info.max_transfer {
+            0 => DEFAULT_MAX_PAYLOAD,
+            m => m.min(DEFAULT_MAX_PAYLOAD),
+        }
+        .max(preferred);
+        let context_names = contexts.iter().map(ContextKind::name).collect();
+        Ok(Self {
+            id: cfg.id,
+            name: cfg.name,
+            description: cfg.description,
+            node,
+            writable: cfg.writable,
+            flags,
+            block_sizes: BlockSizes {
+                minimum,
+                preferred,
+                maximum,
+            },
+            block_size_required: minimum > 1,
+            contexts,
+            context_names,
+            _lease: lease,
+        })
+    }
 }
 
 /// An immutable list of exports; the first is the default export.
@@ -146,23 +253,26 @@ impl Registry {
         Ok(out)
     }
 
-    pub fn add(&self, export: Export) -> Result<(), RegistryError> {
+    /// Adds an export; names and ids are unique.
+    pub fn add(&self, export: Export) -> Result<Arc<Export>, RegistryError> {
         self.update(|v| {
-            if v.iter().any(|e| e.name == export.name) {
+            if v.iter().any(|e| e.name == export.name || e.id == export.id) {
                 return Err(RegistryError::Exists(export.name.clone()));
             }
-            v.push(Arc::new(export));
-            Ok(())
+            let e = Arc::new(export);
+            v.push(e.clone());
+            Ok(e)
         })
     }
 
-    /// Removes an export from new connections; existing ones keep it.
-    pub fn remove(&self, name: &str) -> Result<Arc<Export>, RegistryError> {
+    /// Removes an export from new connections (by id); existing ones keep
+    /// it until they end.
+    pub fn remove(&self, id: &str) -> Result<Arc<Export>, RegistryError> {
         self.update(|v| {
             let i = v
                 .iter()
-                .position(|e| e.name == name)
-                .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+                .position(|e| e.id == id)
+                .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
             Ok(v.remove(i))
         })
     }
@@ -186,10 +296,12 @@ impl Exports for Snapshot {
         Some(ExportInfo {
             name: &e.name,
             description: &e.description,
-            size: e.device.size(),
+            // The node's size now: an export follows a resize for new
+            // connections.
+            size: e.node.size(),
             flags: e.flags,
             block_sizes: e.block_sizes,
-            block_size_required: false,
+            block_size_required: e.block_size_required,
         })
     }
 
@@ -205,37 +317,38 @@ impl Exports for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, MemoryBackend};
-    use crate::stack::DeviceConfig;
+    use crate::block::options::{BlockdevOptions, DriverOptions};
 
-    fn export(name: &str) -> Export {
-        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new(1 << 20).unwrap());
-        let device = Arc::new(
-            Device::new(DeviceConfig {
-                backend,
-                cow_top: None,
-                read_only: false,
-                dirty_bitmaps: vec![],
-                throttle: None,
-                blkdebug: None,
-            })
-            .unwrap(),
-        );
-        Export::new(
-            name.into(),
-            format!("{name} disk"),
-            device,
-            vec![ContextKind::Allocation, ContextKind::AllocationDepth],
-            ExportPolicy { multi_conn: true },
-        )
+    async fn graph_with(names: &[&str]) -> Arc<Graph> {
+        let g = Arc::new(Graph::new());
+        for n in names {
+            g.add(BlockdevOptions::new(DriverOptions::Ram { size: 1 << 20 }).named(*n))
+                .await
+                .unwrap();
+        }
+        g
     }
 
-    #[test]
-    fn snapshots_survive_changes() {
+    fn cfg(node: &str, name: &str) -> ExportConfig {
+        ExportConfig {
+            id: name.into(),
+            node_name: node.into(),
+            name: name.into(),
+            description: format!("{name} disk"),
+            writable: true,
+            allocation_depth: true,
+            multi_conn: true,
+            ..ExportConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_survive_changes() {
+        let g = graph_with(&["n0", "n1"]).await;
         let r = Registry::new();
-        r.add(export("a")).unwrap();
-        r.add(export("b")).unwrap();
-        assert_eq!(r.add(export("a")), Err(RegistryError::Exists("a".into())));
+        r.add(Export::new(&g, cfg("n0", "a")).unwrap()).unwrap();
+        r.add(Export::new(&g, cfg("n1", "b")).unwrap()).unwrap();
+        assert!(r.add(Export::new(&g, cfg("n0", "a")).unwrap()).is_err());
         let snap = Snapshot(r.snapshot());
         r.remove("a").unwrap();
         assert_eq!(snap.find("b"), Some(1));
@@ -247,13 +360,32 @@ mod tests {
         assert_eq!(now.find("a"), None);
         assert_eq!(now.find(""), Some(0));
         assert_eq!(now.export(0).unwrap().name, "b");
+        // The node of a removed export is free once nobody uses the export.
+        assert_eq!(g.users("n0"), 1);
+        drop(snap);
+        assert_eq!(g.users("n0"), 0);
     }
 
-    #[test]
-    fn flags_follow_the_device() {
-        let e = export("x");
-        let f = e.flags;
-        assert!(f.contains(TransmissionFlags::SEND_TRIM | TransmissionFlags::CAN_MULTI_CONN));
-        assert!(!f.contains(TransmissionFlags::READ_ONLY));
+    #[tokio::test]
+    async fn flags_follow_the_node_and_bitmaps_must_exist() {
+        let g = graph_with(&["n0"]).await;
+        let e = Export::new(&g, cfg("n0", "x")).unwrap();
+        assert!(
+            e.flags
+                .contains(TransmissionFlags::SEND_TRIM | TransmissionFlags::CAN_MULTI_CONN)
+        );
+        assert!(!e.flags.contains(TransmissionFlags::READ_ONLY));
+        let mut c = cfg("n0", "y");
+        c.writable = false;
+        assert!(
+            Export::new(&g, c)
+                .unwrap()
+                .flags
+                .contains(TransmissionFlags::READ_ONLY)
+        );
+        let mut c = cfg("n0", "z");
+        c.bitmaps = vec!["nope".into()];
+        let err = Export::new(&g, c).err().unwrap().to_string();
+        assert_eq!(err, "Bitmap 'nope' is not found");
     }
 }

@@ -10,13 +10,15 @@ use blockwire_core::server::ServerConfig;
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use crate::backend::{Backend, FileBackend, MemoryBackend, NullBackend};
+use blockwire_core::block::zero_policy::Discard;
+
+use crate::block::drivers::file::FileDriver;
+use crate::block::options::{Aio, BlockdevOptions, BlockdevRef, DriverOptions, OnOffAuto};
+use crate::block::{Graph, Node};
 use crate::cli::{ExportSpec, ServeArgs, SourceSpec, TlsMode};
 use crate::connection::ConnContext;
 use crate::listen::{self, Inherited, ListenAddr, Listener, Tracker};
-use crate::registry::{Export, ExportPolicy, Registry};
-use crate::size::human;
-use crate::stack::{ContextKind, Device, DeviceConfig, Window};
+use crate::registry::{Export, ExportConfig, Registry};
 use crate::{shutdown, tls};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -88,78 +90,173 @@ fn plan_of(e: &ExportSpec, args: &ServeArgs) -> Plan {
     }
 }
 
-fn open_backend(
-    source: &SourceSpec,
-    read_only: bool,
-    latency: Option<Duration>,
-) -> io::Result<Arc<dyn Backend>> {
-    Ok(match source {
-        SourceSpec::File(p) => Arc::new(FileBackend::open(p, read_only)?),
-        SourceSpec::Memory(n) => Arc::new(MemoryBackend::new(*n)?),
-        SourceSpec::Null(n) => Arc::new(NullBackend::new(*n, latency)),
-    })
+/// Every node of the short form passes trims down (`discard=unmap`), as
+/// blockwire always did, where `--blockdev` JSON defaults to QEMU's
+/// `ignore`.
+fn unmap(mut o: BlockdevOptions) -> BlockdevOptions {
+    o.discard = Discard::Unmap;
+    o
 }
 
-fn describe(source: &SourceSpec) -> String {
-    match source {
-        SourceSpec::File(p) => format!("file {}", p.display()),
-        SourceSpec::Memory(n) => format!("{} in memory", human(*n)),
-        SourceSpec::Null(n) => format!("{} null device", human(*n)),
-    }
+fn by_name(name: &str) -> BlockdevRef {
+    BlockdevRef::Name(name.to_owned())
 }
 
-fn build_export(p: Plan, args: &ServeArgs) -> Result<Export, Error> {
-    let latency = args.latency_ns.map(Duration::from_nanos);
+/// Builds the graph one short-form export stands for, as the sequence of
+/// `--blockdev` nodes that would spell it (each referring to the one
+/// before by name): the protocol node `file{i}` / `ram{i}` / `null{i}`,
+/// `raw{i}` over files (qemu-nbd's raw format), then `top{i}` and `cow{i}`
+/// for copy-on-write, `blkdebug{i}`, `throttle{i}` over throttle group
+/// `tg{i}`. Returns the export on the outermost node.
+async fn sugar(
+    i: usize,
+    p: Plan,
+    args: &ServeArgs,
+    graph: &Arc<Graph>,
+) -> Result<ExportConfig, Error> {
+    let ctx = |e: &dyn std::fmt::Display| format!("export {:?}: {e}", p.name);
+    let add = |o: BlockdevOptions| async move { graph.add(unmap(o)).await };
     // A copy-on-write base is never written.
     let base_ro = p.read_only || p.cow.is_some();
-    let mut backend = open_backend(&p.source, base_ro, latency)?;
-    if let Some((offset, size)) = p.window {
-        backend = Arc::new(Window::new(backend, offset, size)?);
-    }
-    let cow_top: Option<Arc<dyn Backend>> = match &p.cow {
-        None => None,
-        Some(None) => Some(Arc::new(MemoryBackend::new(backend.size())?)),
-        Some(Some(path)) => Some(Arc::new(FileBackend::create_scratch(path, backend.size())?)),
+    let protocol = match &p.source {
+        SourceSpec::File(path) => BlockdevOptions::new(DriverOptions::File {
+            host_device: is_block_device(path),
+            filename: path.clone(),
+            aio: Aio::Threads,
+            locking: OnOffAuto::Off,
+        })
+        .named(format!("file{i}")),
+        SourceSpec::Memory(n) => {
+            BlockdevOptions::new(DriverOptions::Ram { size: *n }).named(format!("ram{i}"))
+        }
+        SourceSpec::Null(n) => BlockdevOptions::new(DriverOptions::NullCo {
+            size: *n,
+            latency_ns: args.latency_ns.unwrap_or(0),
+            read_zeroes: true,
+        })
+        .named(format!("null{i}")),
     };
-    let device = Device::new(DeviceConfig {
-        backend,
-        cow_top,
-        read_only: p.read_only,
-        dirty_bitmaps: p.bitmaps.clone(),
-        throttle: p.throttle,
-        blkdebug: p.blkdebug.clone(),
-    })
-    .map_err(|e| format!("export {:?}: {e}", p.name))?;
-    let mut contexts = vec![ContextKind::Allocation];
-    if p.allocation_depth {
-        contexts.push(ContextKind::AllocationDepth);
+    let mut node = add(protocol.read_only(base_ro))
+        .await
+        .map_err(|e| ctx(&e))?;
+    if let SourceSpec::File(_) = p.source {
+        let (offset, size) = p.window.unwrap_or((0, None));
+        let raw = BlockdevOptions::new(DriverOptions::Raw {
+            file: by_name(node.name()),
+            offset,
+            size,
+        });
+        node = add(raw.named(format!("raw{i}")).read_only(base_ro))
+            .await
+            .map_err(|e| ctx(&e))?;
     }
-    contexts.extend(p.bitmaps.iter().cloned().map(ContextKind::DirtyBitmap));
-    info!(
-        "export {:?}: {}, {} bytes{}{}",
-        p.name,
-        describe(&p.source),
-        device.size(),
-        if device.read_only() {
-            ", read-only"
-        } else {
-            ""
-        },
-        if p.cow.is_some() {
-            ", copy-on-write"
-        } else {
-            ""
-        },
-    );
-    Ok(Export::new(
-        p.name,
-        p.description,
-        Arc::new(device),
-        contexts,
-        ExportPolicy {
-            multi_conn: args.multi_conn(),
-        },
-    ))
+    if let Some(top) = &p.cow {
+        let size = node.size();
+        let top_driver = match top {
+            None => DriverOptions::Ram { size },
+            Some(path) => {
+                FileDriver::create_scratch(path, size).map_err(|e| ctx(&e))?;
+                DriverOptions::File {
+                    host_device: false,
+                    filename: path.clone(),
+                    aio: Aio::Threads,
+                    locking: OnOffAuto::Off,
+                }
+            }
+        };
+        let top = add(BlockdevOptions::new(top_driver).named(format!("top{i}")))
+            .await
+            .map_err(|e| ctx(&e))?;
+        let cow = BlockdevOptions::new(DriverOptions::Cow {
+            backing: by_name(node.name()),
+            file: Some(by_name(top.name())),
+            cluster_size: crate::block::drivers::cow::DEFAULT_CLUSTER,
+        });
+        node = add(cow.named(format!("cow{i}")).read_only(p.read_only))
+            .await
+            .map_err(|e| ctx(&e))?;
+    }
+    if let Some(rules) = &p.blkdebug {
+        let (inject_error, set_state) =
+            crate::block::drivers::blkdebug::parse_rules(rules).map_err(|e| ctx(&e))?;
+        let d = BlockdevOptions::new(DriverOptions::Blkdebug {
+            image: by_name(node.name()),
+            align: 1,
+            max_transfer: 0,
+            inject_error,
+            set_state,
+        });
+        node = add(d.named(format!("blkdebug{i}")).read_only(p.read_only))
+            .await
+            .map_err(|e| ctx(&e))?;
+    }
+    if let Some(limits) = p.throttle.filter(|l| l.is_enabled()) {
+        let id = format!("tg{i}");
+        graph.add_throttle_group(&id, limits).map_err(|e| ctx(&e))?;
+        let t = BlockdevOptions::new(DriverOptions::Throttle {
+            file: by_name(node.name()),
+            throttle_group: id,
+        });
+        node = add(t.named(format!("throttle{i}")).read_only(p.read_only))
+            .await
+            .map_err(|e| ctx(&e))?;
+    }
+    for b in &p.bitmaps {
+        node.add_bitmap(b, None, false)
+            .map_err(|e| ctx(&format!("dirty bitmap {b:?}: {e}")))?;
+    }
+    Ok(ExportConfig {
+        id: p.name.clone(),
+        node_name: node.name().to_owned(),
+        name: p.name,
+        description: p.description,
+        writable: !p.read_only,
+        bitmaps: p.bitmaps,
+        allocation_depth: p.allocation_depth,
+        multi_conn: args.multi_conn(),
+    })
+}
+
+fn is_block_device(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
+}
+
+/// One line about an export for the log: its node chain.
+fn describe(export: &Export) -> String {
+    let mut chain = Vec::new();
+    let mut n = Some(export.node.clone());
+    while let Some(node) = n {
+        chain.push(format!("{} ({})", node.name(), node.driver_name()));
+        n = node
+            .children()
+            .into_iter()
+            .find(|c| c.role != "backing")
+            .map(|c| c.node);
+    }
+    format!(
+        "export {:?}: {} bytes{}, {}",
+        export.name,
+        export.node.size(),
+        if export.writable { "" } else { ", read-only" },
+        chain.join(" -> ")
+    )
+}
+
+/// Builds the graph and the exports the command line asks for.
+async fn build(args: &ServeArgs, graph: &Arc<Graph>, registry: &Registry) -> Result<(), Error> {
+    for (i, p) in plans(args).into_iter().enumerate() {
+        let name = p.name.clone();
+        let cfg = sugar(i, p, args, graph).await?;
+        let export = Export::new(graph, cfg).map_err(|e| format!("export {name:?}: {e}"))?;
+        info!("{}", describe(&export));
+        registry
+            .add(export)
+            .map_err(|e| format!("export {name:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Everything `serve` prepares before the runtime starts (it must run
@@ -175,13 +272,10 @@ pub fn prepare() -> Result<Prepared, Error> {
 }
 
 pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
+    let graph = Arc::new(Graph::new());
     let registry = Arc::new(Registry::new());
-    for p in plans(&args) {
-        let name = p.name.clone();
-        registry
-            .add(build_export(p, &args)?)
-            .map_err(|e| format!("export {name:?}: {e}"))?;
-    }
+    build(&args, &graph, &registry).await?;
+    report_on_sigusr1(graph.clone())?;
 
     let mode = args.tls_mode();
     let acceptor = match mode {
@@ -263,13 +357,40 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
         );
     }
     for e in registry.snapshot().iter() {
-        let d = e.device.clone();
-        let r = tokio::task::spawn_blocking(move || d.flush()).await;
-        if let Ok(Err(err)) = r {
+        if let Err(err) = flush(&e.node).await {
             warn!("export {:?}: flush failed: {err}", e.name);
         }
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Flushes `node` where its I/O may run (a blocking node on the blocking
+/// pool).
+async fn flush(node: &Arc<Node>) -> io::Result<()> {
+    if node.blocking() {
+        let n = node.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(n.flush().wait()))
+            .await
+            .map_err(io::Error::other)?
+    } else {
+        node.flush().wait().await
+    }
+}
+
+/// On `SIGUSR1`, logs the graph as `query-named-block-nodes` and
+/// `query-blockstats` would answer.
+fn report_on_sigusr1(graph: Arc<Graph>) -> io::Result<()> {
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            let nodes = crate::block::report::named_block_nodes(&graph, true);
+            let stats = crate::block::report::blockstats(&graph, crate::block::node::now_ns());
+            info!("query-named-block-nodes: {nodes}");
+            info!("query-blockstats: {stats}");
+        }
+    });
     Ok(())
 }
 

@@ -4,36 +4,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockwire::backend::{Backend, MemoryBackend};
+use blockwire::block::{BlockdevOptions, DriverOptions, Graph};
 use blockwire::connection::{ConnContext, MAX_IN_FLIGHT, serve};
-use blockwire::registry::{Export, ExportPolicy, Registry};
-use blockwire::stack::{ContextKind, Device, DeviceConfig};
+use blockwire::registry::{Export, ExportConfig, Registry};
 use blockwire_core::server::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-fn context() -> (Arc<ConnContext>, watch::Sender<bool>) {
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new(1 << 20).unwrap());
-    let device = Device::new(DeviceConfig {
-        backend,
-        cow_top: None,
-        read_only: false,
-        dirty_bitmaps: vec![],
-        throttle: None,
-        blkdebug: None,
-    })
-    .unwrap();
-    let registry = Arc::new(Registry::new());
-    registry
-        .add(Export::new(
-            "".into(),
-            String::new(),
-            Arc::new(device),
-            vec![ContextKind::Allocation],
-            ExportPolicy { multi_conn: true },
-        ))
+async fn context() -> (Arc<ConnContext>, watch::Sender<bool>) {
+    let graph = Arc::new(Graph::new());
+    graph
+        .add(BlockdevOptions::new(DriverOptions::Ram { size: 1 << 20 }).named("disk"))
+        .await
         .unwrap();
+    let registry = Arc::new(Registry::new());
+    let export = Export::new(
+        &graph,
+        ExportConfig {
+            node_name: "disk".into(),
+            writable: true,
+            multi_conn: true,
+            ..ExportConfig::default()
+        },
+    )
+    .unwrap();
+    registry.add(export).unwrap();
     let (tx, rx) = watch::channel(false);
     let ctx = ConnContext {
         registry,
@@ -82,7 +78,7 @@ async fn simple_reply(c: &mut UnixStream) -> (u32, u64) {
 
 #[tokio::test]
 async fn write_read_error_and_disconnect() {
-    let (ctx, _stop) = context();
+    let (ctx, _stop) = context().await;
     let (mut c, s) = UnixStream::pair().unwrap();
     let server = tokio::spawn(serve(s, "test".into(), ctx));
     connect(&mut c).await;
@@ -116,7 +112,7 @@ async fn write_read_error_and_disconnect() {
 
 #[tokio::test]
 async fn many_requests_in_flight_all_answered() {
-    let (ctx, _stop) = context();
+    let (ctx, _stop) = context().await;
     let (mut c, s) = UnixStream::pair().unwrap();
     tokio::spawn(serve(s, "test".into(), ctx));
     connect(&mut c).await;
@@ -143,7 +139,7 @@ async fn many_requests_in_flight_all_answered() {
 
 #[tokio::test]
 async fn shutdown_ends_idle_connections() {
-    let (ctx, stop) = context();
+    let (ctx, stop) = context().await;
     let (mut c, s) = UnixStream::pair().unwrap();
     let server = tokio::spawn(serve(s, "test".into(), ctx));
     connect(&mut c).await;
@@ -158,7 +154,7 @@ async fn shutdown_ends_idle_connections() {
 /// writes; the handshake deadline must still end the connection.
 #[tokio::test]
 async fn handshake_deadline_bounds_a_client_that_never_reads() {
-    let (ctx, _stop) = context();
+    let (ctx, _stop) = context().await;
     let mut ctx = Arc::try_unwrap(ctx).ok().unwrap();
     ctx.config.handshake_timeout = Some(Duration::from_millis(500));
     let (mut c, s) = UnixStream::pair().unwrap();

@@ -160,6 +160,7 @@ impl Graph {
                 read_only: opts.read_only,
                 discard: opts.discard,
                 detect_zeroes: opts.detect_zeroes,
+                cache: opts.cache,
             };
             let mut children = ChildResolver {
                 graph: self,

@@ -33,6 +33,7 @@ pub mod graph;
 pub mod io;
 pub mod node;
 pub mod options;
+pub mod report;
 pub mod throttle_group;
 
 pub use events::{Event, Events};

@@ -21,11 +21,22 @@ use blockwire_core::block::zero_policy::{DetectZeroes, Discard, WriteAction, Zer
 
 use super::events::{Event, Events};
 use super::io::Io;
+use super::options::CacheOptions;
 
 /// Dirty bitmaps one node can carry.
 pub const MAX_BITMAPS: usize = 64;
 /// Intervals of timed statistics one node keeps.
 pub const MAX_STATS_INTERVALS: usize = 8;
+
+/// Monotonic nanoseconds from one process-wide epoch: the clock of the
+/// nodes' accounting.
+pub fn now_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -171,6 +182,8 @@ pub struct NodeOptions {
     pub read_only: bool,
     pub discard: Discard,
     pub detect_zeroes: DetectZeroes,
+    /// As opened; the driver honours it.
+    pub cache: CacheOptions,
 }
 
 /// A dirty bitmap as `query-named-block-nodes` reports it.
@@ -194,6 +207,7 @@ pub struct Node {
     blocking: bool,
     waits: bool,
     read_only: AtomicBool,
+    cache: CacheOptions,
     policy: Mutex<ZeroPolicy>,
     bitmaps: Mutex<BitmapSet<Vec<u64>, MAX_BITMAPS>>,
     has_bitmaps: AtomicBool,
@@ -231,6 +245,7 @@ impl Node {
             .map_err(|_| invalid(format!("node name {name:?} is too long")))?;
         Ok(Self {
             read_only: AtomicBool::new(opts.read_only || info.read_only),
+            cache: opts.cache,
             name,
             auto_named,
             driver,
@@ -302,6 +317,7 @@ impl Node {
             read_only: self.read_only(),
             discard: p.discard(),
             detect_zeroes: p.detect_zeroes(),
+            cache: self.cache,
         }
     }
 

@@ -1,13 +1,18 @@
-//! Carrying out one request: where it runs (inline, on the blocking pool,
-//! or as a task that first waits for the throttle), what it does to the
-//! export's device, and the reply the core encodes for it.
+//! Carrying out one request on the export's node: where it runs, what it
+//! asks of the node, and the reply the core encodes for it.
+//!
+//! Where it runs follows from what the node says of everything below it
+//! (see [`crate::block`]): a request that neither blocks nor waits runs
+//! right here in the connection's task (small ones; large copies go to a
+//! task so the connection keeps reading); one that blocks goes to the
+//! blocking pool; one that waits becomes a task. Nothing else about the
+//! node (throttling, latency, the network) is known here.
 
 use std::io;
 use std::sync::Arc;
 
 use blockwire_core::block::Extent;
-use blockwire_core::block::contract::StatusQuery;
-use blockwire_core::block::throttle::Direction;
+use blockwire_core::block::stats::AcctType;
 use blockwire_core::server::{
     Command, Fault, ReadChunk, ReadReply, ReplyEncoder, Request, StatusError, status_from,
 };
@@ -16,13 +21,15 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
 use super::writer::{Outgoing, Reply, Ticket};
+use crate::block::node::now_ns;
+use crate::block::{Event, Node, Zeroes, io::poll_once};
 use crate::io::BufPool;
-use crate::registry::Export;
+use crate::registry::{ContextKind, Export};
 
 /// Extents per block-status chunk at most; clients ask again for the rest.
 const MAX_STATUS_EXTENTS: u32 = 1 << 16;
-/// Reads and writes up to this size on a device that never blocks run in
-/// the connection's task (see [`dispatch`]).
+/// Reads and writes up to this size on a node that neither blocks nor
+/// waits run in the connection's task.
 const INLINE_MAX: u32 = 64 << 10;
 
 /// Per-connection state each request needs.
@@ -30,20 +37,19 @@ pub(super) struct Job {
     pub(super) export: Arc<Export>,
     pub(super) encoder: ReplyEncoder,
     pub(super) pool: Arc<BufPool>,
-    blocking: bool,
-    sparse_reads: bool,
 }
 
 impl Job {
     pub(super) fn new(export: Arc<Export>, encoder: ReplyEncoder, pool: Arc<BufPool>) -> Self {
-        let caps = export.device.caps();
         Self {
             export,
             encoder,
             pool,
-            blocking: caps.blocking,
-            sparse_reads: caps.sparse_reads,
         }
+    }
+
+    fn node(&self) -> &Arc<Node> {
+        &self.export.node
     }
 }
 
@@ -56,77 +62,114 @@ pub(super) fn dispatch(
     ticket: Ticket,
     tx: mpsc::UnboundedSender<Outgoing>,
 ) {
-    let device = &job.export.device;
-    let span = tracing::Span::current();
-    let waits = device.throttled() || device.latency().is_some();
-    let small = matches!(
-        req.command,
-        Command::Read { len, .. } | Command::Write { len, .. } if len <= INLINE_MAX
-    );
-    if !job.blocking && !waits && small {
-        // On a device that never waits (memory, a file on tmpfs) a small
-        // read or write is a copy of a microsecond or two: handing it to
-        // another task or thread costs several context switches more.
-        // Devices that can block (disks) always go to the blocking pool,
-        // so a slow read never stalls this connection's other requests.
-        let reply = execute(&job, &req, data);
+    let node = job.node();
+    let (blocks, waits) = (node.blocking(), node.waits());
+    let send = move |reply| {
         let _ = tx.send(Outgoing {
             reply,
             _ticket: ticket,
         });
-        return;
-    }
-    if job.blocking && !waits {
-        // Nothing to wait for first: straight to the blocking pool, one
-        // hand-off per request instead of a task and then a thread.
+    };
+    let span = tracing::Span::current();
+    if blocks {
+        // One hand-off to the blocking pool; a node that also waits (a
+        // throttled file) waits there.
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _e = span.enter();
-            let reply = execute(&job, &req, data);
-            let _ = tx.send(Outgoing {
-                reply,
-                _ticket: ticket,
-            });
+            let mut fut = std::pin::pin!(execute(&job, &req, data));
+            let reply = match poll_once(fut.as_mut()) {
+                Some(r) => r,
+                None => handle.block_on(fut),
+            };
+            send(reply);
         });
+        return;
+    }
+    let small = req.data_len() <= INLINE_MAX;
+    if !waits && small {
+        // On a node that never waits (memory, a file on tmpfs) a small
+        // read or write is a copy of a microsecond or two: handing it to
+        // another task or thread costs several context switches more.
+        let mut fut = std::pin::pin!(execute(&job, &req, data));
+        let reply = match poll_once(fut.as_mut()) {
+            Some(r) => r,
+            None => {
+                // A driver said it never waits and then did: finish it
+                // correctly, if slowly, without stalling the runtime.
+                warn!("a node that never waits returned pending I/O");
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(fut))
+            }
+        };
+        send(reply);
         return;
     }
     tokio::spawn(
         async move {
-            let device = &job.export.device;
-            let dir = match req.command {
-                Command::Read { .. } => Some(Direction::Read),
-                Command::Write { .. } | Command::WriteZeroes { .. } | Command::Trim { .. } => {
-                    Some(Direction::Write)
-                }
-                Command::Flush | Command::Cache { .. } | Command::BlockStatus { .. } => None,
-            };
-            if let Some(dir) = dir {
-                device.admit(dir, req.len()).await;
-            }
-            if let Some(l) = device.latency() {
-                tokio::time::sleep(l).await;
-            }
-            let reply = if job.blocking {
-                let j = job.clone();
-                match tokio::task::spawn_blocking(move || execute(&j, &req, data)).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!("request task failed: {e}");
-                        Reply::Short(
-                            job.encoder
-                                .result(&req, Err(Fault::new(Errno::EIO, "internal error"))),
-                        )
-                    }
-                }
-            } else {
-                execute(&job, &req, data)
-            };
-            let _ = tx.send(Outgoing {
-                reply,
-                _ticket: ticket,
-            });
+            let reply = execute(&job, &req, data).await;
+            send(reply);
         }
         .instrument(span),
     );
+}
+
+fn acct_kind(req: &Request) -> Option<AcctType> {
+    match req.command {
+        Command::Read { .. } => Some(AcctType::Read),
+        Command::Write { .. } | Command::WriteZeroes { .. } => Some(AcctType::Write),
+        Command::Flush => Some(AcctType::Flush),
+        Command::Trim { .. } => Some(AcctType::Unmap),
+        Command::Cache { .. } | Command::BlockStatus { .. } => None,
+    }
+}
+
+/// Carries out one request, accounts it on the export's node, and returns
+/// its reply.
+async fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
+    let node = job.node();
+    let kind = acct_kind(req);
+    let cookie = kind.map(|k| node.acct().start(now_ns(), k, req.len()));
+    let result = run(job, req, data).await;
+    let failed = match &result {
+        Ok(_) => None,
+        Err(e) => Some(e),
+    };
+    if let Some(c) = cookie {
+        let mut acct = node.acct();
+        match failed {
+            None => acct.done(c, now_ns()),
+            Some(_) => acct.failed(c, now_ns()),
+        }
+    }
+    match result {
+        Ok(reply) => reply,
+        Err(e) => {
+            if let Some(op) = io_operation(req, &e) {
+                node.events().send(Event::IoError {
+                    node_name: node.name().to_owned(),
+                    operation: op,
+                    nospace: e.raw_os_error() == Some(libc::ENOSPC),
+                    reason: e.to_string(),
+                });
+            }
+            error_reply(job, req, &e)
+        }
+    }
+}
+
+/// The operation a failure is reported as in `BLOCK_IO_ERROR`, for
+/// failures of the storage (not a client's invalid request).
+fn io_operation(req: &Request, e: &io::Error) -> Option<&'static str> {
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)
+    ) {
+        return None;
+    }
+    match req.command {
+        Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => Some("read"),
+        _ => Some("write"),
+    }
 }
 
 fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
@@ -138,63 +181,64 @@ fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
     )
 }
 
-fn short(job: &Job, req: &Request, r: io::Result<()>) -> Reply {
-    match r {
-        Ok(()) => Reply::Short(job.encoder.result(req, Ok(()))),
-        Err(e) => error_reply(job, req, &e),
-    }
+fn ok(job: &Job, req: &Request) -> io::Result<Reply> {
+    Ok(Reply::Short(job.encoder.result(req, Ok(()))))
 }
 
-/// Carries out one request and returns its reply.
-fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
-    let device = &job.export.device;
+async fn run(job: &Job, req: &Request, data: Vec<u8>) -> io::Result<Reply> {
+    let node = job.node();
     match req.command {
-        Command::Read { .. } => read(job, req),
+        Command::Read { .. } => read(job, req).await,
         Command::Write { offset, len, fua } => {
-            let r = device.write(offset, &data[..len as usize], fua);
+            let r = node.write(offset, &data[..len as usize], fua).wait().await;
             job.pool.put(data);
-            short(job, req, r)
+            r.and_then(|()| ok(job, req))
         }
-        Command::Flush => short(job, req, device.flush()),
-        Command::Trim { offset, len, fua } => short(job, req, device.trim(offset, len, fua)),
+        Command::Flush => node.flush().wait().await.and_then(|()| ok(job, req)),
+        Command::Trim { offset, len, fua } => {
+            node.discard(offset, len).wait().await?;
+            if fua {
+                node.flush().wait().await?;
+            }
+            ok(job, req)
+        }
         Command::WriteZeroes {
             offset,
             len,
             may_trim,
             fast,
             fua,
-        } => short(
-            job,
-            req,
-            device.write_zeroes(offset, len, may_trim, fast, fua),
-        ),
-        Command::Cache { offset, len } => short(job, req, device.cache(offset, len)),
-        Command::BlockStatus { .. } => block_status(job, req),
+        } => {
+            let z = Zeroes {
+                may_unmap: may_trim,
+                fast,
+                fua,
+            };
+            node.write_zeroes(offset, len, z).wait().await?;
+            ok(job, req)
+        }
+        Command::Cache { offset, len } => {
+            node.cache(offset, len).wait().await?;
+            ok(job, req)
+        }
+        Command::BlockStatus { .. } => block_status(job, req).await,
     }
 }
 
 /// A read, as the core plans its reply: one data chunk, or data and hole
-/// chunks from the device's allocation.
-fn read(job: &Job, req: &Request) -> Reply {
-    let device = &job.export.device;
-    let holes = job.sparse_reads && device.maybe_sparse();
-    let Some(mut plan) = ReadReply::new(req, job.encoder, holes) else {
-        return short(job, req, Err(io::Error::other("not a read")));
+/// chunks from the node's allocation.
+async fn read(job: &Job, req: &Request) -> io::Result<Reply> {
+    let node = job.node();
+    let Some(mut plan) = ReadReply::new(req, job.encoder, node.info().sparse) else {
+        return Err(io::Error::other("not a read"));
     };
     let (start, len) = (req.offset(), req.len());
-    if let Err(e) = device.begin_read(start, len) {
-        return error_reply(job, req, &e);
-    }
     let mut buf = job.pool.get(len as usize);
     let mut extents: Vec<Extent> = Vec::new();
     if plan.wants_status() {
-        let q = StatusQuery::new(start, len).max_extent_len(u64::MAX);
-        if let Err(e) = device.allocation(&q, &mut |e| {
-            extents.push(e);
-            true
-        }) {
+        if let Err(e) = status(node, start, len, usize::MAX, &mut extents, |s| s.flags).await {
             job.pool.put(buf);
-            return error_reply(job, req, &e);
+            return Err(e);
         }
     }
     let mut status = status_from(&extents, start);
@@ -208,9 +252,9 @@ fn read(job: &Job, req: &Request) -> Reply {
             } => {
                 let at = (offset - start) as usize;
                 let dst = &mut buf[at..at + len as usize];
-                if let Err(e) = device.read_data(offset, dst) {
+                if let Err(e) = node.read(offset, dst).wait().await {
                     job.pool.put(buf);
-                    return error_reply(job, req, &e);
+                    return Err(e);
                 }
                 (header, at, len as usize)
             }
@@ -219,17 +263,108 @@ fn read(job: &Job, req: &Request) -> Reply {
         };
         parts.push((header, at, at + n));
     }
-    match parts.as_slice() {
+    Ok(match parts.as_slice() {
         [(head, 0, n)] => Reply::Data {
             head: *head,
             len: *n,
             buf,
         },
         _ => Reply::Chunks { parts, buf },
-    }
+    })
 }
 
-fn block_status(job: &Job, req: &Request) -> Reply {
+/// The node's status of `[offset, offset+len)` as extents of one field
+/// (`base:allocation` flags or the allocation depth), asking again where
+/// the node stopped short, until `max` extents.
+async fn status(
+    node: &Node,
+    offset: u64,
+    len: u64,
+    max: usize,
+    out: &mut Vec<Extent>,
+    field: impl Fn(&crate::block::Status) -> u64,
+) -> io::Result<()> {
+    let mut pos = offset;
+    let end = offset + len;
+    let mut runs = Vec::new();
+    while pos < end && out.len() < max {
+        runs.clear();
+        node.block_status(pos, end - pos, &mut runs).wait().await?;
+        let before = pos;
+        for s in &runs {
+            let n = s.len.min(end - pos);
+            if n == 0 {
+                continue;
+            }
+            out.push(Extent::new(n, field(s)));
+            pos += n;
+            if pos >= end {
+                break;
+            }
+        }
+        if pos == before {
+            // A node that answers nothing: the rest is data, always safe.
+            out.push(Extent::new(end - pos, 0));
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One chunk per selected context, assembled by the core from what the
+/// node (or a bitmap) says.
+async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
+    let Command::BlockStatus {
+        offset,
+        len,
+        contexts,
+        ..
+    } = req.command
+    else {
+        return Err(io::Error::other("not a block status request"));
+    };
+    // Gather each context's extents first (node I/O may wait), then let
+    // the core encode: it asks synchronously.
+    let max = if matches!(req.command, Command::BlockStatus { req_one: true, .. }) {
+        1
+    } else {
+        MAX_STATUS_EXTENTS as usize
+    };
+    let mut answers: Vec<(u32, Vec<Extent>)> = Vec::new();
+    for id in contexts.iter() {
+        let kind = job
+            .export
+            .contexts
+            .get(id as usize)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut ex = Vec::new();
+        match kind {
+            ContextKind::Allocation => {
+                status(job.node(), offset, len, max, &mut ex, |s| s.flags).await?
+            }
+            ContextKind::AllocationDepth => {
+                status(job.node(), offset, len, max, &mut ex, |s| {
+                    u64::from(s.depth)
+                })
+                .await?
+            }
+            ContextKind::DirtyBitmap { node, name } => {
+                let q = job.encoder.status_query(req, MAX_STATUS_EXTENTS);
+                node.with_bitmaps(|set| {
+                    let bm = set
+                        .get(name)
+                        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+                    bm.block_status(&q, &mut |e| {
+                        ex.push(e);
+                        true
+                    })
+                    .map(|_| ())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+                })?
+            }
+        }
+        answers.push((id, ex));
+    }
     let mut out = Vec::new();
     let mut scratch: Vec<Extent> = Vec::new();
     let answered = job.encoder.block_status(
@@ -237,19 +372,21 @@ fn block_status(job: &Job, req: &Request) -> Reply {
         MAX_STATUS_EXTENTS,
         &mut scratch,
         &mut out,
-        |id, q, sink| {
-            let kind = job
-                .export
-                .contexts
-                .get(id as usize)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-            job.export.device.block_status(kind, q, sink)
+        |id, _, sink| {
+            if let Some((_, ex)) = answers.iter().find(|(i, _)| *i == id) {
+                for e in ex {
+                    if !sink(*e) {
+                        break;
+                    }
+                }
+            }
+            Ok::<(), io::Error>(())
         },
     );
     match answered {
-        Ok(()) => Reply::Bytes(out),
-        Err(StatusError::Device(e)) => error_reply(job, req, &e),
+        Ok(()) => Ok(Reply::Bytes(out)),
+        Err(StatusError::Device(e)) => Err(e),
         // `out` grows as needed, so only a sizing bug gets here.
-        Err(e) => error_reply(job, req, &io::Error::other(e.to_string())),
+        Err(e) => Err(io::Error::other(e.to_string())),
     }
 }

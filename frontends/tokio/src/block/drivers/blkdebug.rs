@@ -145,3 +145,20 @@ impl Driver for Blkdebug {
         self.image.block_status(offset, len, out)
     }
 }
+
+/// The command line's `--blkdebug` rules (`event=read,errno=5;...`, one
+/// rule per `;`) as the schema's lists.
+pub fn parse_rules(s: &str) -> Result<(Vec<InjectError>, Vec<SetState>), String> {
+    let mut inject = Vec::new();
+    let mut set_state = Vec::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        match Rule::parse(part).map_err(|e| format!("{part:?}: {e}"))? {
+            Rule::Inject(r) => inject.push(r),
+            Rule::SetState(r) => set_state.push(r),
+        }
+    }
+    if inject.len() + set_state.len() > MAX_RULES {
+        return Err(format!("more than {MAX_RULES} rules"));
+    }
+    Ok((inject, set_state))
+}
