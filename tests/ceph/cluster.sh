@@ -142,7 +142,7 @@ crash dir = $dir/crash
 keyring = $dir/\$cluster.\$name.keyring
 # Clients are many processes of one name: one log and socket per process.
 log file = $dir/log/\$name.\$pid.log
-admin socket = $dir/run/\$name.\$pid.asok
+admin socket = $dir/run/\$name.\$pid.\$cctid.asok
 
 [mon]
 mon data = $dir/mon/\$id

@@ -142,6 +142,11 @@ fn connect_blocking(opts: ClusterOptions) -> io::Result<Cluster> {
         set("auth_client_required", &a)?;
     }
     if let Some(key) = &opts.key {
+        if !key.is_cephx_key() {
+            return Err(invalid(format!(
+                "the key for {client} is not a cephx key (base64, as `ceph auth get-key` prints it)"
+            )));
+        }
         let mut k = key.bytes().to_vec();
         let c = CString::new(std::mem::take(&mut k))
             .map_err(|_| invalid("the key contains a NUL byte"))?;

@@ -84,6 +84,54 @@ impl Secret {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// Whether this is a cephx key as `ceph auth get-key` prints it: base64
+    /// of a CryptoKey (`u16` type, `u32` seconds, `u32` nanoseconds, `u16`
+    /// length, then that many secret bytes). librados would print a
+    /// malformed key in its log; this lets the caller refuse it first.
+    pub(crate) fn is_cephx_key(&self) -> bool {
+        let Some(mut raw) = base64_decode(&self.0) else {
+            return false;
+        };
+        let ok = raw.len() >= 12
+            && 12 + usize::from(u16::from_le_bytes([raw[10], raw[11]])) == raw.len();
+        wipe(&mut raw);
+        ok
+    }
+}
+
+/// Standard base64 with `=` padding; `None` if anything else is in it.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if text.is_empty() || text.len() % 4 != 0 {
+        return None;
+    }
+    let pad = text.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let body = &text[..text.len() - pad];
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in body {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 impl fmt::Debug for Secret {
@@ -282,6 +330,19 @@ mod tests {
         s.snapshot = Some("snap1".into());
         assert_eq!(s.to_string(), "rbd/ns/disk@snap1");
         assert!(s.effective_read_only());
+    }
+
+    #[test]
+    fn cephx_keys_are_recognised() {
+        // The shape of `ceph-authtool --gen-print-key` output.
+        assert!(Secret::new("AQBmTw9rxeyHBhAAeTLF5W6PM4pa6b+j2/jLzA==").is_cephx_key());
+        assert!(!Secret::new("not-a-key").is_cephx_key());
+        assert!(!Secret::new("AQBmTw9rxeyHBhAAeTLF5W6PM4pa6b+j2/jLzA").is_cephx_key());
+        // Valid base64, wrong inner length.
+        assert!(!Secret::new("AQBmTw9rxeyHBhAAeTLF5W6PM4pa6b+j2/jL").is_cephx_key());
+        assert!(!Secret::new("").is_cephx_key());
+        assert_eq!(base64_decode(b"aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode(b"aGk="), Some(b"hi".to_vec()));
     }
 
     #[test]
