@@ -258,7 +258,8 @@ cmd_stop() {
   if [ -n "$pids" ]; then
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
-    deadline=$((SECONDS + 15))
+    # The cluster is thrown away: a short grace for a clean exit, then KILL.
+    deadline=$((SECONDS + 3))
     while [ -n "$(cluster_pids "$conf")" ] && ((SECONDS < deadline)); do sleep 0.2; done
     pids=$(cluster_pids "$conf")
     # shellcheck disable=SC2086
@@ -319,11 +320,15 @@ cmd_create_image() {
 }
 
 cmd_rss() {
-  local dir=$1 p
+  local dir=$1 p args total=0 rss
   for p in $(cluster_pids "$(conf_of "$dir")"); do
-    printf '%s %s\n' "$(tr '\0' ' ' <"/proc/$p/cmdline" | awk '{print $1, $NF}')" \
-      "$(awk '/^VmRSS/ {print $2}' "/proc/$p/status")"
+    args=$(tr '\0' ' ' <"/proc/$p/cmdline")
+    case "$args" in ceph-mon* | ceph-mgr* | ceph-osd*) ;; *) continue ;; esac
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status")
+    total=$((total + rss))
+    echo "$args" | awk -v rss="$rss" '{sub(/^ceph-/, "", $1); printf "%s.%s %d KiB\n", $1, $NF, rss}'
   done
+  echo "total $total KiB"
 }
 
 cmd=${1:-}
