@@ -112,6 +112,7 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     }
+    #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than rust-version
     if text.is_empty() || text.len() % 4 != 0 {
         return None;
     }

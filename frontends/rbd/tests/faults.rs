@@ -11,18 +11,19 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use blockwire_rbd::{Cluster, ImageSpec, Request, errno};
 use common::{Env, MIB, first_difference, pattern};
+use tokio::sync::{Mutex, MutexGuard};
 
 const ETIMEDOUT: i32 = 110;
 
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+async fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Runs a blocking cluster.sh step off the runtime, so that the write load
@@ -52,7 +53,7 @@ async fn until_acked(acks: &AtomicU64, target: u64, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn osd_killed_under_write_load_loses_no_acknowledged_write() {
     let Some(env) = common::env() else { return };
-    let _serial = one_at_a_time();
+    let _serial = one_at_a_time().await;
     let env = Arc::new(env);
     const BLOCK: usize = 64 * 1024;
     const BLOCKS: u64 = 1024; // 64 MiB
@@ -162,7 +163,7 @@ fn acting(env: &Env, object: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_osd_timeout_a_pg_without_live_osds_fails_requests_with_etimedout() {
     let Some(env) = common::env() else { return };
-    let _serial = one_at_a_time();
+    let _serial = one_at_a_time().await;
     let env = Arc::new(env);
     let name = env.create_image("osdtimeout", 256, &[]);
     let info = env.rbd(&["info", "--format", "json", &format!("{}/{name}", env.pool)]);

@@ -9,7 +9,14 @@ use blockwire_rbd::{AVAILABLE, Cluster, ClusterOptions, librbd_version};
 async fn connect_reports_built_without_librbd() {
     assert!(!AVAILABLE);
     assert_eq!(librbd_version(), (0, 0, 0));
-    let e = Cluster::connect(ClusterOptions::default()).await.err().expect("no librbd");
+    let e = Cluster::connect(ClusterOptions::default())
+        .await
+        .err()
+        .expect("no librbd");
     assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
-    assert!(e.to_string().starts_with("blockwire was built without librbd"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("blockwire was built without librbd"),
+        "{e}"
+    );
 }

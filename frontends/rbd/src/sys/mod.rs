@@ -367,12 +367,16 @@ impl Image {
         B: AsMut<[u8]> + Send + 'static,
     {
         let img = self.img;
-        self.submit(buf, |b, c| {
-            // SAFETY: `b` is the op's buffer, alive and untouched by Rust
-            // until completion (invariant 2); the image is open.
-            let s = unsafe { (*b).as_mut() };
-            unsafe { rbd_aio_read(img, off, s.len(), s.as_mut_ptr().cast::<c_char>(), c) }
-        })
+        self.submit(
+            buf,
+            |b| {
+                let s = b.as_mut();
+                (s.as_mut_ptr(), s.len())
+            },
+            // SAFETY: `p..p+len` is the op's buffer, alive and untouched by
+            // Rust until completion (invariant 2); the image is open.
+            |p, len, c| unsafe { rbd_aio_read(img, off, len, p.cast::<c_char>(), c) },
+        )
     }
 
     /// `rbd_aio_write` of all of `buf`.
@@ -381,19 +385,25 @@ impl Image {
         B: AsRef<[u8]> + Send + 'static,
     {
         let img = self.img;
-        self.submit(buf, |b, c| {
+        self.submit(
+            buf,
+            |b| {
+                let s = b.as_ref();
+                (s.as_ptr().cast_mut(), s.len())
+            },
             // SAFETY: as in aio_read; librbd only reads the buffer.
-            let s = unsafe { (*b).as_ref() };
-            unsafe { rbd_aio_write(img, off, s.len(), s.as_ptr().cast::<c_char>(), c) }
-        })
+            |p, len, c| unsafe { rbd_aio_write(img, off, len, p.cast_const().cast::<c_char>(), c) },
+        )
     }
 
     /// `rbd_aio_discard` (partial objects per `rbd_skip_partial_discard`).
     pub fn aio_discard(&self, off: u64, len: u64) -> Result<Aio<()>, Errno> {
         let img = self.img;
         // SAFETY: open image; the completion is fresh.
-        self.submit((), |_, c| unsafe { rbd_aio_discard(img, off, len, c) })
-            .map_err(|(e, ())| e)
+        self.submit((), no_buffer, |_, _, c| unsafe {
+            rbd_aio_discard(img, off, len, c)
+        })
+        .map_err(|(e, ())| e)
     }
 
     /// `rbd_aio_write_zeroes`; `thick` = `RBD_WRITE_ZEROES_FLAG_THICK_PROVISION`.
@@ -405,7 +415,7 @@ impl Image {
             0
         };
         // SAFETY: open image; the completion is fresh.
-        self.submit((), |_, c| unsafe {
+        self.submit((), no_buffer, |_, _, c| unsafe {
             rbd_aio_write_zeroes(img, off, len, c, flags, 0)
         })
         .map_err(|(e, ())| e)
@@ -415,16 +425,19 @@ impl Image {
     pub fn aio_flush(&self) -> Result<Aio<()>, Errno> {
         let img = self.img;
         // SAFETY: open image; the completion is fresh.
-        self.submit((), |_, c| unsafe { rbd_aio_flush(img, c) })
+        self.submit((), no_buffer, |_, _, c| unsafe { rbd_aio_flush(img, c) })
             .map_err(|(e, ())| e)
     }
 
-    /// The one submission path (invariants 2 and 3). `start` gets the
-    /// buffer's address inside the shared op and the completion.
+    /// The one submission path (invariants 2 and 3). `region` runs the
+    /// buffer's own `as_mut`/`as_ref` once, before anything is shared with
+    /// librbd (so a panic there leaks nothing); `start` is only the FFI
+    /// call, given that region and the completion.
     fn submit<B: Send + 'static>(
         &self,
         buf: B,
-        start: impl FnOnce(*mut B, rbd_completion_t) -> c_int,
+        region: impl FnOnce(&mut B) -> (*mut u8, usize),
+        start: impl FnOnce(*mut u8, usize, rbd_completion_t) -> c_int,
     ) -> Result<Aio<B>, (Errno, B)> {
         let op = Arc::new(AioOp {
             slot: Mutex::new(Slot {
@@ -434,6 +447,11 @@ impl Image {
             buf: UnsafeCell::new(Some(buf)),
             inflight: Arc::clone(&self.inflight),
         });
+        // SAFETY: `op` has one owner and no request exists yet: exclusive
+        // access. The region stays valid: the buffer is on the heap inside
+        // the op, which the callback's Arc keeps alive, and nothing moves or
+        // touches it until completion.
+        let (ptr, len) = region(unsafe { (*op.buf.get()).as_mut() }.expect("buffer present"));
         let arg = Arc::into_raw(Arc::clone(&op)) as *mut c_void;
         let mut c: rbd_completion_t = ptr::null_mut();
         // SAFETY: `arg` is a leaked Arc<AioOp<B>>, reclaimed by exactly one of
@@ -445,11 +463,7 @@ impl Image {
             return Err((-r, op.take_buf_unshared()));
         }
         self.inflight.start();
-        // SAFETY: the op is shared only with a callback that cannot run
-        // before submission, and the caller has no `Aio` yet. The pointer
-        // stays valid: the op is on the heap, kept alive by the callback's Arc.
-        let bufp: *mut B = unsafe { (*op.buf.get()).as_mut() }.expect("buffer present until taken");
-        let r = start(bufp, c);
+        let r = start(ptr, len, c);
         if r < 0 {
             // Invariant 3: librbd did not take the completion.
             // SAFETY: `c` is ours to release; reclaim the callback's Arc.
@@ -462,6 +476,10 @@ impl Image {
         }
         Ok(Aio { op })
     }
+}
+
+fn no_buffer(_: &mut ()) -> (*mut u8, usize) {
+    (ptr::null_mut(), 0)
 }
 
 impl Drop for Image {
