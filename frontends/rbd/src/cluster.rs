@@ -190,7 +190,9 @@ fn connect_error(e: i32, d: &Desc) -> io::Error {
         ),
         EACCES | EPERM => failed(
             e,
-            format!("the Ceph monitors {mons} refused {client} (wrong key, or no such user)"),
+            format!(
+                "the Ceph monitors {mons} refused {client} (wrong key, unknown user, or no auth method in common)"
+            ),
         ),
         ENOENT => failed(
             e,

@@ -526,7 +526,7 @@ async fn wrong_key_or_user_is_refused_with_one_line() {
     assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
     assert!(
         e.to_string().starts_with(&format!(
-            "the Ceph monitors {} refused client.blockwire (wrong key, or no such user)",
+            "the Ceph monitors {} refused client.blockwire (wrong key, unknown user, or no auth method in common)",
             env.mon_host
         )),
         "{e}"
@@ -628,5 +628,106 @@ async fn the_version_is_the_installed_librbd() {
     assert!(
         minor >= 16,
         "librbd 1.{minor}: rbd_aio_write_zeroes needs 1.16+"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_in_a_namespace() {
+    let Some(env) = common::env() else { return };
+    let ns = env.image_name("ns");
+    env.rbd(&["namespace", "create", &format!("{}/{ns}", env.pool)]);
+    env.rbd(&["create", "--size", "4M", &format!("{}/{ns}/disk", env.pool)]);
+    // The same name outside the namespace is another image.
+    env.rbd(&["create", "--size", "8M", &format!("{}/{ns}-disk", env.pool)]);
+    let cluster = env.connect().await;
+    let mut spec = ImageSpec::new(env.pool.clone(), "disk");
+    spec.namespace = Some(ns.clone());
+    let img = cluster.open(spec).await.expect("open in the namespace");
+    assert_eq!(img.opened_info().size, 4 * MIB);
+    assert_eq!(img.spec().to_string(), format!("{}/{ns}/disk", env.pool));
+    let data = pattern(4096, 8192, 21);
+    img.write(4096, data.clone()).await.0.unwrap();
+    img.flush().await.0.unwrap();
+    drop(img);
+    let out = env
+        .rbd(&[
+            "export",
+            "--no-progress",
+            &format!("{}/{ns}/disk", env.pool),
+            "-",
+        ])
+        .stdout;
+    assert_same(
+        "rbd export of the namespaced image",
+        &out[4096..4096 + 8192],
+        &data,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_larger_than_2_gib() {
+    let Some(env) = common::env() else { return };
+    // Sparse: only what is written takes space.
+    let name = env.create_image("big", 8 * 1024, &[]);
+    let cluster = env.connect().await;
+    let img = env.open(&cluster, &name).await;
+    let g = 1024 * MIB;
+    for off in [0, 3 * g, 6 * g] {
+        img.write(off, vec![0x77u8; 4096]).await.0.unwrap();
+    }
+    img.discard(0, 3 * g).await.0.expect("a 3 GiB discard");
+    img.write_zeroes(3 * g, 3 * g, ZeroMode::Unmap)
+        .await
+        .0
+        .expect("3 GiB of zeroes");
+    for off in [0, 3 * g] {
+        let (r, buf) = img.read(off, vec![1u8; 4096]).await;
+        r.unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "zero at {off}");
+    }
+    let (r, buf) = img.read(6 * g, vec![0u8; 4096]).await;
+    r.unwrap();
+    assert!(buf.iter().all(|&b| b == 0x77));
+    let a = img.allocation(0, 8 * g, 100).await.unwrap();
+    assert_eq!(
+        a.extents,
+        [
+            Extent {
+                offset: 0,
+                length: 6 * g,
+                data: false
+            },
+            Extent {
+                offset: 6 * g,
+                length: 4 * MIB,
+                data: true
+            },
+            Extent {
+                offset: 6 * g + 4 * MIB,
+                length: 2 * g - 4 * MIB,
+                data: false
+            },
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_none_against_a_cephx_cluster_is_refused() {
+    let Some(env) = common::env() else { return };
+    let mut opts = env.options();
+    opts.key = None;
+    opts.auth_client_required = vec![blockwire_rbd::AuthMode::None];
+    opts.connect_timeout = Duration::from_secs(5);
+    let e = bounded(Cluster::connect(opts))
+        .await
+        .err()
+        .expect("auth none");
+    eprintln!("auth none: {e}");
+    assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'));
+    assert!(
+        msg.contains("client.blockwire") && msg.contains(&env.mon_host),
+        "{msg}"
     );
 }
