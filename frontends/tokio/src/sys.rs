@@ -174,3 +174,96 @@ pub fn on_memory_fs(file: &File) -> bool {
     let st = unsafe { st.assume_init() };
     matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
+
+/// A zeroed heap buffer aligned for `O_DIRECT` I/O (whose buffers must be
+/// aligned to the device's logical block size).
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the buffer is plain owned memory; nothing in it is tied to a
+// thread.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads through `&self`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// `len` zeroed bytes aligned to `align` (a power of two).
+    pub fn new(len: usize, align: usize) -> io::Result<Self> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), align)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the layout has a nonzero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(raw)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Self { ptr, layout })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `layout.size()` initialised (zeroed or
+        // written) bytes owned by `self`, borrowed for `&self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// An open-file-description lock's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+fn flock_of(start: u64, len: u64, kind: LockKind) -> io::Result<libc::flock> {
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        LockKind::Shared => libc::F_RDLCK,
+        LockKind::Exclusive => libc::F_WRLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = off(start)?;
+    fl.l_len = off(len)?;
+    Ok(fl)
+}
+
+/// `fcntl(F_OFD_SETLK)`: takes a byte-range lock owned by the
+/// open file description, as QEMU's file-posix does for its permission
+/// bytes (released when the file is closed); fails at once (EAGAIN) if
+/// another holder conflicts.
+pub fn ofd_lock(file: &File, start: u64, len: u64, kind: LockKind) -> io::Result<()> {
+    let fl = flock_of(start, len, kind)?;
+    // SAFETY: F_OFD_SETLK reads the flock we own for the call.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) })
+}
+
+/// `fcntl(F_OFD_GETLK)`: whether someone else holds a lock on the range
+/// that conflicts with taking one of `kind`.
+pub fn ofd_conflicts(file: &File, start: u64, len: u64, kind: LockKind) -> io::Result<bool> {
+    let mut fl = flock_of(start, len, kind)?;
+    // SAFETY: F_OFD_GETLK writes into the flock we own for the call.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// The logical block size of a block device (`BLKSSZGET`), the alignment
+/// `O_DIRECT` needs on it.
+pub fn logical_block_size(file: &File) -> io::Result<u32> {
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int into the variable we own.
+    check(unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size) })?;
+    Ok(size.max(512) as u32)
+}

@@ -74,6 +74,111 @@ pub struct FileDriver {
     /// device, so requests need not go through the blocking pool.
     memory_fs: bool,
     no_flush: bool,
+    /// `cache.direct=on`: the file is open with `O_DIRECT`.
+    direct: Option<Direct>,
+}
+
+/// `O_DIRECT` I/O needs offsets, lengths and buffers aligned to the
+/// storage's block size. Requests that are not are carried out as QEMU's
+/// block layer does for them: through an aligned bounce buffer, reading
+/// the partial blocks at the edges first for writes (read-modify-write).
+struct Direct {
+    align: u64,
+    /// Read-modify-write must not interleave with another write of the
+    /// same block: unaligned writes take this exclusively, aligned ones
+    /// shared.
+    rmw: std::sync::RwLock<()>,
+}
+
+/// QEMU's permission bits and the bytes file-posix locks for them: byte
+/// 100 + bit while using a permission, 200 + bit while refusing to share it.
+const LOCK_PERM_BASE: u64 = 100;
+const LOCK_SHARED_BASE: u64 = 200;
+const PERM_NAMES: [&str; 4] = ["consistent read", "write", "write unchanged", "resize"];
+const PERM_READ: u32 = 1 << 0;
+const PERM_WRITE: u32 = 1 << 1;
+const PERM_WRITE_UNCHANGED: u32 = 1 << 2;
+const PERM_RESIZE: u32 = 1 << 3;
+
+/// Takes QEMU's locks for `perm` (used) and `unshared` (refused to
+/// others), then checks nobody else holds a conflicting one, in
+/// file-posix's order and with its messages. `None` if the file system
+/// has no OFD locks and locking is only `auto`.
+fn lock_image(
+    file: &File,
+    path: &Path,
+    perm: u32,
+    unshared: u32,
+    required: bool,
+) -> io::Result<()> {
+    for bit in 0..PERM_NAMES.len() as u64 {
+        for (set, base) in [(perm, LOCK_PERM_BASE), (unshared, LOCK_SHARED_BASE)] {
+            if set & (1 << bit) == 0 {
+                continue;
+            }
+            match sys::ofd_lock(file, base + bit, 1, sys::LockKind::Shared) {
+                Ok(()) => {}
+                Err(e) if !required && unsupported(&e) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Err(lock_conflict(path, base == LOCK_SHARED_BASE, bit));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for bit in 0..PERM_NAMES.len() as u64 {
+        // Someone refuses to share what we use, or uses what we refuse.
+        if perm & (1 << bit) != 0
+            && sys::ofd_conflicts(file, LOCK_SHARED_BASE + bit, 1, sys::LockKind::Exclusive)?
+        {
+            return Err(lock_conflict(path, false, bit));
+        }
+        if unshared & (1 << bit) != 0
+            && sys::ofd_conflicts(file, LOCK_PERM_BASE + bit, 1, sys::LockKind::Exclusive)?
+        {
+            return Err(lock_conflict(path, true, bit));
+        }
+    }
+    Ok(())
+}
+
+fn lock_conflict(path: &Path, shared: bool, bit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!(
+            "Failed to get {}\"{}\" lock. Is another process using the image [{}]?",
+            if shared { "shared " } else { "" },
+            PERM_NAMES[bit as usize],
+            path.display()
+        ),
+    )
+}
+
+/// The smallest alignment `O_DIRECT` reads accept here: the logical block
+/// size of a device, or for a file the first of 512 and 4096 that a read
+/// accepts (what QEMU probes).
+fn probe_alignment(file: &File, block_device: bool) -> io::Result<u64> {
+    if block_device {
+        return sys::logical_block_size(file).map(u64::from);
+    }
+    for align in [512usize, 4096] {
+        let mut b = sys::AlignedBuf::new(align, align)?;
+        match file.read_at(b.as_mut_slice(), 0) {
+            Ok(_) => return Ok(align as u64),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(4096)
+}
+
+impl Direct {
+    /// The aligned range covering `[offset, offset+len)`.
+    fn span(&self, offset: u64, len: u64) -> (u64, u64) {
+        let start = offset & !(self.align - 1);
+        let end = (offset + len).div_ceil(self.align) * self.align;
+        (start, end.max(start + self.align))
+    }
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -86,25 +191,24 @@ fn unsupported(e: &io::Error) -> bool {
 impl FileDriver {
     pub fn open(path: &Path, how: FileOpen) -> io::Result<Self> {
         // Options not implemented are refused, never silently ignored.
-        if how.direct {
-            return Err(invalid("cache.direct=on is not supported by this build"));
-        }
         match how.aio {
             Aio::Threads => {}
-            Aio::Native => {
+            Aio::Native if !how.direct => {
                 return Err(invalid(
                     "aio=native was specified, but it requires cache.direct=on, which was not specified.",
                 ));
             }
-            Aio::IoUring => return Err(invalid("aio=io_uring is not supported by this build")),
-        }
-        if how.locking == OnOffAuto::On {
-            return Err(invalid("locking=on is not supported by this build"));
+            Aio::Native => return Err(invalid("aio=native is not supported by this build; use aio=threads")),
+            Aio::IoUring => return Err(invalid("aio=io_uring is not supported by this build; use aio=threads")),
         }
         let read_only = how.read_only;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(!read_only);
+        if how.direct {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let mut file = opts
             .open(path)
             .map_err(|e| {
                 io::Error::new(
@@ -134,6 +238,24 @@ impl FileDriver {
             meta.blocks().saturating_mul(512) < size
         };
         let memory_fs = sys::on_memory_fs(&file);
+        let direct = match how.direct {
+            false => None,
+            true => Some(Direct {
+                align: probe_alignment(&file, block_device)?,
+                rmw: std::sync::RwLock::new(()),
+            }),
+        };
+        if how.locking != OnOffAuto::Off {
+            // As QEMU: a reader uses "consistent read" and refuses to share
+            // "write" and "resize" (the image must not change under it); a
+            // writer uses write too.
+            let perm = if read_only {
+                PERM_READ
+            } else {
+                PERM_READ | PERM_WRITE | PERM_WRITE_UNCHANGED | PERM_RESIZE
+            };
+            lock_image(&file, path, perm, PERM_WRITE | PERM_RESIZE, how.locking == OnOffAuto::On)?;
+        }
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -142,8 +264,10 @@ impl FileDriver {
             block_device,
             data_extent: Mutex::new((0, 0)),
             sparse: AtomicBool::new(sparse),
-            memory_fs,
+            // O_DIRECT bypasses the page cache: I/O waits for the device.
+            memory_fs: memory_fs && direct.is_none(),
             no_flush: how.no_flush,
+            direct,
         })
     }
 
@@ -172,7 +296,8 @@ impl FileDriver {
 }
 
 impl FileDriver {
-    fn read_sync(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    /// Reads what the file holds, zeroes past its end.
+    fn pread_zero_fill(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match self.file.read_exact_at(buf, offset) {
             // A regular file may have been shortened behind our back; what
             // is gone reads as zeroes rather than failing the client.
@@ -191,8 +316,51 @@ impl FileDriver {
         }
     }
 
+    fn read_sync(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let Some(d) = &self.direct else {
+            return self.pread_zero_fill(offset, buf);
+        };
+        let (start, end) = d.span(offset, buf.len() as u64);
+        let mut bounce = sys::AlignedBuf::new((end - start) as usize, d.align as usize)?;
+        self.pread_zero_fill(start, bounce.as_mut_slice())?;
+        let at = (offset - start) as usize;
+        buf.copy_from_slice(&bounce.as_slice()[at..at + buf.len()]);
+        Ok(())
+    }
+
     fn write_sync(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
+        let Some(d) = &self.direct else {
+            return self.file.write_all_at(data, offset);
+        };
+        let len = data.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let (start, end) = d.span(offset, len);
+        let mut bounce = sys::AlignedBuf::new((end - start) as usize, d.align as usize)?;
+        let aligned = start == offset && end == offset + len;
+        // Shared for whole blocks; exclusive while the edges are read and
+        // written back, so no other write of those blocks interleaves.
+        let _guard_shared;
+        let _guard_exclusive;
+        if aligned {
+            _guard_shared = d.rmw.read().unwrap_or_else(|p| p.into_inner());
+        } else {
+            _guard_exclusive = d.rmw.write().unwrap_or_else(|p| p.into_inner());
+            let b = bounce.as_mut_slice();
+            let a = d.align as usize;
+            if offset > start {
+                self.pread_zero_fill(start, &mut b[..a])?;
+            }
+            let tail = end - d.align;
+            if offset + len < end && (tail > start || offset == start) {
+                let t = (tail - start) as usize;
+                self.pread_zero_fill(tail, &mut b[t..t + a])?;
+            }
+        }
+        let at = (offset - start) as usize;
+        bounce.as_mut_slice()[at..at + data.len()].copy_from_slice(data);
+        self.file.write_all_at(bounce.as_slice(), start)
     }
 
     fn flush_sync(&self) -> io::Result<()> {
@@ -452,6 +620,75 @@ mod tests {
         b.read_sync(8000, &mut buf).unwrap();
         assert_eq!(buf, [1u8; 16]);
         assert!(b.write_sync(0, &[0]).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// A directory on the machine's disk (the build tree): O_DIRECT and
+    /// OFD locks need a real file system, which /tmp may not be.
+    fn disk_tmp(name: &str) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-files");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(format!("file-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn direct_io_serves_unaligned_requests() {
+        let p = disk_tmp("direct");
+        std::fs::write(&p, vec![7u8; 64 << 10]).unwrap();
+        let how = FileOpen {
+            direct: true,
+            ..FileOpen::default()
+        };
+        let b = FileDriver::open(&p, how).unwrap();
+        assert!(b.direct.as_ref().unwrap().align >= 512);
+        // Unaligned in every way: offset, length, crossing blocks.
+        b.write_sync(1000, &[1u8; 5000]).unwrap();
+        b.write_sync(8191, &[2u8; 2]).unwrap();
+        b.write_sync(0, &[3u8; 10]).unwrap();
+        let mut back = vec![0u8; 64 << 10];
+        b.read_sync(0, &mut back).unwrap();
+        let mut want = vec![7u8; 64 << 10];
+        want[1000..6000].fill(1);
+        want[8191..8193].fill(2);
+        want[..10].fill(3);
+        assert_eq!(back, want);
+        let mut piece = [0u8; 3];
+        b.read_sync(8190, &mut piece).unwrap();
+        assert_eq!(piece, [7, 2, 2]);
+        // The bytes on disk agree, read without O_DIRECT.
+        drop(b);
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn locks_are_taken_as_qemu_takes_them() {
+        let p = disk_tmp("lock");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let on = |read_only| FileOpen {
+            read_only,
+            locking: OnOffAuto::On,
+            ..FileOpen::default()
+        };
+        let writer = FileDriver::open(&p, on(false)).unwrap();
+        // A second writer, or a reader that will not share write, fails
+        // with file-posix's message.
+        let e = FileDriver::open(&p, on(false)).err().unwrap().to_string();
+        assert!(e.contains("Failed to get") && e.contains("lock"), "{e}");
+        let e = FileDriver::open(&p, on(true)).err().unwrap().to_string();
+        assert!(e.contains("Failed to get shared \"write\" lock"), "{e}");
+        // Without locking, nothing is checked.
+        let off = FileOpen {
+            locking: OnOffAuto::Off,
+            ..FileOpen::default()
+        };
+        FileDriver::open(&p, off).unwrap();
+        drop(writer);
+        // Readers share.
+        let r1 = FileDriver::open(&p, on(true)).unwrap();
+        let _r2 = FileDriver::open(&p, on(true)).unwrap();
+        assert!(FileDriver::open(&p, on(false)).is_err());
+        drop(r1);
         std::fs::remove_file(&p).unwrap();
     }
 }
