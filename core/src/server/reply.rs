@@ -454,7 +454,7 @@ impl ReplyEncoder {
                 scratch.push(e) && scratch.len() < fit as usize
             })
             .map_err(StatusError::Device)?;
-            sized(self.status_chunk(req, id, scratch.as_slice(), Some(id) == last, out));
+            sized(self.status_chunk(req, id, scratch.as_mut_slice(), Some(id) == last, out));
         }
         Ok(())
     }
@@ -471,7 +471,7 @@ impl ReplyEncoder {
         &self,
         req: &Request,
         context_id: u32,
-        extents: &[Extent],
+        extents: &mut [Extent],
         done: bool,
         out: &mut impl Sink,
     ) -> Result<(), Overflow> {
@@ -483,12 +483,12 @@ impl ReplyEncoder {
         let want = req.len().max(1);
         let max_len = self.max_extent_len();
         let limit = if req_one { 1 } else { MAX_EXTENTS_PER_CHUNK };
-        let mut merged = Merged::new(extents, want, max_len, limit);
-        let count = merged.clone().count();
-        if out.room() < self.status_chunk_len(count.max(1)) {
+        let count = merge_in_place(extents, want, max_len, limit);
+        let n = count.max(1);
+        if out.room() < self.status_chunk_len(n) {
             return Err(Overflow);
         }
-        let payload = StatusHead::size(wide) + count.max(1) * descriptor_size(wide);
+        let payload = StatusHead::size(wide) + n * descriptor_size(wide);
         self.chunk_into(
             out,
             req.into(),
@@ -502,14 +502,49 @@ impl ReplyEncoder {
         )?;
         StatusHead {
             context_id,
-            count: wide.then_some(count.max(1) as u32),
+            count: wide.then_some(n as u32),
         }
         .emit(out)?;
         if count == 0 {
             return emit_descriptor(out, Extent::new(want.min(max_len), 0), wide);
         }
-        merged.try_for_each(|e| emit_descriptor(out, e, wide))
+        extents[..count]
+            .iter()
+            .try_for_each(|e| emit_descriptor(out, *e, wide))
     }
+}
+
+/// Merges `extents` in place as descriptors will carry them: zero-length
+/// extents dropped, neighbours with equal flags joined (up to `max_len`),
+/// lengths clipped to `want` bytes in all, at most `limit` of them.
+/// Returns how many of `extents` now hold the answer.
+fn merge_in_place(extents: &mut [Extent], want: u64, max_len: u64, limit: usize) -> usize {
+    let mut n = 0usize;
+    let mut covered = 0u64;
+    for i in 0..extents.len() {
+        if covered >= want {
+            break;
+        }
+        let e = extents[i];
+        if e.length == 0 {
+            continue;
+        }
+        let len = e.length.min(want - covered);
+        covered += len;
+        if n > 0 {
+            let last = &mut extents[n - 1];
+            if last.flags == e.flags && last.length.saturating_add(len) <= max_len {
+                last.length += len;
+                continue;
+            }
+        }
+        if n == limit {
+            break;
+        }
+        extents[n] = Extent::new(len, e.flags);
+        n += 1;
+    }
+    n
 }
 
 /// Why [`ReplyEncoder::block_status`] built no reply.
@@ -547,66 +582,6 @@ impl<E> StatusError<E> {
     }
 }
 
-/// Extents merged and clipped to a request, as descriptors will carry them.
-#[derive(Clone)]
-struct Merged<'a> {
-    rest: core::slice::Iter<'a, Extent>,
-    want: u64,
-    covered: u64,
-    max_len: u64,
-    left: usize,
-    pending: Option<Extent>,
-}
-
-impl<'a> Merged<'a> {
-    fn new(extents: &'a [Extent], want: u64, max_len: u64, limit: usize) -> Self {
-        Self {
-            rest: extents.iter(),
-            want,
-            covered: 0,
-            max_len,
-            left: limit,
-            pending: None,
-        }
-    }
-}
-
-impl Iterator for Merged<'_> {
-    type Item = Extent;
-
-    fn next(&mut self) -> Option<Extent> {
-        if self.left == 0 {
-            return None;
-        }
-        loop {
-            let e = match self.rest.next() {
-                Some(e) if self.covered < self.want => *e,
-                _ => break,
-            };
-            if e.length == 0 {
-                continue;
-            }
-            let len = e.length.min(self.want - self.covered);
-            self.covered += len;
-            match &mut self.pending {
-                Some(p) if p.flags == e.flags && p.length.saturating_add(len) <= self.max_len => {
-                    p.length += len;
-                }
-                Some(p) => {
-                    let out = *p;
-                    self.pending = Some(Extent::new(len, e.flags));
-                    self.left -= 1;
-                    return Some(out);
-                }
-                None => self.pending = Some(Extent::new(len, e.flags)),
-            }
-        }
-        let out = self.pending.take()?;
-        self.left -= 1;
-        Some(out)
-    }
-}
-
 /// Frontend-owned storage for one context's extents while a block-status
 /// chunk is assembled.
 pub trait ExtentBuf {
@@ -618,6 +593,7 @@ pub trait ExtentBuf {
         self.len() == 0
     }
     fn as_slice(&self) -> &[Extent];
+    fn as_mut_slice(&mut self) -> &mut [Extent];
     /// Most extents it holds (`u32::MAX` for growable storage).
     fn capacity(&self) -> u32;
 }
@@ -633,6 +609,9 @@ impl<const N: usize> ExtentBuf for heapless::Vec<Extent, N> {
         self.as_slice().len()
     }
     fn as_slice(&self) -> &[Extent] {
+        self
+    }
+    fn as_mut_slice(&mut self) -> &mut [Extent] {
         self
     }
     fn capacity(&self) -> u32 {
@@ -653,6 +632,9 @@ impl ExtentBuf for alloc::vec::Vec<Extent> {
         alloc::vec::Vec::len(self)
     }
     fn as_slice(&self) -> &[Extent] {
+        self
+    }
+    fn as_mut_slice(&mut self) -> &mut [Extent] {
         self
     }
     fn capacity(&self) -> u32 {

@@ -198,8 +198,16 @@ impl FileDriver {
                     "aio=native was specified, but it requires cache.direct=on, which was not specified.",
                 ));
             }
-            Aio::Native => return Err(invalid("aio=native is not supported by this build; use aio=threads")),
-            Aio::IoUring => return Err(invalid("aio=io_uring is not supported by this build; use aio=threads")),
+            Aio::Native => {
+                return Err(invalid(
+                    "aio=native is not supported by this build; use aio=threads",
+                ));
+            }
+            Aio::IoUring => {
+                return Err(invalid(
+                    "aio=io_uring is not supported by this build; use aio=threads",
+                ));
+            }
         }
         let read_only = how.read_only;
         let mut opts = OpenOptions::new();
@@ -208,14 +216,12 @@ impl FileDriver {
             use std::os::unix::fs::OpenOptionsExt;
             opts.custom_flags(libc::O_DIRECT);
         }
-        let mut file = opts
-            .open(path)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("Could not open '{}': {e}", path.display()),
-                )
-            })?;
+        let mut file = opts.open(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("Could not open '{}': {e}", path.display()),
+            )
+        })?;
         let meta = file.metadata()?;
         let block_device = meta.file_type().is_block_device();
         if how.host_device && !block_device {
@@ -254,7 +260,13 @@ impl FileDriver {
             } else {
                 PERM_READ | PERM_WRITE | PERM_WRITE_UNCHANGED | PERM_RESIZE
             };
-            lock_image(&file, path, perm, PERM_WRITE | PERM_RESIZE, how.locking == OnOffAuto::On)?;
+            lock_image(
+                &file,
+                path,
+                perm,
+                PERM_WRITE | PERM_RESIZE,
+                how.locking == OnOffAuto::On,
+            )?;
         }
         Ok(Self {
             file,
