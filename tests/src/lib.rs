@@ -843,6 +843,58 @@ impl Server {
         }
     }
 
+    /// SIGKILL (a crash: nothing is flushed, no socket file is removed)
+    /// and reaps every server process.
+    pub fn kill(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Starts the server again with the same arguments on the same Unix
+    /// socket and TCP port (after [`Server::stop`] or [`Server::kill`]),
+    /// and waits until it accepts connections. Its stderr is appended to
+    /// the same log. Only blockwire (the stand-in is one process per
+    /// socket and is not restarted).
+    pub fn restart(&mut self) {
+        assert!(
+            self.children.is_empty(),
+            "restart: the server is still running"
+        );
+        assert_eq!(
+            server_kind(),
+            ServerKind::Blockwire,
+            "restart: blockwire only"
+        );
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let bin = blockwire_bin();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_paths[0])
+            .expect("open stderr log");
+        let child = Command::new(&bin)
+            .arg("serve")
+            .args(&args)
+            .arg("--listen")
+            .arg(format!("unix:{}", self.sock.display()))
+            .arg("--listen")
+            .arg(format!("tcp:127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        self.children = vec![child];
+        if let Err(e) = self.wait_ready() {
+            panic!(
+                "server did not restart: {e}\n--- server stderr ---\n{}",
+                self.stderr()
+            );
+        }
+    }
+
     /// SIGTERM, then waits (up to [`STOP_TIMEOUT`], then SIGKILL and panic)
     /// and returns the exit status of each process.
     pub fn stop(&mut self) -> Vec<ExitStatus> {
@@ -1217,4 +1269,204 @@ h.shutdown()
 "#
     );
     py_ok(&script, &[uri]);
+}
+
+// ---------------------------------------------------------------------------
+// Long-running Python clients
+// ---------------------------------------------------------------------------
+
+/// A Python child (libnbd scripts) whose stdout lines arrive on a channel
+/// and whose stdin takes commands, so that a test can step it: wait for a
+/// line that says it got somewhere, act (kill the server, start another
+/// client), then tell it to go on.
+pub struct PyChild {
+    pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl PyChild {
+    pub fn spawn(script: &str, args: &[&str]) -> PyChild {
+        use std::io::BufRead;
+        let mut child = Command::new(PYTHON)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn python");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        PyChild {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            stderr: Some(stderr),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one line to the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        let w = self.stdin.as_mut().expect("stdin closed");
+        writeln!(w, "{line}")
+            .and_then(|()| w.flush())
+            .unwrap_or_else(|e| panic!("python child: cannot send {line:?}: {e}"));
+    }
+
+    /// Waits for a line starting with `prefix` (bounded by `timeout`);
+    /// panics with the child's stderr if it ends or the time runs out.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "python child: no line {prefix:?} ({e:?})\n--- stderr ---\n{}",
+                        self.take_stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The next line if one has arrived, without waiting.
+    pub fn try_line(&mut self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
+    pub fn take_stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// Closes stdin and waits for the child to exit (bounded by
+    /// `timeout`, then SIGKILL and panic); returns its status and stderr.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return (st, self.take_stderr());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "python child did not finish within {timeout:?}:\n{}",
+                    self.take_stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`PyChild::finish`] that panics (with stderr) unless it exited 0.
+    pub fn finish_ok(self, timeout: Duration) -> String {
+        let (st, err) = self.finish(timeout);
+        assert!(
+            st.success(),
+            "python child exited with {st}\n--- stderr ---\n{err}"
+        );
+        err
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What a process holds
+// ---------------------------------------------------------------------------
+
+/// Open file descriptors of `pid` (entries of /proc/PID/fd).
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Resident set size of `pid` in bytes (VmRSS of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * KIB)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Waits (polling, bounded by `timeout`) until `cond` holds; false if it
+/// never did. For conditions that must become true, never for timing.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when running as root (mounts, loop devices).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root is needed for `what`: under CI a failure, otherwise a loud skip
+/// (false).
+pub fn need_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if in_ci() {
+        panic!("{what} needs root; with CI=true that is a failure, not a skip");
+    }
+    eprintln!("\n**********\n*** SKIPPED: {what} needs root\n**********\n");
+    false
 }

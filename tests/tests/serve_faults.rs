@@ -2,108 +2,10 @@
 //! backend errors (`--blkdebug`), and SIGTERM under load.
 
 use blockwire_tests::*;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
-
-/// A Python child whose stdout lines arrive on a channel.
-struct PyChild {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: thread::JoinHandle<String>,
-}
-
-impl PyChild {
-    fn spawn(script: &str, args: &[&str]) -> PyChild {
-        let mut child = Command::new(PYTHON)
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn python");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        PyChild {
-            child,
-            lines: rx,
-            stderr,
-        }
-    }
-
-    /// Waits for a line starting with `prefix` (bounded by `timeout`).
-    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!(
-                        "python child: no line {prefix:?} ({e:?})\n--- stderr ---\n{}",
-                        self.take_stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    fn take_stderr(&mut self) -> String {
-        std::mem::replace(&mut self.stderr, thread::spawn(String::new))
-            .join()
-            .unwrap_or_default()
-    }
-
-    fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return (st, self.take_stderr());
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "python child did not finish within {timeout:?}:\n{}",
-                    self.take_stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for PyChild {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A real client still works: nbdinfo, and a write/read through libnbd.
 fn assert_serves(srv: &mut Server, context: &str) {
