@@ -208,8 +208,7 @@ fn qemu_img_convert_survives_a_server_crash_mid_copy() {
     write_patterned(&src, SIZE);
     // The throttle makes the copy take seconds (32 MiB at 8 MiB/s), so
     // that the crash falls in the middle of it.
-    let Some(mut srv) = Server::start(&[src.to_str().unwrap(), "--throttle", "bps-read=8M"])
-    else {
+    let Some(mut srv) = Server::start(&[src.to_str().unwrap(), "--throttle", "bps-read=8M"]) else {
         return;
     };
     let opts = format!(
@@ -253,5 +252,9 @@ fn qemu_img_convert_survives_a_server_crash_mid_copy() {
         "qemu-img convert failed across the restart: {st}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(sha256(&src), sha256(&dst), "the copy differs from the source");
+    assert_eq!(
+        sha256(&src),
+        sha256(&dst),
+        "the copy differs from the source"
+    );
 }

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -200,14 +201,24 @@ impl Tracker {
     }
 }
 
-/// Accepts until shutdown, serving each client in its own task.
+/// Accepts on every listener until shutdown, serving each client in its
+/// own task; returns the listeners for cleanup.
+///
+/// One loop for all listeners, so that the connection limit is one
+/// decision: a free slot is taken first, then the next client on whichever
+/// listener has one is accepted. (With a loop per listener, the loop
+/// holding the last slot waited on its own socket while clients of the
+/// others waited in their backlogs, even on an idle server.) When full, no
+/// listener accepts and new clients wait in the kernel's backlog, as with
+/// qemu-nbd's `--shared`, which stops watching all its sockets.
 pub async fn accept_loop(
-    listener: Listener,
+    listeners: Vec<Listener>,
     ctx: Arc<ConnContext>,
     limit: Option<Arc<Semaphore>>,
     tracker: Tracker,
-) -> Listener {
+) -> Vec<Listener> {
     let mut shutdown = ctx.shutdown.clone();
+    let mut next = 0;
     loop {
         // With a limit, a full server stops accepting: new clients wait in
         // the kernel's backlog instead of being taken and dropped.
@@ -219,7 +230,7 @@ pub async fn accept_loop(
             None => None,
         };
         let accepted = tokio::select! {
-            r = accept(&listener) => r,
+            r = accept_any(&listeners, &mut next) => r,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         match accepted {
@@ -242,38 +253,62 @@ pub async fn accept_loop(
             }
         }
     }
-    listener
+    listeners
+}
+
+/// The next client of any listener. The listener polled first moves on by
+/// one each time, so that a busy one cannot starve the others.
+async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Accepted> {
+    let n = listeners.len();
+    if n == 0 {
+        return std::future::pending().await;
+    }
+    let start = *next % n;
+    *next = start + 1;
+    let accepted = std::future::poll_fn(|cx| {
+        for i in 0..n {
+            let l = &listeners[(start + i) % n];
+            if let Poll::Ready(r) = l.poll_accept(cx) {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await?;
+    if let Accepted::Tcp(s, _) = &accepted {
+        // Replies are written whole; Nagle would only delay them.
+        if let Err(e) = s.set_nodelay(true) {
+            debug!("TCP_NODELAY: {e}");
+        }
+        // Reap connections whose peer vanished without a FIN: about two
+        // minutes of silence plus a minute of unanswered probes.
+        if let Err(e) = crate::sys::tcp_keepalive(s.as_raw_fd(), 120, 10, 6) {
+            debug!("TCP keepalive: {e}");
+        }
+    }
+    Ok(accepted)
+}
+
+impl Listener {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
+        match self {
+            Listener::Tcp(l) => l
+                .poll_accept(cx)
+                .map_ok(|(s, peer)| Accepted::Tcp(s, peer.to_string())),
+            Listener::Unix(l, _) => l.poll_accept(cx).map_ok(|(s, _)| {
+                let peer = match s.peer_cred() {
+                    Ok(c) => format!("unix pid {}", c.pid().unwrap_or(-1)),
+                    Err(_) => "unix".into(),
+                };
+                Accepted::Unix(s, peer)
+            }),
+        }
+    }
 }
 
 enum Accepted {
     Tcp(tokio::net::TcpStream, String),
     Unix(tokio::net::UnixStream, String),
-}
-
-async fn accept(l: &Listener) -> io::Result<Accepted> {
-    match l {
-        Listener::Tcp(l) => {
-            let (s, peer) = l.accept().await?;
-            // Replies are written whole; Nagle would only delay them.
-            if let Err(e) = s.set_nodelay(true) {
-                debug!("TCP_NODELAY: {e}");
-            }
-            // Reap connections whose peer vanished without a FIN: about
-            // two minutes of silence plus a minute of unanswered probes.
-            if let Err(e) = crate::sys::tcp_keepalive(s.as_raw_fd(), 120, 10, 6) {
-                debug!("TCP keepalive: {e}");
-            }
-            Ok(Accepted::Tcp(s, peer.to_string()))
-        }
-        Listener::Unix(l, _) => {
-            let (s, _) = l.accept().await?;
-            let peer = match s.peer_cred() {
-                Ok(c) => format!("unix pid {}", c.pid().unwrap_or(-1)),
-                Err(_) => "unix".into(),
-            };
-            Ok(Accepted::Unix(s, peer))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -324,22 +324,17 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
     });
     let limit = (args.max_connections > 0).then(|| Arc::new(Semaphore::new(args.max_connections)));
     let tracker = Tracker::default();
-    let loops: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            tokio::spawn(listen::accept_loop(
-                l,
-                ctx.clone(),
-                limit.clone(),
-                tracker.clone(),
-            ))
-        })
-        .collect();
+    let accepting = tokio::spawn(listen::accept_loop(
+        listeners,
+        ctx.clone(),
+        limit,
+        tracker.clone(),
+    ));
 
     let mut stop = stop_rx;
     let _ = stop.wait_for(|s| *s).await;
-    for l in loops {
-        if let Ok(l) = l.await {
+    if let Ok(listeners) = accepting.await {
+        for l in listeners {
             l.cleanup();
         }
     }
