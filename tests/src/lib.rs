@@ -1470,3 +1470,20 @@ pub fn need_root(what: &str) -> bool {
     eprintln!("\n**********\n*** SKIPPED: {what} needs root\n**********\n");
     false
 }
+
+/// The descriptor count of an idle `pid` once it has stopped changing
+/// (the same for a second), e.g. after the connections that probed a new
+/// server are closed on its side. Call only while no client is connected
+/// or connecting.
+pub fn idle_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = fd_count(pid);
+    let mut same = 0;
+    while same < 20 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        let n = fd_count(pid);
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+    }
+    last
+}

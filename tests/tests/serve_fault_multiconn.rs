@@ -117,7 +117,8 @@ fn flush_on_one_connection_covers_writes_completed_on_others_and_survives_a_cras
     };
     let [(_, u), (_, t)] = srv.uris();
     let mut c = PyChild::spawn(CLIENTS, &[&u, &t, &u, &t]);
-    let on_device = |rnd: u64, blk: u64| read_at(&backing, blk * BS, BS as usize) == block(rnd, blk);
+    let on_device =
+        |rnd: u64, blk: u64| read_at(&backing, blk * BS, BS as usize) == block(rnd, blk);
     let blocks = || (0..3u64).flat_map(|w| (0..PER_WRITER).map(move |k| w * 64 + k));
     for rnd in 1..=3 {
         c.wait_line(&format!("FLUSHED {rnd}"), Duration::from_secs(120));
