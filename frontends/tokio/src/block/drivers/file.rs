@@ -76,6 +76,11 @@ pub struct FileDriver {
     no_flush: bool,
     /// `cache.direct=on`: the file is open with `O_DIRECT`.
     direct: Option<Direct>,
+    /// A flush failed: Linux may have dropped the dirty pages it could
+    /// not write, so a later fdatasync that succeeds proves nothing about
+    /// them. Every flush fails from then on, as QEMU's file-posix does
+    /// (`page_cache_inconsistent`), rather than acknowledge lost writes.
+    flush_failed: AtomicBool,
 }
 
 /// `O_DIRECT` I/O needs offsets, lengths and buffers aligned to the
@@ -280,6 +285,7 @@ impl FileDriver {
             memory_fs: memory_fs && direct.is_none(),
             no_flush: how.no_flush,
             direct,
+            flush_failed: AtomicBool::new(false),
         })
     }
 
@@ -379,7 +385,17 @@ impl FileDriver {
         if self.read_only || self.no_flush {
             return Ok(());
         }
-        self.file.sync_data()
+        if self.flush_failed.load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let r = self.file.sync_data();
+        if let Err(e) = &r {
+            // Only errors about the data, not about the call.
+            if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EINVAL)) {
+                self.flush_failed.store(true, Ordering::Relaxed);
+            }
+        }
+        r
     }
 
     fn discard_sync(&self, offset: u64, len: u64) -> io::Result<()> {
