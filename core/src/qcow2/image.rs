@@ -41,7 +41,7 @@ impl Default for Config {
             l2_slots: 16,
             refblock_slots: 4,
             max_l1_bytes: MAX_L1_BYTES,
-            max_reftable_bytes: 1 << 20,
+            max_reftable_bytes: 4 << 20,
         }
     }
 }
