@@ -555,6 +555,7 @@ pub struct Check {
     pub corruptions: u64,
     pub leaks: u64,
     pub check_errors: u64,
+    pub status: i32,
     pub raw: String,
 }
 
@@ -587,6 +588,7 @@ pub fn qemu_check(img: &Path) -> Check {
         corruptions: field("corruptions"),
         leaks: field("leaks"),
         check_errors: field("check-errors"),
+        status: out.status.code().unwrap_or(-1),
         raw: format!("{s}{}", String::from_utf8_lossy(&out.stderr)),
     }
 }
@@ -594,7 +596,7 @@ pub fn qemu_check(img: &Path) -> Check {
 pub fn assert_clean(img: &Path) {
     let c = qemu_check(img);
     assert!(
-        c.corruptions == 0 && c.leaks == 0 && c.check_errors == 0,
+        c.corruptions == 0 && c.leaks == 0 && c.check_errors == 0 && c.status == 0,
         "qemu-img check {}: {}",
         img.display(),
         c.raw
