@@ -829,6 +829,24 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         Ok(())
     }
 
+    /// Host data must lie inside the file: an entry pointing past its end
+    /// is corruption (a truncated or hostile image), refused rather than
+    /// read as zeroes or written sparse far past the end.
+    pub(crate) fn check_data(&self, host: u64, len: u64) -> Result<(), Qcow2Error> {
+        match host.checked_add(len) {
+            Some(end)
+                if end <= self.file_end.max(self.lay.cluster_size())
+                    && end <= MAX_HOST_OFFSET + 1 =>
+            {
+                Ok(())
+            }
+            _ => Err(Qcow2Error::BeyondEnd {
+                what: Meta::Data,
+                offset: host,
+            }),
+        }
+    }
+
     fn install_cluster(&mut self, l2: bool, load: Load, bytes: &[u8]) -> Result<(), Qcow2Error> {
         let c = self.lay.cluster_size();
         if load.len != c || self.lay.in_cluster(load.offset) != 0 {

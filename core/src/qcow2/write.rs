@@ -441,6 +441,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             let ClusterMap::Standard { host, .. } = m0 else {
                 return Err(Stop::Err(Qcow2Error::Protocol));
             };
+            self.check_data(host, n * c)?;
             self.overlap_check(host, host + n * c)?;
             if !self.l2c.pin(self.words.as_mut(), slot) {
                 return Err(Stop::Need(Need::Flush));
@@ -1017,7 +1018,12 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             });
             any = true;
         }
-        if any {
+        let l2_dirty = self.l2c.dirty_count(w) > 0;
+        // Barrier before the L2 tables: refcounts first (an L2 entry never
+        // points at a cluster whose refcount is 0 on disk), and the data of
+        // in-place writes that flip subcluster or zero bits first (an entry
+        // never exposes data that is not there).
+        if any || l2_dirty {
             sink(Step::Flush);
         }
         for &(host, length) in &discards[..nd] {

@@ -180,10 +180,12 @@ pub fn default_cfg(read_only: bool) -> Config {
 /// Reads cluster 0 and parses it.
 pub fn parse_area(store: &Store) -> Result<HeaderArea, Qcow2Error> {
     let mut first = vec![0u8; 4096];
-    store.read_at(0, &mut first);
+    let n = store.read_at(0, &mut first);
+    first.truncate(n);
     let need = HeaderArea::needed_len(&first, store.len())?;
     let mut buf = vec![0u8; need as usize];
-    store.read_at(0, &mut buf);
+    let n = store.read_at(0, &mut buf);
+    buf.truncate(n);
     HeaderArea::parse(&buf)
 }
 
