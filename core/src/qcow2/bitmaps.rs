@@ -118,7 +118,12 @@ impl<'a> Directory<'a> {
     /// Checks every entry of `bytes` (the directory as the extension
     /// describes it: `nb_bitmaps` entries, `directory_size` bytes) against
     /// QEMU's rules for an image of `size` bytes with `cluster_bits`.
-    pub fn parse(bytes: &'a [u8], nb_bitmaps: u32, size: u64, cluster_bits: u32) -> Result<Self, Qcow2Error> {
+    pub fn parse(
+        bytes: &'a [u8],
+        nb_bitmaps: u32,
+        size: u64,
+        cluster_bits: u32,
+    ) -> Result<Self, Qcow2Error> {
         let d = Directory {
             bytes,
             count: nb_bitmaps,
@@ -143,7 +148,13 @@ impl<'a> Directory<'a> {
         Ok(d)
     }
 
-    fn entry_at(&self, at: usize, index: u32, size: u64, cluster_bits: u32) -> Result<DirEntry<'a>, Qcow2Error> {
+    fn entry_at(
+        &self,
+        at: usize,
+        index: u32,
+        size: u64,
+        cluster_bits: u32,
+    ) -> Result<DirEntry<'a>, Qcow2Error> {
         let bad = Qcow2Error::BadBitmap { index };
         let b = self.bytes.get(at..).ok_or(bad)?;
         let table_offset = be64(b, 0).ok_or(bad)?;
@@ -304,7 +315,9 @@ pub fn for_each_dirty(
         match entry {
             TableEntry::Zeroes => false,
             TableEntry::Ones => true,
-            TableEntry::At(_) => data.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 != 0),
+            TableEntry::At(_) => data
+                .get((i / 8) as usize)
+                .is_some_and(|b| b >> (i % 8) & 1 != 0),
         }
     };
     let mut i = 0;

@@ -19,5 +19,5 @@ pub use compress::Inflater;
 pub use error::{Meta, Qcow2Error};
 pub use header::{Header, HeaderArea};
 pub use image::{Config, Load, MapResult, Mapping, Need, Qcow2, Run};
-pub use write::{MetaSrc, Plan, Planned, Source, Step, Ticket};
 pub use write::Alloc;
+pub use write::{MetaSrc, Plan, Planned, Source, Step, Ticket};

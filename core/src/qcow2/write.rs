@@ -1473,7 +1473,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
     /// Points the header's bitmaps extension at a new directory (or removes
     /// it) and sets the bitmaps autoclear bit accordingly. Cluster 0 is
     /// rewritten by the next flush plan, after a barrier.
-    pub fn set_bitmaps_extension(&mut self, ext: Option<super::header::BitmapsExt>) -> Result<(), Qcow2Error> {
+    pub fn set_bitmaps_extension(
+        &mut self,
+        ext: Option<super::header::BitmapsExt>,
+    ) -> Result<(), Qcow2Error> {
         self.writable()?;
         if self.area.header.version < 3 {
             return Err(Qcow2Error::UnsupportedVersion(2));

@@ -628,3 +628,184 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut r = Rng(seed | 1);
     (0..len).map(|_| r.next() as u8).collect()
 }
+
+// ---- persistent bitmaps ----
+
+use blockwire_core::qcow2::bitmaps::{self, DirtySource, TableEntry};
+
+/// Dirty runs as a [`DirtySource`].
+pub struct Runs(pub Vec<(u64, u64)>);
+
+impl DirtySource for Runs {
+    fn for_each_dirty(&self, offset: u64, end: u64, f: &mut dyn FnMut(u64, u64)) {
+        for &(o, l) in &self.0 {
+            let s = o.max(offset);
+            let e = (o + l).min(end);
+            if s < e {
+                f(s, e - s);
+            }
+        }
+    }
+}
+
+/// A bitmap as loaded: name, flags, granularity, dirty runs (merged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub name: String,
+    pub flags: u32,
+    pub granularity_bits: u8,
+    pub dirty: Vec<(u64, u64)>,
+}
+
+impl Image {
+    fn directory_bytes(&mut self) -> Option<(Vec<u8>, u32, u64)> {
+        let ext = self.q.header_area().bitmaps?;
+        let mut dir = vec![0u8; ext.directory_size as usize];
+        self.store.read_at(ext.directory_offset, &mut dir);
+        Some((dir, ext.nb_bitmaps, ext.directory_offset))
+    }
+
+    /// Every bitmap in the image, with its dirty runs.
+    pub fn load_bitmaps(&mut self) -> Result<Vec<Loaded>, Qcow2Error> {
+        let Some((dir, nb, _)) = self.directory_bytes() else {
+            return Ok(Vec::new());
+        };
+        let size = self.q.size();
+        let cb = self.q.layout().cluster_bits;
+        let c = 1usize << cb;
+        let d = bitmaps::Directory::parse(&dir, nb, size, cb)?;
+        let mut out = Vec::new();
+        for e in d.entries(size, cb) {
+            let mut table = vec![0u8; e.table_size as usize * 8];
+            self.store.read_at(e.table_offset, &mut table);
+            let mut dirty: Vec<(u64, u64)> = Vec::new();
+            for (i, t) in table.chunks_exact(8).enumerate() {
+                let te =
+                    bitmaps::decode_table_entry(u64::from_be_bytes(t.try_into().unwrap()), cb)?;
+                let mut data = vec![0u8; c];
+                if let TableEntry::At(off) = te {
+                    self.store.read_at(off, &mut data);
+                }
+                bitmaps::for_each_dirty(
+                    te,
+                    &data,
+                    i as u64,
+                    cb,
+                    e.granularity_bits,
+                    size,
+                    &mut |o, l| match dirty.last_mut() {
+                        Some(last) if last.0 + last.1 == o => last.1 += l,
+                        _ => dirty.push((o, l)),
+                    },
+                );
+            }
+            out.push(Loaded {
+                name: String::from_utf8_lossy(e.name).to_string(),
+                flags: e.flags,
+                granularity_bits: e.granularity_bits,
+                dirty,
+            });
+        }
+        Ok(out)
+    }
+
+    fn alloc(&mut self, n: u64) -> Result<u64, Qcow2Error> {
+        loop {
+            let mut steps = Vec::new();
+            match self.q.alloc_clusters(n, &mut |s| steps.push(s))? {
+                Alloc::At(h) => return Ok(h),
+                Alloc::Need(nd) => self.need(nd)?,
+                Alloc::Planned(p) => {
+                    self.run_steps(&steps, &[])?;
+                    self.q.commit(p.ticket)?;
+                }
+            }
+        }
+    }
+
+    fn free(&mut self, host: u64, len: u64) -> Result<(), Qcow2Error> {
+        while let Some(nd) = self.q.free_clusters(host, len)? {
+            self.need(nd)?;
+        }
+        Ok(())
+    }
+
+    /// Stores (adds or replaces) bitmap `name`, keeping the others, in
+    /// QEMU's order: data, table, directory; flush; header; flush; free.
+    pub fn store_bitmap(
+        &mut self,
+        name: &str,
+        granularity_bits: u8,
+        flags: u32,
+        dirty: &Runs,
+    ) -> Result<(), Qcow2Error> {
+        let size = self.q.size();
+        let cb = self.q.layout().cluster_bits;
+        let c = 1u64 << cb;
+        let n = bitmaps::table_entries(size, granularity_bits, cb);
+        let mut table = vec![0u8; (n * 8) as usize];
+        let mut buf = vec![0u8; c as usize];
+        let mut to_free: Vec<(u64, u64)> = Vec::new();
+        for i in 0..n {
+            if bitmaps::encode_cluster(dirty, i, cb, granularity_bits, size, &mut buf) {
+                let h = self.alloc(1)?;
+                self.store.write_at(h, &buf);
+                table[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&h.to_be_bytes());
+            }
+        }
+        let tclusters = (n * 8).div_ceil(c).max(1);
+        let th = self.alloc(tclusters)?;
+        self.store.write_at(th, &table);
+        // New directory: the other entries verbatim, then this one.
+        let mut newdir = Vec::new();
+        let mut count = 0u32;
+        if let Some((dir, nb, doff)) = self.directory_bytes() {
+            let d = bitmaps::Directory::parse(&dir, nb, size, cb)?;
+            for e in d.entries(size, cb) {
+                if e.name == name.as_bytes() {
+                    let mut t = vec![0u8; e.table_size as usize * 8];
+                    self.store.read_at(e.table_offset, &mut t);
+                    for x in t.chunks_exact(8) {
+                        if let TableEntry::At(o) = bitmaps::decode_table_entry(
+                            u64::from_be_bytes(x.try_into().unwrap()),
+                            cb,
+                        )? {
+                            to_free.push((o, c));
+                        }
+                    }
+                    to_free.push((e.table_offset, (e.table_size as u64 * 8).max(1)));
+                    continue;
+                }
+                newdir.extend_from_slice(e.raw);
+                count += 1;
+            }
+            to_free.push((doff, dir.len() as u64));
+        }
+        let mut ent = vec![0u8; bitmaps::entry_len(name.len(), 0)];
+        bitmaps::emit_entry(
+            &mut ent,
+            th,
+            n as u32,
+            flags,
+            granularity_bits,
+            name.as_bytes(),
+        )?;
+        newdir.extend_from_slice(&ent);
+        count += 1;
+        let dh = self.alloc((newdir.len() as u64).div_ceil(c))?;
+        self.store.write_at(dh, &newdir);
+        self.flush()?;
+        self.q
+            .set_bitmaps_extension(Some(blockwire_core::qcow2::header::BitmapsExt {
+                nb_bitmaps: count,
+                directory_size: newdir.len() as u64,
+                directory_offset: dh,
+            }))?;
+        self.flush()?;
+        for (h, l) in to_free {
+            self.free(h, l)?;
+        }
+        self.flush()?;
+        Ok(())
+    }
+}
