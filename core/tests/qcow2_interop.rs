@@ -520,3 +520,77 @@ mod qcow2_writes {
         }
     }
 }
+
+mod qcow2_created {
+    use super::qcow2_support::*;
+    use blockwire_core::qcow2::create::Options;
+
+    #[test]
+    fn images_formatted_by_the_core_are_clean_for_qemu() {
+        if !have_qemu() {
+            return;
+        }
+        let d = tmpdir("created");
+        std::fs::write(d.join("base.raw"), pattern(1, 4 << 20)).unwrap();
+        for (i, o) in [
+            Options {
+                size: 64 << 20,
+                ..Options::default()
+            },
+            Options {
+                size: 10 << 20,
+                version: 2,
+                ..Options::default()
+            },
+            Options {
+                size: 3 << 20,
+                cluster_bits: 9,
+                refcount_order: 6,
+                ..Options::default()
+            },
+            Options {
+                size: 100 << 20,
+                cluster_bits: 21,
+                ..Options::default()
+            },
+            Options {
+                size: 5 << 20,
+                cluster_bits: 14,
+                extended_l2: true,
+                refcount_order: 0,
+                ..Options::default()
+            },
+            Options {
+                size: 4 << 20,
+                backing_file: b"base.raw",
+                backing_format: b"raw",
+                ..Options::default()
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = d.join(format!("c{i}.qcow2"));
+            std::fs::write(&p, create_bytes(o)).unwrap();
+            assert_clean(&p);
+            let info = run("qemu-img", &["info", "--output=json", p.to_str().unwrap()]);
+            assert!(
+                info.contains(&format!("\"virtual-size\": {}", o.size)),
+                "{info}"
+            );
+            // QEMU writes into it, the core reads it back; the core writes,
+            // QEMU reads it back.
+            qemu_io(&p, &["write -P 0x5a 1000 70000"]);
+            let mut im = Image::open(&p, &default_cfg(false)).unwrap();
+            let mut b = vec![0u8; 70000];
+            im.read(1000, &mut b).unwrap();
+            assert!(b.iter().all(|&x| x == 0x5a));
+            im.write(o.size - 3000, &[0x77; 3000]).unwrap();
+            im.flush().unwrap();
+            drop(im);
+            assert_clean(&p);
+            let raw = qemu_raw(&p);
+            assert!(raw[o.size as usize - 3000..].iter().all(|&x| x == 0x77));
+        }
+    }
+}

@@ -136,13 +136,6 @@ impl CacheGeom {
         }
     }
 
-    /// Re-tags slot `i` to a new cluster offset, keeping its flags (used
-    /// when an L2 table is copied on write to a new cluster).
-    pub(crate) fn retag(&self, w: &mut [u64], i: usize, offset: u64) {
-        let t = self.tag(w, i);
-        self.set_tag(w, i, offset | (t & FLAGS));
-    }
-
     /// Number of dirty slots.
     pub(crate) fn dirty_count(&self, w: &[u64]) -> usize {
         (0..self.slots)

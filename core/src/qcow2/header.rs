@@ -546,6 +546,17 @@ impl HeaderArea {
     /// backing_file_offset/size` are recomputed. Returns the bytes used;
     /// the rest of `out` (up to the cluster size) should be zero.
     pub fn emit(&mut self, out: &mut [u8]) -> Result<usize, Qcow2Error> {
+        // The feature name table is optional: leave it out when cluster 0
+        // (512-byte clusters) has no room for it.
+        match self.emit_with(out, true) {
+            Err(Qcow2Error::HeaderOverflow) if self.header.version >= 3 => {
+                self.emit_with(out, false)
+            }
+            r => r,
+        }
+    }
+
+    fn emit_with(&mut self, out: &mut [u8], feature_table: bool) -> Result<usize, Qcow2Error> {
         if self.unknown_overflow {
             return Err(Qcow2Error::HeaderOverflow);
         }
@@ -571,7 +582,7 @@ impl HeaderArea {
         if !self.backing_format.is_empty() {
             put_ext(&mut at, ext::BACKING_FORMAT, self.backing_format.as_bytes())?;
         }
-        if self.header.version >= 3 {
+        if self.header.version >= 3 && feature_table {
             let mut table = [0u8; 48 * FEATURE_NAMES.len()];
             for (i, (kind, bit, name)) in FEATURE_NAMES.iter().enumerate() {
                 let e = &mut table[i * 48..(i + 1) * 48];

@@ -8,6 +8,7 @@
 pub mod bitmaps;
 mod cache;
 pub mod compress;
+pub mod create;
 pub mod error;
 pub mod header;
 mod image;

@@ -225,3 +225,87 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         self.frees.len() - self.frees_n - self.frees_reserved
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::create::{Create, Options};
+    use super::super::header::HeaderArea;
+    use super::super::image::{Config, Qcow2};
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn image(order: u32) -> Qcow2<Vec<u64>> {
+        let c = Create::new(&Options {
+            size: 1 << 20,
+            refcount_order: order,
+            ..Options::default()
+        })
+        .unwrap();
+        let cs = c.cluster_size() as usize;
+        let mut b = vec![0u8; c.clusters() as usize * cs];
+        for i in 0..c.clusters() {
+            c.cluster(i, &mut b[i as usize * cs..][..cs]).unwrap();
+        }
+        let area = HeaderArea::parse(&b).unwrap();
+        let cfg = Config::default();
+        let words = Qcow2::words_needed(&area, &cfg).unwrap();
+        let mut q = Qcow2::open(area, b.len() as u64, &cfg, vec![0u64; words]).unwrap();
+        while let Some(l) = q.open_need() {
+            let s = l.offset as usize;
+            q.install(l, &b[s..s + l.len as usize]).unwrap();
+        }
+        // Load the one refcount block.
+        match q.refcount(0) {
+            Err(Stop::Need(Need::Load(l))) => {
+                let s = l.offset as usize;
+                q.install(l, &b[s..s + l.len as usize]).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        q
+    }
+
+    #[test]
+    fn refcount_overflow_is_refused_at_every_width() {
+        for order in 0..=5u32 {
+            let mut q = image(order);
+            let max = q.lay.refcount_max();
+            assert_eq!(q.refcount(0), Ok(1));
+            // Raise cluster 0 to the maximum, then one more must fail.
+            for _ in 1..max.min(70_000) {
+                q.refcount_add(0, 1).unwrap();
+            }
+            if max <= 70_000 {
+                assert_eq!(
+                    q.refcount_add(0, 1),
+                    Err(Stop::Err(Qcow2Error::RefcountOverflow { offset: 0 }))
+                );
+                assert_eq!(q.refcount(0), Ok(max));
+            }
+        }
+        // 64-bit refcounts: set the maximum directly.
+        let mut q = image(6);
+        let slot = q.refblock_slot(0).unwrap().unwrap();
+        let r = q.rbc.range(slot);
+        let lay = q.lay;
+        lay.refcount_set(&mut q.words[r], 0, u64::MAX);
+        assert_eq!(
+            q.refcount_add(0, 1),
+            Err(Stop::Err(Qcow2Error::RefcountOverflow { offset: 0 }))
+        );
+    }
+
+    #[test]
+    fn refcount_underflow_is_refused() {
+        let mut q = image(4);
+        // Cluster 100 is free: dropping a reference is a double free.
+        assert_eq!(q.refcount(100), Ok(0));
+        assert_eq!(
+            q.refcount_add(100, -1),
+            Err(Stop::Err(Qcow2Error::RefcountUnderflow {
+                offset: 100 << 16
+            }))
+        );
+    }
+}
