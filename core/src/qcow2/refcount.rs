@@ -52,6 +52,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
     }
 
     /// Refcount of host cluster index `k`.
+    #[cfg(test)]
     pub(crate) fn refcount(&mut self, k: u64) -> Result<u64, Stop> {
         match self.refblock_slot(k) {
             Err(Stop::Grow) => Ok(0),
