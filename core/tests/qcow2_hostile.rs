@@ -594,3 +594,104 @@ mod qcow2_hostile {
         }
     }
 }
+
+mod qcow2_chain {
+    use super::qcow2_support::*;
+    use blockwire_core::qcow2::chain::{ChainError, ChainGuard};
+
+    #[test]
+    fn backing_chains_that_loop_or_are_too_deep_are_refused() {
+        if !have_qemu() {
+            return;
+        }
+        let d = tmpdir("chainloop");
+        let a = d.join("a.qcow2");
+        let b = d.join("b.qcow2");
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "1M"],
+        );
+        run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "a.qcow2",
+                "-F",
+                "qcow2",
+                b.to_str().unwrap(),
+            ],
+        );
+        // Make a's backing file b: a loop (only an unsafe rebase can).
+        run(
+            "qemu-img",
+            &[
+                "rebase",
+                "-u",
+                "-f",
+                "qcow2",
+                "-b",
+                "b.qcow2",
+                "-F",
+                "qcow2",
+                a.to_str().unwrap(),
+            ],
+        );
+        let mut ids = vec![0u128; 64];
+        let mut g = ChainGuard::new(&mut ids);
+        let r = Image::open_chain(Store::file(&b, false), &d, &default_cfg(true), &mut g);
+        let Err(ChainOpenError::Chain(e)) = r else {
+            panic!("loop not refused")
+        };
+        assert_eq!(e, ChainError::Loop { depth: 2, first: 0 });
+        assert!(e.to_string().contains("loops"));
+        // A chain of 5 under a guard of 4.
+        let mut prev = "base.raw".to_string();
+        std::fs::write(d.join(&prev), vec![0u8; 1 << 20]).unwrap();
+        for i in 0..4 {
+            let name = format!("l{i}.qcow2");
+            let fmt = if i == 0 { "raw" } else { "qcow2" };
+            run(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    &prev,
+                    "-F",
+                    fmt,
+                    d.join(&name).to_str().unwrap(),
+                ],
+            );
+            prev = name;
+        }
+        let mut ids = vec![0u128; 4];
+        let mut g = ChainGuard::new(&mut ids);
+        let r = Image::open_chain(
+            Store::file(&d.join(&prev), false),
+            &d,
+            &default_cfg(true),
+            &mut g,
+        );
+        assert!(matches!(
+            r,
+            Err(ChainOpenError::Chain(ChainError::TooDeep { limit: 4 }))
+        ));
+        let mut ids = vec![0u128; 5];
+        let mut g = ChainGuard::new(&mut ids);
+        assert!(
+            Image::open_chain(
+                Store::file(&d.join(&prev), false),
+                &d,
+                &default_cfg(true),
+                &mut g
+            )
+            .is_ok()
+        );
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod bitmaps;
 mod cache;
+pub mod chain;
 pub mod compress;
 pub mod create;
 pub mod error;

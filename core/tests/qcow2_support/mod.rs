@@ -161,6 +161,19 @@ impl Layer {
     }
 }
 
+/// Why opening a chain failed.
+#[derive(Debug)]
+pub enum ChainOpenError {
+    Image(Qcow2Error),
+    Chain(blockwire_core::qcow2::chain::ChainError),
+}
+
+impl From<Qcow2Error> for ChainOpenError {
+    fn from(e: Qcow2Error) -> Self {
+        ChainOpenError::Image(e)
+    }
+}
+
 /// An open image with its backing chain.
 pub struct Image {
     pub q: Qcow2<Vec<u64>>,
@@ -191,6 +204,30 @@ pub fn parse_area(store: &Store) -> Result<HeaderArea, Qcow2Error> {
 
 impl Image {
     pub fn open_store(store: Store, dir: &Path, cfg: &Config) -> Result<Image, Qcow2Error> {
+        let mut ids = vec![0u128; blockwire_core::qcow2::chain::DEFAULT_MAX_DEPTH];
+        let mut guard = blockwire_core::qcow2::chain::ChainGuard::new(&mut ids);
+        Image::open_chain(store, dir, cfg, &mut guard).map_err(|e| match e {
+            ChainOpenError::Image(e) => e,
+            ChainOpenError::Chain(c) => panic!("{c}"),
+        })
+    }
+
+    /// Opens an image and its backing chain under `guard`.
+    pub fn open_chain(
+        store: Store,
+        dir: &Path,
+        cfg: &Config,
+        guard: &mut blockwire_core::qcow2::chain::ChainGuard<'_>,
+    ) -> Result<Image, ChainOpenError> {
+        use std::os::unix::fs::MetadataExt;
+        let id = match &store.file {
+            Some(f) => {
+                let m = f.metadata().unwrap();
+                ((m.dev() as u128) << 64) | m.ino() as u128
+            }
+            None => u128::MAX - guard.depth() as u128,
+        };
+        guard.enter(id).map_err(ChainOpenError::Chain)?;
         let area = parse_area(&store)?;
         let words = Qcow2::words_needed(&area, cfg)?;
         let mut q = Qcow2::open(area, store.len(), cfg, vec![0u64; words])?;
@@ -200,6 +237,7 @@ impl Image {
             buf.truncate(n);
             q.install(load, &buf)?;
         }
+        let q = q;
         let backing = match q.backing_name() {
             None => None,
             Some(name) => {
@@ -215,12 +253,20 @@ impl Image {
                 let fmt = String::from_utf8_lossy(q.backing_format()).to_string();
                 if fmt == "qcow2" || (fmt.is_empty() && &magic == b"QFI\xfb") {
                     let bdir = path.parent().unwrap().to_path_buf();
-                    Some(Layer::Qcow2(Box::new(Image::open_store(
+                    Some(Layer::Qcow2(Box::new(Image::open_chain(
                         bstore,
                         &bdir,
                         &default_cfg(true),
+                        guard,
                     )?)))
                 } else {
+                    guard
+                        .enter({
+                            use std::os::unix::fs::MetadataExt;
+                            let m = bstore.file.as_ref().unwrap().metadata().unwrap();
+                            ((m.dev() as u128) << 64) | m.ino() as u128
+                        })
+                        .map_err(ChainOpenError::Chain)?;
                     Some(Layer::Raw(bstore))
                 }
             }
