@@ -81,7 +81,7 @@ pub enum Mapping {
     /// guest offset (zeroes past its end or without one).
     Unallocated,
     /// Part of a compressed cluster: read `len` bytes at `host`, inflate
-    /// them into one cluster ([`super::compress::inflate_cluster`]) and
+    /// them into one cluster ([`Inflater::inflate_cluster`](super::Inflater::inflate_cluster)) and
     /// take the bytes from `offset - cluster_start`.
     Compressed {
         /// Host byte offset of the deflate stream.
