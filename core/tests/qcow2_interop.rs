@@ -48,6 +48,49 @@ mod qcow2_interop {
         assert_eq!(im.q.size() as usize, want.len());
         let got = im.read_all();
         assert!(got == want, "{}: whole-disk read differs", img.display());
+        // base:allocation's data flag equals qemu-img map's.
+        let map = run("qemu-img", &["map", "--output=json", img.to_str().unwrap()]);
+        for l in map.lines().filter(|l| l.contains("\"start\"")) {
+            let num = |k: &str| -> u64 {
+                let i = l.find(&format!("\"{k}\":")).unwrap() + k.len() + 3;
+                l[i..]
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect::<String>()
+                    .parse()
+                    .unwrap()
+            };
+            let data = l.contains("\"data\": true");
+            let (start, length) = (num("start"), num("length"));
+            let mut pos = start;
+            while pos < start + length {
+                let r = loop {
+                    match im.q.map(pos, start + length - pos).unwrap() {
+                        blockwire_core::qcow2::MapResult::Run(r) => break r,
+                        blockwire_core::qcow2::MapResult::Need(
+                            blockwire_core::qcow2::Need::Load(ld),
+                        ) => {
+                            let mut b = vec![0u8; ld.len as usize];
+                            im.store.read_at(ld.offset, &mut b);
+                            im.q.install(ld, &b).unwrap();
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                };
+                // Unallocated runs take the backing file's flags.
+                if r.base_allocation().is_some() || im.q.backing_name().is_none() {
+                    let ours = r.base_allocation() == Some(0);
+                    assert_eq!(
+                        ours,
+                        data,
+                        "{}: data flag at {pos}: {r:?} vs {l}",
+                        img.display()
+                    );
+                }
+                pos += r.length;
+            }
+        }
         // Random reads at odd offsets and lengths.
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..200 {
@@ -89,6 +132,31 @@ mod qcow2_interop {
             fill(&img, c);
             compare_reads(&img);
         }
+    }
+
+    #[test]
+    fn unknown_autoclear_bits_are_cleared_on_first_write() {
+        if !have_qemu() {
+            return;
+        }
+        let d = tmpdir("autoclear");
+        let img = create(&d, "a.qcow2", "", "4M");
+        let mut b = std::fs::read(&img).unwrap();
+        b[88..96].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        std::fs::write(&img, &b).unwrap();
+        let mut im = Image::open(&img, &default_cfg(false)).unwrap();
+        // Reading changes nothing.
+        let mut buf = [0u8; 512];
+        im.read(0, &mut buf).unwrap();
+        assert_eq!(
+            &std::fs::read(&img).unwrap()[88..96],
+            &(1u64 << 40).to_be_bytes()
+        );
+        im.write(0, &[1u8; 512]).unwrap();
+        im.flush().unwrap();
+        drop(im);
+        assert_eq!(&std::fs::read(&img).unwrap()[88..96], &[0u8; 8]);
+        assert_clean(&img);
     }
 
     #[test]
@@ -431,8 +499,12 @@ mod qcow2_writes {
             let d = tmpdir(name);
             let img = d.join("w.qcow2");
             if make {
+                // Compressible data, so that convert -c really compresses.
                 let src = d.join("src.raw");
-                std::fs::write(&src, pattern(99, 8 << 20)).unwrap();
+                let text: Vec<u8> = (0..8u32 << 20)
+                    .map(|i| b"qcow2 compressed cluster "[(i % 25) as usize] ^ (i >> 16) as u8)
+                    .collect();
+                std::fs::write(&src, text).unwrap();
                 run(
                     "qemu-img",
                     &[
@@ -463,6 +535,13 @@ mod qcow2_writes {
                 );
             }
             let mut model = qemu_raw(&img);
+            if make {
+                let map = run("qemu-img", &["map", "--output=json", img.to_str().unwrap()]);
+                assert!(
+                    map.contains("\"compressed\": true"),
+                    "convert -c did not compress"
+                );
+            }
             let mut im = Image::open(&img, &default_cfg(false)).unwrap();
             let cmds = workload(77, 8 << 20, 65536, 120);
             apply(&mut im, &mut model, &cmds, true);

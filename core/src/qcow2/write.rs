@@ -701,21 +701,22 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         let last_c = (stop - 1) >> cb;
         let mut frees = 0usize;
         let mut end = stop;
-        if unmap {
-            for k in first_c..=last_c {
-                let m = self.l2_get(slot, l2i0 + (k - first_c), k << cb)?;
-                let has_host = match m {
-                    ClusterMap::Compressed { .. } => true,
-                    ClusterMap::Standard { host, .. } => host != 0,
-                };
-                let whole = offset <= (k << cb) && ((k + 1) << cb).min(lay.size) <= stop;
-                if has_host && whole {
-                    if frees + 1 > self.frees_available() {
-                        end = k << cb;
-                        break;
-                    }
-                    frees += 1;
+        // Count the frees commit will queue (the same rule as commit_zero:
+        // compressed clusters always, standard ones with unmap or when
+        // shared) and stop where the queue would overflow.
+        for k in first_c..=last_c {
+            let m = self.l2_get(slot, l2i0 + (k - first_c), k << cb)?;
+            let frees_host = match m {
+                ClusterMap::Compressed { .. } => true,
+                ClusterMap::Standard { host, copied, .. } => host != 0 && (unmap || !copied),
+            };
+            let whole = offset <= (k << cb) && ((k + 1) << cb).min(lay.size) <= stop;
+            if frees_host && whole {
+                if frees + 1 > self.frees_available() {
+                    end = k << cb;
+                    break;
                 }
+                frees += 1;
             }
         }
         if end <= offset {
@@ -860,9 +861,9 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             let new = match m {
                 ClusterMap::Compressed { host, len } => {
                     if whole {
-                        if z.unmap || z.discard {
-                            self.queue_free(host, len, z.discard);
-                        }
+                        // The entry stops referencing the compressed data
+                        // whatever `unmap` says (QEMU frees it too).
+                        self.queue_free(host, len, z.discard);
                         let zero = if z.discard && !backing && !lay.zero_flag {
                             0
                         } else {
