@@ -287,6 +287,30 @@ mod qcow2_hostile {
     }
 
     #[test]
+    fn refcount_table_entry_near_u64_max_does_not_overflow() {
+        // Found by the qcow2_image fuzz target: the overlap check added a
+        // cluster to a hostile refcount table entry.
+        if !have_qemu() {
+            return;
+        }
+        let mut b = base("rt-max");
+        let rt = get64(&b, 48) as usize;
+        be64(&mut b, rt + 8, u64::MAX & !0x1ff);
+        let mut im = open(&b, false).unwrap();
+        let r = im.write(300 << 10, &[1u8; 100]);
+        assert!(
+            matches!(
+                r,
+                Err(Qcow2Error::BadEntry {
+                    what: Meta::RefcountTable,
+                    ..
+                })
+            ) || r.is_ok(),
+            "{r:?}"
+        );
+    }
+
+    #[test]
     fn backing_file_name_too_long_or_outside_cluster_0() {
         if !have_qemu() {
             return;

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     if size == 0 {
         return;
     }
-    let mut seed = u64::from(cfg >> 3) * 0x9e37_79b9_7f4a_7c15 + image.len() as u64;
+    let mut seed = u64::from(cfg >> 3)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(image.len() as u64)
+        | 1;
     let mut rnd = move |n: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;

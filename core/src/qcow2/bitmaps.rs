@@ -129,17 +129,11 @@ impl<'a> Directory<'a> {
             count: nb_bitmaps,
         };
         let mut at = 0usize;
+        // One pass: linear in the directory. Names are not checked for
+        // uniqueness here (QEMU refuses a duplicate only when it loads the
+        // second bitmap); [`find`](Self::find) takes the first.
         for i in 0..nb_bitmaps {
             let e = d.entry_at(at, i, size, cluster_bits)?;
-            // Names must be unique.
-            let mut prev = 0usize;
-            for j in 0..i {
-                let p = d.entry_at(prev, j, size, cluster_bits)?;
-                if p.name == e.name {
-                    return Err(Qcow2Error::BadBitmap { index: i });
-                }
-                prev += p.raw.len();
-            }
             at += e.raw.len();
         }
         if at != bytes.len() {
@@ -356,8 +350,13 @@ pub fn encode_cluster(
     let end = (first_bit + bits_per_cluster).saturating_mul(g).min(size);
     let mut any = false;
     src.for_each_dirty(start, end, &mut |o, l| {
+        // Clip what the source reports to the asked range.
+        let (o, e) = (o.max(start), o.saturating_add(l).min(end));
+        if o >= e {
+            return;
+        }
         let b0 = o / g - first_bit;
-        let b1 = ((o + l).div_ceil(g) - first_bit).min(bits_per_cluster);
+        let b1 = (e.div_ceil(g) - first_bit).min(bits_per_cluster);
         for b in b0..b1 {
             if let Some(x) = out.get_mut((b / 8) as usize) {
                 *x |= 1 << (b % 8);

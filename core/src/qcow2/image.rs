@@ -714,7 +714,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         }
         let c = self.lay.cluster_size();
         let w = self.words.as_ref();
-        let hit = |off: u64| off != 0 && start < off + c && off < end;
+        let hit = |off: u64| off != 0 && start < off.saturating_add(c) && off < end;
         for &e in &w[self.l1_at..self.l1_at + self.l1_len] {
             let off = e & super::layout::OFFSET_MASK;
             if hit(off) {

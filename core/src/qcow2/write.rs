@@ -110,8 +110,10 @@ pub enum Step {
 
 /// What a plan was for; hand it back to [`Qcow2::commit`] or
 /// [`Qcow2::abort`].
+///
+/// Not `Copy`: a plan is committed or aborted exactly once.
 #[must_use = "a plan must be committed or aborted"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Ticket {
     kind: TicketKind,
 }
@@ -162,7 +164,7 @@ struct ZeroRun {
 }
 
 /// A plan was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Planned {
     /// Bytes of the request the plan covers (0: a prerequisite; plan again).
     pub covered: u64,
@@ -171,7 +173,7 @@ pub struct Planned {
 }
 
 /// Answer of a planning call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Plan {
     /// Steps were emitted.
@@ -1392,7 +1394,7 @@ impl Filler {
 }
 
 /// Answer of [`Qcow2::alloc_clusters`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Alloc {
     /// Contiguous clusters starting at this host offset now have refcount
