@@ -168,3 +168,62 @@ mod qcow2_bitmaps {
         assert_eq!(c.corruptions, 0, "{}", c.raw);
     }
 }
+
+mod qcow2_bitmaps_in_use {
+    use super::qcow2_support::*;
+    use blockwire_core::qcow2::bitmaps::{self, FLAG_AUTO, FLAG_IN_USE};
+
+    #[test]
+    fn marking_auto_bitmaps_in_use_in_place_as_qemu_does_on_open() {
+        if !have_qemu() {
+            return;
+        }
+        let d = tmpdir("bm-inuse");
+        let img = d.join("i.qcow2");
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "16M"],
+        );
+        run("qemu-img", &["bitmap", "--add", img.to_str().unwrap(), "b"]);
+        let mut im = Image::open(&img, &default_cfg(false)).unwrap();
+        im.q.track_bitmaps(true);
+        let ext = im.q.header_area().bitmaps.unwrap();
+        let mut dir = vec![0u8; ext.directory_size as usize];
+        im.store.read_at(ext.directory_offset, &mut dir);
+        let cb = im.q.layout().cluster_bits;
+        let size = im.q.size();
+        let d2 = bitmaps::Directory::parse(&dir, ext.nb_bitmaps, size, cb).unwrap();
+        let e = d2.find(b"b", size, cb).unwrap();
+        assert_eq!(e.flags, FLAG_AUTO);
+        im.store.write_at(
+            e.flags_host_offset(ext.directory_offset),
+            &(FLAG_AUTO | FLAG_IN_USE).to_be_bytes(),
+        );
+        im.store.flush();
+        // A tracked write keeps the bitmaps autoclear bit.
+        im.write(0, &[1u8; 4096]).unwrap();
+        im.flush().unwrap();
+        assert!(im.q.bitmaps_consistent());
+        drop(im);
+        let info = run(
+            "qemu-img",
+            &["info", "--output=json", img.to_str().unwrap()],
+        );
+        assert!(info.contains("\"in-use\""), "{info}");
+        // Storing it again (in place of the in-use one) clears in_use.
+        let mut im = Image::open(&img, &default_cfg(false)).unwrap();
+        im.q.track_bitmaps(true);
+        im.store_bitmap("b", 16, FLAG_AUTO, &Runs(vec![(0, 4096)]))
+            .unwrap();
+        drop(im);
+        let info = run(
+            "qemu-img",
+            &["info", "--output=json", img.to_str().unwrap()],
+        );
+        assert!(
+            !info.contains("\"in-use\"") && info.contains("\"auto\""),
+            "{info}"
+        );
+        assert_clean(&img);
+    }
+}

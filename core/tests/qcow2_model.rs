@@ -284,3 +284,49 @@ mod qcow2_model {
         im.q.abort(p.ticket);
     }
 }
+
+mod qcow2_abort {
+    use super::qcow2_support::*;
+    use blockwire_core::qcow2::create::Options;
+    use blockwire_core::qcow2::*;
+
+    #[test]
+    fn aborted_allocating_write_leaks_nothing_and_changes_nothing() {
+        let bytes = create_bytes(&Options {
+            size: 4 << 20,
+            ..Options::default()
+        });
+        let mut im = Image::open_store(
+            Store::mem(bytes),
+            std::path::Path::new("/"),
+            &default_cfg(false),
+        )
+        .unwrap();
+        im.write(0, &[1u8; 100]).unwrap();
+        im.flush().unwrap();
+        // Plan a write into a fresh cluster, then abort it (a step failed).
+        let p = loop {
+            let mut steps = Vec::new();
+            match im
+                .q
+                .plan_write(1 << 20, 4096, &mut |s| steps.push(s))
+                .unwrap()
+            {
+                Plan::Planned(p) if p.covered > 0 => break p,
+                Plan::Planned(p) => im.q.commit(p.ticket).unwrap(),
+                Plan::Need(Need::Load(l)) => {
+                    let mut b = vec![0u8; l.len as usize];
+                    im.store.read_at(l.offset, &mut b);
+                    im.q.install(l, &b).unwrap();
+                }
+                Plan::Need(Need::Flush) => im.flush().unwrap(),
+            }
+        };
+        im.q.abort(p.ticket);
+        im.flush().unwrap();
+        let mut b = vec![9u8; 4096];
+        im.read(1 << 20, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        assert_eq!(check_refcounts(&im.store.mem), (0, 0));
+    }
+}

@@ -767,6 +767,20 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             TicketKind::Write(w) => {
                 self.frees_reserved = self.frees_reserved.saturating_sub(w.reserved);
                 self.l2c.unpin(self.words.as_mut(), w.slot);
+                if w.new_host != 0 {
+                    // Nothing references the new clusters: give them back if
+                    // their refcount block is still cached (else they leak,
+                    // which is harmless).
+                    let cb = self.lay.cluster_bits;
+                    for k in (w.new_host >> cb)..(w.new_host >> cb) + w.clusters {
+                        let ti = k >> self.lay.refblock_bits();
+                        let off = self.rt_entry(ti) & !0x1ff;
+                        if self.rbc.find(self.words.as_ref(), off).is_some() {
+                            let _ = self.refcount_add(k, -1);
+                            self.free_hint = self.free_hint.min(k);
+                        }
+                    }
+                }
             }
             TicketKind::Zero(z) => {
                 self.frees_reserved = self.frees_reserved.saturating_sub(z.reserved);
