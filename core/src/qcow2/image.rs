@@ -188,6 +188,11 @@ pub struct Qcow2<S> {
     pub(crate) rt_cap: usize,
     /// Entries of the refcount table as the header describes it.
     pub(crate) rt_len: usize,
+    /// One past the last non-zero refcount table entry (the overlap check
+    /// scans only these).
+    pub(crate) rt_used: usize,
+    /// One past the last non-zero L1 entry.
+    pub(crate) l1_used: usize,
     pub(crate) l2c: CacheGeom,
     pub(crate) rbc: CacheGeom,
     pub(crate) file_end: u64,
@@ -383,6 +388,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             rt_at,
             rt_cap,
             rt_len,
+            rt_used: 0,
+            l1_used: 0,
             l2c,
             rbc,
             file_end: file_size,
@@ -620,6 +627,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
 
     fn finish_open(&mut self) -> Result<(), Qcow2Error> {
         self.check_fixed_overlaps()?;
+        let w = self.words.as_ref();
+        let used = |t: &[u64]| t.iter().rposition(|&e| e != 0).map_or(0, |i| i + 1);
+        self.l1_used = used(&w[self.l1_at..self.l1_at + self.l1_len]);
+        self.rt_used = used(&w[self.rt_at..self.rt_at + self.rt_len]);
         self.write_ready = self.read_only;
         Ok(())
     }
@@ -715,7 +726,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         let c = self.lay.cluster_size();
         let w = self.words.as_ref();
         let hit = |off: u64| off != 0 && start < off.saturating_add(c) && off < end;
-        for &e in &w[self.l1_at..self.l1_at + self.l1_len] {
+        for &e in &w[self.l1_at..self.l1_at + self.l1_used] {
             let off = e & super::layout::OFFSET_MASK;
             if hit(off) {
                 return Err(Qcow2Error::Overlap {
@@ -725,7 +736,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 });
             }
         }
-        for &e in &w[self.rt_at..self.rt_at + self.rt_len] {
+        for &e in &w[self.rt_at..self.rt_at + self.rt_used] {
             let off = e & !0x1ff;
             if hit(off) {
                 return Err(Qcow2Error::Overlap {

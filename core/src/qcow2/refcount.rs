@@ -137,6 +137,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         geom.set_dirty(w, slot, true);
         let idx = ti as usize;
         w[self.rt_at + idx] = off;
+        self.rt_used = self.rt_used.max(idx + 1);
         self.rt_dirty = (self.rt_dirty.0.min(idx), self.rt_dirty.1.max(idx + 1));
         self.file_end = self.file_end.max(off + (1 << cb));
         Ok(slot)

@@ -338,6 +338,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         let idx = self.l1_at + l1i as usize;
         w[idx] = new | OFLAG_COPIED;
         let li = l1i as usize;
+        self.l1_used = self.l1_used.max(li + 1);
         self.l1_dirty = (self.l1_dirty.0.min(li), self.l1_dirty.1.max(li + 1));
         if off != 0 {
             // The old table loses the active L1's reference once the new L1
@@ -1222,6 +1223,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             *e = 0;
         }
         self.rt_len = g.new_len as usize;
+        self.rt_used = old + g.blocks as usize;
         self.area.header.refcount_table_offset = (g.area + g.blocks) << cb;
         self.area.header.refcount_table_clusters = g.table_clusters as u32;
         self.file_end = self
