@@ -228,6 +228,7 @@ mod qcow2_model {
             what: Meta::L2Table,
             offset: 65536 * 9,
             len: 65536,
+            epoch: 0,
         };
         assert_eq!(q.install(bogus, &[0; 10]), Err(Qcow2Error::Protocol));
         // Out of range requests.
@@ -239,6 +240,45 @@ mod qcow2_model {
         .unwrap();
         assert_eq!(im.write(1 << 20, &[1]), Err(Qcow2Error::OutOfRange));
         assert_eq!(im.q.map(1 << 20, 1), Err(Qcow2Error::OutOfRange));
+    }
+
+    #[test]
+    fn a_load_that_crosses_a_flush_is_ignored() {
+        // Reader asks for an L2 table; before its bytes arrive someone else
+        // loads, changes, flushes and evicts the table. The late bytes are
+        // stale and must not be installed.
+        let bytes = create_bytes(&Options {
+            size: 8 << 20,
+            cluster_bits: 12,
+            ..Options::default()
+        });
+        let cfg = Config {
+            l2_slots: 2,
+            ..default_cfg(false)
+        };
+        let mut im = Image::open_store(Store::mem(bytes), std::path::Path::new("/"), &cfg).unwrap();
+        im.write(0, &[1u8; 4096]).unwrap();
+        im.flush().unwrap();
+        // Evict table 0 by touching two other tables.
+        im.write(2 << 20, &[2u8; 10]).unwrap();
+        im.write(4 << 20, &[2u8; 10]).unwrap();
+        im.flush().unwrap();
+        let stale_load = match im.q.map(0, 4096).unwrap() {
+            MapResult::Need(Need::Load(l)) => l,
+            other => panic!("{other:?}"),
+        };
+        let mut stale = vec![0u8; stale_load.len as usize];
+        im.store.read_at(stale_load.offset, &mut stale);
+        // Meanwhile: table 0 changes (a new cluster at 8 KiB) and is flushed.
+        im.write(8192, &[3u8; 4096]).unwrap();
+        im.flush().unwrap();
+        im.write(2 << 20, &[4u8; 10]).unwrap();
+        im.write(4 << 20, &[4u8; 10]).unwrap();
+        im.flush().unwrap();
+        im.q.install(stale_load, &stale).unwrap();
+        let mut b = vec![0u8; 4096];
+        im.read(8192, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 3), "stale L2 table installed");
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub struct Load {
     pub offset: u64,
     /// Bytes to read (reads past the end of the file count as zeroes).
     pub len: u64,
+    /// The image's flush epoch when it asked. A load that arrives after a
+    /// flush committed may hold bytes older than what that flush wrote (the
+    /// table was loaded, changed, written back and evicted meanwhile by
+    /// someone else), so [`Qcow2::install`] ignores it and the caller
+    /// simply asks again. Lets a driver read metadata without holding its
+    /// lock.
+    pub epoch: u64,
 }
 
 /// Something the image needs before it can answer.
@@ -438,6 +445,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 Some(Load {
                     what: Meta::L1Table,
                     offset: h.l1_table_offset + done,
+                    epoch: self.epoch,
                     len: (total - done).min(chunk),
                 })
             }
@@ -446,6 +454,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 Some(Load {
                     what: Meta::RefcountTable,
                     offset: h.refcount_table_offset + done,
+                    epoch: self.epoch,
                     len: (total - done).min(chunk),
                 })
             }
@@ -455,6 +464,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 Some(Load {
                     what: Meta::SnapshotTable,
                     offset: h.snapshots_offset + pos,
+                    epoch: self.epoch,
                     len: left.min(chunk).min(in_file).max(1),
                 })
             }
@@ -475,6 +485,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 return Err(Qcow2Error::Protocol);
             }
             return self.install_open(load, bytes);
+        }
+        if load.epoch != self.epoch {
+            // Possibly stale (see `Load::epoch`): drop it, the caller asks again.
+            return Ok(());
         }
         match load.what {
             Meta::L2Table => self.install_cluster(true, load, bytes),
@@ -910,6 +924,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             },
             offset: off,
             len: self.lay.cluster_size(),
+            epoch: self.epoch,
         }))
     }
 

@@ -52,7 +52,9 @@
 //!
 //! **Concurrency rules** (QEMU's `s->lock` and request serialisation, made
 //! explicit). Calls take `&mut self`; a driver puts the image behind a lock
-//! held for planning, committing and `map`, not for data I/O. Requests
+//! held for planning, committing and `map`, not for data I/O nor for
+//! reading a [`Load`] (a load that crosses a flush is ignored by
+//! `install`, see [`Load::epoch`], and asked for again). Requests
 //! touching the same guest cluster must be serialised (a write's
 //! copy-on-write reads and the mapping it replaces must not change under
 //! it). Between `plan_flush` (or a growth plan) and its commit nothing else
