@@ -119,6 +119,7 @@ mod qcow2_interop {
             ("v3-2m.qcow2", "cluster_size=2M", 2 << 20),
             ("v3-ext.qcow2", "extended_l2=on,cluster_size=64k", 65536),
             ("v3-ext-16k.qcow2", "extended_l2=on,cluster_size=16k", 16384),
+            ("v3-ext-2m.qcow2", "extended_l2=on,cluster_size=2M", 2 << 20),
             ("v3-rc1.qcow2", "refcount_bits=1", 65536),
             ("v3-rc64.qcow2", "refcount_bits=64,cluster_size=4k", 4096),
             ("v3-meta.qcow2", "preallocation=metadata", 65536),
@@ -472,6 +473,8 @@ mod qcow2_writes {
                 6,
                 150,
             );
+            let _ = case("w-ext2m", "extended_l2=on,cluster_size=2M", 40 << 20, 7, 80);
+            let _ = case("w-v2-512", "compat=0.10,cluster_size=512", 3 << 20, 8, 150);
         }
     }
 
