@@ -498,7 +498,11 @@ mod qcow2_writes {
         if !have_qemu() {
             return;
         }
-        for (name, make) in [("w-comp", true), ("w-prealloc", false)] {
+        for (name, make, opts) in [
+            ("w-comp", true, "cluster_size=65536"),
+            ("w-comp-ext", true, "extended_l2=on"),
+            ("w-prealloc", false, ""),
+        ] {
             let d = tmpdir(name);
             let img = d.join("w.qcow2");
             if make {
@@ -518,6 +522,8 @@ mod qcow2_writes {
                         "raw",
                         "-O",
                         "qcow2",
+                        "-o",
+                        opts,
                         src.to_str().unwrap(),
                         img.to_str().unwrap(),
                     ],
@@ -546,6 +552,19 @@ mod qcow2_writes {
                 );
             }
             let mut im = Image::open(&img, &default_cfg(false)).unwrap();
+            // Subcluster-aligned zeroes inside compressed clusters (with
+            // extended L2 entries these cannot be metadata-only).
+            let first = [
+                Cmd::Zero(3 * 65536 + 4096, 10240, false),
+                Cmd::Zero(5 * 65536 + 2048, 2048, true),
+            ];
+            apply(&mut im, &mut model, &first, true);
+            let mut b = vec![0u8; 6 * 65536];
+            im.read(0, &mut b).unwrap();
+            assert!(
+                b == model[..6 * 65536],
+                "{name}: zeroes inside compressed clusters"
+            );
             let cmds = workload(77, 8 << 20, 65536, 120);
             apply(&mut im, &mut model, &cmds, true);
             drop(im);

@@ -21,6 +21,9 @@ pub(crate) enum Stop {
     Grow,
     /// Refused.
     Err(Qcow2Error),
+    /// Write-zeroes must write zeroes up to this guest offset (a partial
+    /// compressed cluster) instead of changing metadata.
+    WriteZeroes(u64),
 }
 
 impl From<Qcow2Error> for Stop {

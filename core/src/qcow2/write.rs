@@ -220,6 +220,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             Err(Stop::Need(n)) => Ok(Plan::Need(n)),
             Err(Stop::Err(e)) => Err(e),
             Err(Stop::Grow) => grow(),
+            Err(Stop::WriteZeroes(_)) => Err(Qcow2Error::Protocol),
         }
     }
 
@@ -650,8 +651,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         let (l1i, _) = lay.split(offset);
         let table_end = ((l1i + 1) * lay.l2_span()).min(lay.size);
         let stop = aligned_end.min(table_end);
-        let r = self.zero_run(offset, stop, unmap, discard);
-        Self::finish(r, &mut || self.plan_grow(sink))
+        match self.zero_run(offset, stop, unmap, discard) {
+            Err(Stop::WriteZeroes(pe)) => self.plan_write_inner(offset, pe - offset, true, sink),
+            r => Self::finish(r, &mut || self.plan_grow(sink)),
+        }
     }
 
     /// Whether guest `[offset, offset+len)` (inside one cluster) reads as
@@ -714,6 +717,15 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 ClusterMap::Standard { host, copied, .. } => host != 0 && (unmap || !copied),
             };
             let whole = offset <= (k << cb) && ((k + 1) << cb).min(lay.size) <= stop;
+            if !whole && matches!(m, ClusterMap::Compressed { .. }) {
+                // Subclusters of a compressed cluster cannot be zeroed by
+                // metadata: that cluster is rewritten with zeroes instead.
+                if k == first_c {
+                    return Err(Stop::WriteZeroes(((k + 1) << cb).min(stop)));
+                }
+                end = k << cb;
+                break;
+            }
             if frees_host && whole {
                 if frees + 1 > self.frees_available() {
                     end = k << cb;
@@ -971,6 +983,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                         break;
                     }
                     Err(Stop::Err(e)) => return Err(e),
+                    Err(Stop::WriteZeroes(_)) => return Err(Qcow2Error::Protocol),
                 }
             }
             if !ready {
@@ -1451,6 +1464,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                         Err(Stop::Err(e)) => Err(e),
                         Err(Stop::Need(nd)) => Ok(Alloc::Need(nd)),
                         Err(Stop::Grow) => Err(Qcow2Error::NoSpace),
+                        Err(Stop::WriteZeroes(_)) => Err(Qcow2Error::Protocol),
                     };
                 }
                 Ok((k, got)) => self.free_hint = k + got,
@@ -1461,6 +1475,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 Err(Stop::Err(e)) => {
                     self.free_hint = saved;
                     return Err(e);
+                }
+                Err(Stop::WriteZeroes(_)) => {
+                    self.free_hint = saved;
+                    return Err(Qcow2Error::Protocol);
                 }
                 Err(Stop::Grow) => {
                     self.free_hint = saved;
