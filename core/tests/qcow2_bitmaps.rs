@@ -227,3 +227,72 @@ mod qcow2_bitmaps_in_use {
         assert_clean(&img);
     }
 }
+
+mod qcow2_bitmaps_header {
+    use super::qcow2_support::*;
+    use blockwire_core::qcow2::bitmaps::FLAG_AUTO;
+
+    #[test]
+    fn storing_a_bitmap_rewrites_cluster_0_keeping_the_backing_file_and_unknown_extensions() {
+        if !have_qemu() {
+            return;
+        }
+        let d = tmpdir("bm-hdr");
+        std::fs::write(d.join("base.raw"), pattern(4, 1 << 20)).unwrap();
+        let img = d.join("t.qcow2");
+        run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.raw",
+                "-F",
+                "raw",
+                img.to_str().unwrap(),
+                "1M",
+            ],
+        );
+        // An unknown (compatible) header extension must survive the rewrite.
+        let mut b = std::fs::read(&img).unwrap();
+        let hl = u32::from_be_bytes(b[100..104].try_into().unwrap()) as usize;
+        let tail: Vec<u8> = b[hl..4096].to_vec();
+        let mut ext = Vec::new();
+        ext.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        ext.extend_from_slice(&5u32.to_be_bytes());
+        ext.extend_from_slice(b"hello\0\0\0");
+        // Insert it first; move the backing name offset along.
+        b[hl..hl + ext.len()].copy_from_slice(&ext);
+        b[hl + ext.len()..4096].copy_from_slice(&tail[..4096 - hl - ext.len()]);
+        let bo = u64::from_be_bytes(b[8..16].try_into().unwrap()) + ext.len() as u64;
+        b[8..16].copy_from_slice(&bo.to_be_bytes());
+        std::fs::write(&img, &b).unwrap();
+        assert_clean(&img);
+        let mut im = Image::open(&img, &default_cfg(false)).unwrap();
+        im.store_bitmap("x", 16, FLAG_AUTO, &Runs(vec![(0, 1)]))
+            .unwrap();
+        drop(im);
+        assert_clean(&img);
+        let info = run(
+            "qemu-img",
+            &["info", "--output=json", img.to_str().unwrap()],
+        );
+        assert!(
+            info.contains("\"backing-filename\": \"base.raw\""),
+            "{info}"
+        );
+        assert!(
+            info.contains("\"backing-filename-format\": \"raw\""),
+            "{info}"
+        );
+        assert!(info.contains("\"name\": \"x\""), "{info}");
+        let after = std::fs::read(&img).unwrap();
+        assert!(
+            after[..4096].windows(5).any(|w| w == b"hello"),
+            "unknown extension lost"
+        );
+        assert_eq!(qemu_raw(&img), pattern(4, 1 << 20));
+    }
+}
