@@ -236,6 +236,31 @@ mod qcow2_hostile {
     }
 
     #[test]
+    fn l2_table_on_top_of_the_l1_table_or_a_refcount_block() {
+        // Found by the qcow2_image fuzz target: an L1 entry pointing at the
+        // L1 table itself made every L2 update overwrite the L1 on flush.
+        if !have_qemu() {
+            return;
+        }
+        let b0 = base("l2-on-l1");
+        let l1 = get64(&b0, 40);
+        let rt = get64(&b0, 48) as usize;
+        let rb = get64(&b0, rt);
+        for (target, with) in [(l1, Meta::L1Table), (rb, Meta::RefcountBlock)] {
+            let mut buf = vec![0u8; 512];
+            let mut b = b0.clone();
+            be64(&mut b, l1 as usize, target | (1 << 63));
+            let mut im = open(&b, false).unwrap();
+            let r = im.read(0, &mut buf);
+            assert!(
+                matches!(r, Err(Qcow2Error::Overlap { what: Meta::L2Table, with: w, .. }) if w == with),
+                "{r:?}"
+            );
+            assert!(im.write(0, &[1]).is_err());
+        }
+    }
+
+    #[test]
     fn l2_entries_unaligned_or_with_reserved_bits() {
         if !have_qemu() {
             return;

@@ -872,12 +872,53 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         }
     }
 
+    /// QEMU's overlap check for a metadata cluster before it is used (and
+    /// so before it can ever be written back): an L2 table or refcount
+    /// block must not be one of the fixed structures (an L1 entry pointing
+    /// at the L1 table itself would make every L2 update overwrite the L1),
+    /// and an L2 table must not be a refcount block or the reverse.
+    pub(crate) fn check_table_overlap(&self, what: Meta, off: u64) -> Result<(), Qcow2Error> {
+        let c = self.lay.cluster_size();
+        let mut ex = [Extent {
+            what: Meta::Header,
+            start: 0,
+            end: 0,
+        }; 6 + SNAPSHOT_L1_CAP];
+        let n = self.fixed_extents(&mut ex);
+        for e in &ex[..n] {
+            if off < e.end && e.start < off.saturating_add(c) {
+                return Err(Qcow2Error::Overlap {
+                    what,
+                    with: e.what,
+                    offset: off,
+                });
+            }
+        }
+        let w = self.words.as_ref();
+        let (table, with) = match what {
+            Meta::L2Table => (
+                &w[self.rt_at..self.rt_at + self.rt_used],
+                Meta::RefcountBlock,
+            ),
+            _ => (&w[self.l1_at..self.l1_at + self.l1_used], Meta::L2Table),
+        };
+        if table.iter().any(|&e| e & super::layout::OFFSET_MASK == off) {
+            return Err(Qcow2Error::Overlap {
+                what,
+                with,
+                offset: off,
+            });
+        }
+        Ok(())
+    }
+
     fn install_cluster(&mut self, l2: bool, load: Load, bytes: &[u8]) -> Result<(), Qcow2Error> {
         let c = self.lay.cluster_size();
         if load.len != c || self.lay.in_cluster(load.offset) != 0 {
             return Err(Qcow2Error::Protocol);
         }
         self.check_meta_cluster(load.what, load.offset)?;
+        self.check_table_overlap(load.what, load.offset)?;
         let geom = if l2 { self.l2c } else { self.rbc };
         if geom.find(self.words.as_ref(), load.offset).is_some() {
             // Loaded twice (two requests asked at once): keep the cached copy,
