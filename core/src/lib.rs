@@ -55,6 +55,7 @@ extern crate std;
 
 pub mod block;
 pub mod client;
+pub mod qcow2;
 pub mod server;
 pub mod time;
 pub mod wire;

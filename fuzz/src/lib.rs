@@ -8,6 +8,7 @@
 //! calls (0 means "everything that is left").
 
 pub mod client;
+pub mod qcow2;
 pub mod scripts;
 pub mod server;
 
