@@ -64,6 +64,9 @@ pub fn id_wellformed(id: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '.' | '_'))
 }
 
+/// Node names are shorter than this (QEMU's `node_name[32]`).
+pub const NODE_NAME_MAX: usize = 32;
+
 struct Entry {
     node: Arc<Node>,
     /// Added at the top by the user (deletable), not created inline.
@@ -80,6 +83,8 @@ struct Inner {
     /// Users of each node that are not nodes (exports), by node name.
     users: HashMap<String, usize>,
     throttle_groups: HashMap<String, Arc<ThrottleGroup>>,
+    /// `secret` objects by id (for drivers' key-secret options).
+    secrets: HashMap<String, Arc<[u8]>>,
 }
 
 /// The block graph of one process.
@@ -146,6 +151,10 @@ impl Graph {
                     if lock(&self.inner).nodes.contains_key(n) {
                         return Err(generic(format!("Duplicate nodes with node-name='{n}'")));
                     }
+                    // QEMU keeps node names in 32 bytes with the NUL.
+                    if n.len() >= NODE_NAME_MAX {
+                        return Err(generic("Node name too long"));
+                    }
                     (n.clone(), false)
                 }
                 None => (
@@ -162,6 +171,7 @@ impl Graph {
                 detect_zeroes: opts.detect_zeroes,
                 cache: opts.cache,
             };
+            let auto_read_only = opts.auto_read_only;
             let mut children = ChildResolver {
                 graph: self,
                 created,
@@ -172,8 +182,9 @@ impl Graph {
             if driver.info().read_only {
                 // A driver that cannot write (a read-only file, a
                 // snapshot) makes the node read-only only if the user did
-                // not ask for a writable one: that is an error, as in QEMU.
-                if !node_opts.read_only {
+                // not ask for a writable one (that is an error, as in
+                // QEMU) or allowed it with `auto-read-only`.
+                if !node_opts.read_only && !auto_read_only {
                     return Err(generic(format!(
                         "Could not open '{}': Permission denied (node is read-only)",
                         driver.filename()
@@ -301,10 +312,8 @@ impl Graph {
         }
         let group = ThrottleGroup::new(id, limits).map_err(generic)?;
         let mut g = lock(&self.inner);
-        if g.throttle_groups.contains_key(id) {
-            return Err(generic(format!(
-                "attempt to add duplicate property '{id}' to object (type 'container')"
-            )));
+        if g.throttle_groups.contains_key(id) || g.secrets.contains_key(id) {
+            return Err(duplicate_object(id));
         }
         g.throttle_groups.insert(id.to_owned(), Arc::new(group));
         Ok(())
@@ -312,6 +321,33 @@ impl Graph {
 
     pub fn throttle_group(&self, id: &str) -> Option<Arc<ThrottleGroup>> {
         lock(&self.inner).throttle_groups.get(id).cloned()
+    }
+
+    /// `object-add qom-type=secret`: objects share one namespace, as in
+    /// QEMU's `/objects`.
+    pub fn add_secret(&self, id: &str, data: Arc<[u8]>) -> Result<(), GraphError> {
+        if !id_wellformed(id) {
+            return Err(generic("Parameter 'id' expects an identifier"));
+        }
+        let mut g = lock(&self.inner);
+        if g.throttle_groups.contains_key(id) || g.secrets.contains_key(id) {
+            return Err(duplicate_object(id));
+        }
+        g.secrets.insert(id.to_owned(), data);
+        Ok(())
+    }
+
+    /// A secret's bytes, by id.
+    pub fn secret(&self, id: &str) -> Option<Arc<[u8]>> {
+        lock(&self.inner).secrets.get(id).cloned()
+    }
+
+    /// `object-del` of a secret.
+    pub fn remove_secret(&self, id: &str) -> Result<(), GraphError> {
+        match lock(&self.inner).secrets.remove(id) {
+            Some(_) => Ok(()),
+            None => Err(generic(format!("object '{id}' not found"))),
+        }
     }
 
     /// `object-del` of a throttle group no node uses.
@@ -326,6 +362,12 @@ impl Graph {
         g.throttle_groups.remove(id);
         Ok(())
     }
+}
+
+fn duplicate_object(id: &str) -> GraphError {
+    generic(format!(
+        "attempt to add duplicate property '{id}' to object (type 'container')"
+    ))
 }
 
 /// How a driver gets its children while it is being opened: by name

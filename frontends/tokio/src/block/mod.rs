@@ -10,8 +10,9 @@
 //! * [`drivers`]: one file per driver (`file`, `host_device`, `null-co`,
 //!   `blockwire-ram`, `nbd`, `raw`, `throttle`, `blkdebug`,
 //!   `blockwire-cow`), each knowing only its children.
-//! * [`options`] is `BlockdevOptions` as typed values; [`qapi`] parses the
-//!   schema's JSON into them, strictly.
+//! * [`options`] is `BlockdevOptions` as typed values, [`export_options`]
+//!   the NBD export's; [`qapi`] parses the schema's JSON (and QEMU's
+//!   key=value form) into them, strictly, with QEMU's error messages.
 //!
 //! # How a request runs
 //!
@@ -29,14 +30,17 @@
 
 pub mod drivers;
 pub mod events;
+pub mod export_options;
 pub mod graph;
 pub mod io;
 pub mod node;
 pub mod options;
+pub mod qapi;
 pub mod report;
 pub mod throttle_group;
 
 pub use events::{Event, Events};
+pub use export_options::ExportOptions;
 pub use graph::{Graph, GraphError};
 pub use io::Io;
 pub use node::{Driver, DriverInfo, Node, Status, Zeroes};

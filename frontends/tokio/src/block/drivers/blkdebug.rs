@@ -29,12 +29,16 @@ impl Blkdebug {
         inject: &[InjectError],
         set_state: &[SetState],
     ) -> io::Result<Self> {
-        let align = align.max(1);
-        if !align.is_power_of_two() || align > (1 << 30) {
-            return Err(invalid("Cannot meet constraints with align"));
+        if align != 0 && (!align.is_power_of_two() || align > (1 << 30)) {
+            return Err(invalid(format!(
+                "Cannot meet constraints with align {align}"
+            )));
         }
+        let align = align.max(1);
         if max_transfer != 0 && (max_transfer % align != 0 || max_transfer > i32::MAX as u64) {
-            return Err(invalid("Cannot meet constraints with max-transfer"));
+            return Err(invalid(format!(
+                "Cannot meet constraints with max-transfer {max_transfer}"
+            )));
         }
         let mut rules = Rules::new();
         let all = inject

@@ -29,17 +29,39 @@ pub async fn open(
             filename,
             aio,
             locking,
-        } => Box::new(file::FileDriver::open(
-            &filename,
-            file::FileOpen {
+        } => {
+            let how = file::FileOpen {
                 read_only,
                 host_device,
                 aio,
                 locking,
                 direct: opts.cache.direct,
                 no_flush: opts.cache.no_flush,
-            },
-        )?),
+            };
+            match file::FileDriver::open(&filename, how) {
+                // `auto-read-only`: a file that cannot be opened for
+                // writing is opened read-only instead, as QEMU's
+                // file-posix does on EACCES / EROFS.
+                Err(e)
+                    if opts.auto_read_only
+                        && !read_only
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::PermissionDenied
+                                | std::io::ErrorKind::ReadOnlyFilesystem
+                        ) =>
+                {
+                    Box::new(file::FileDriver::open(
+                        &filename,
+                        file::FileOpen {
+                            read_only: true,
+                            ..how
+                        },
+                    )?)
+                }
+                r => Box::new(r?),
+            }
+        }
         DriverOptions::NullCo {
             size,
             latency_ns,

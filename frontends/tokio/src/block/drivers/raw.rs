@@ -29,9 +29,10 @@ impl Raw {
         let child = self.file.size();
         RawWindow::new(child, self.offset, self.size).map_err(|_| {
             match self.size {
-                Some(s) if s % 512 != 0 => invalid("Specified size is not a multiple of 512"),
+                Some(s) if s % 512 != 0 => invalid("Specified size is not multiple of 512"),
                 Some(s) => invalid(format!(
-                    "The sum of offset ({}) and size ({s}) has to be smaller or equal to the actual size of the containing file ({child})",
+                    // QEMU's words, its double space included.
+                    "The sum of offset ({}) and size ({s}) has to be smaller or equal to the  actual size of the containing file ({child})",
                     self.offset
                 )),
                 None => invalid(format!(

@@ -1,0 +1,95 @@
+//! `BlockExportOptions` for NBD exports as typed values: what
+//! `block-export-add` and qemu-storage-daemon's `--export` take (QEMU 7.2
+//! `qapi/block-export.json`, `type: nbd`). The JSON and key=value forms
+//! are parsed into these by [`super::qapi`]; code building exports from
+//! other options fills them in directly.
+
+use super::graph::Graph;
+
+/// Longest export name or description (`NBD_MAX_STRING_SIZE`).
+pub const NBD_MAX_STRING_SIZE: usize = 4096;
+
+/// `BlockExportOptions` with `BlockExportOptionsNbd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// `id`: names the export for `block-export-del` and events.
+    pub id: String,
+    /// `node-name`: the node exported.
+    pub node_name: String,
+    /// `writable` (default false).
+    pub writable: bool,
+    /// `writethrough` (default false): every write is made durable (as
+    /// with FUA) before it is acknowledged.
+    pub writethrough: bool,
+    /// `name`: the NBD export name (default: the node name).
+    pub name: String,
+    /// `description`: shown by `NBD_OPT_LIST` / `nbdinfo --list`.
+    pub description: Option<String>,
+    /// `bitmaps`: dirty bitmaps offered as `qemu:dirty-bitmap:NAME`.
+    pub bitmaps: Vec<BitmapRef>,
+    /// `allocation-depth`: offer `qemu:allocation-depth`.
+    pub allocation_depth: bool,
+}
+
+/// `BlockDirtyBitmapOrStr`: a bitmap of the exported node by name, or of
+/// any node (QEMU 7.2 accepts both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BitmapRef {
+    Name(String),
+    Node { node: String, name: String },
+}
+
+impl BitmapRef {
+    /// The bitmap's own name (what `qemu:dirty-bitmap:` is followed by).
+    pub fn name(&self) -> &str {
+        match self {
+            BitmapRef::Name(n) | BitmapRef::Node { name: n, .. } => n,
+        }
+    }
+}
+
+impl ExportOptions {
+    /// An export of `node_name` with QEMU's defaults: read-only, named
+    /// after the node, no description, bitmaps or allocation depth.
+    pub fn new(id: impl Into<String>, node_name: impl Into<String>) -> Self {
+        let node_name = node_name.into();
+        Self {
+            id: id.into(),
+            name: node_name.clone(),
+            node_name,
+            writable: false,
+            writethrough: false,
+            description: None,
+            bitmaps: Vec::new(),
+            allocation_depth: false,
+        }
+    }
+
+    /// What `block-export-add` checks against the graph before it exports,
+    /// with QEMU 7.2's messages: the node exists, is writable if the
+    /// export is, and has the bitmaps named.
+    pub fn check(&self, graph: &Graph) -> Result<(), String> {
+        let not_found = |n: &str| format!("Cannot find device='' nor node-name='{n}'");
+        let node = graph
+            .get(&self.node_name)
+            .ok_or_else(|| not_found(&self.node_name))?;
+        if self.writable && node.read_only() {
+            return Err("Cannot export read-only node as writable".into());
+        }
+        for b in &self.bitmaps {
+            match b {
+                BitmapRef::Name(n) if !node.has_bitmap(n) => {
+                    return Err(format!("Bitmap '{n}' is not found"));
+                }
+                BitmapRef::Node { node, name } => {
+                    let owner = graph.get(node).ok_or_else(|| not_found(node))?;
+                    if !owner.has_bitmap(name) {
+                        return Err(format!("Dirty bitmap '{name}' not found"));
+                    }
+                }
+                BitmapRef::Name(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
