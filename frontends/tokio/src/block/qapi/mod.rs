@@ -33,6 +33,8 @@ pub mod json;
 pub mod keyval;
 pub mod qom;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 pub mod visit;
 
 use serde_json::Value;
