@@ -8,6 +8,7 @@ use blockwire_core::block::throttle::ThrottleLimits;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::block::drivers::blkdebug::MAX_RULES as MAX_BLKDEBUG_RULES;
+use crate::block::qapi::{ArgError, ServeConfig, is_qapi_export};
 use crate::listen::ListenAddr;
 use crate::size::parse_size;
 
@@ -80,7 +81,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
 
-    /// An additional export, as comma-separated keys (repeatable):
+    /// An additional export (repeatable), either as qemu-storage-daemon's
+    /// --export (QAPI BlockExportOptions, type nbd) in JSON or key=value
+    /// form: '{"type":"nbd","id":"e0","node-name":"f0","writable":true}'
+    /// or nbd,id=e0,node-name=f0,name=disk,bitmaps.0=b0 — or in the short
+    /// form, as comma-separated keys:
     /// name=NAME, and one of file=PATH | memory=SIZE | null=SIZE; then
     /// optionally readonly, offset=SIZE and size=SIZE (a window into the
     /// file, size a multiple of 512), description=TEXT, cow (copy-on-write
@@ -89,8 +94,24 @@ pub struct ServeArgs {
     /// literal comma in a value is written ",,". Examples:
     /// --export name=b,file=img.raw,readonly,offset=1M,size=64M
     /// --export name=slow,memory=1G,throttle=bps=10M,,iops=100
-    #[arg(long = "export", value_name = "SPEC", value_parser = ExportSpec::parse)]
-    pub exports: Vec<ExportSpec>,
+    #[arg(long = "export", value_name = "SPEC", value_parser = ExportArg::parse)]
+    pub exports: Vec<ExportArg>,
+
+    /// A block node, as qemu-storage-daemon's --blockdev (repeatable):
+    /// QAPI BlockdevOptions as JSON,
+    /// '{"driver":"file","node-name":"f0","filename":"disk.img"}', or as
+    /// key=value, file,node-name=f0,filename=disk.img (nested members as
+    /// file.driver=..., list elements as inject-error.0.event=...).
+    /// Drivers: file, host_device, null-co, blockwire-ram, nbd, raw,
+    /// throttle, blkdebug, blockwire-cow.
+    #[arg(long = "blockdev", value_name = "OPTIONS")]
+    pub blockdevs: Vec<String>,
+
+    /// An object, as qemu-storage-daemon's --object (repeatable), JSON or
+    /// key=value: throttle-group (id, limits.iops-total=..., ...) or
+    /// secret (id, data=... or file=..., format=raw|base64).
+    #[arg(long = "object", value_name = "OPTIONS")]
+    pub objects: Vec<String>,
 
     /// Export read-only: writes, trims and zeroes fail with EPERM.
     #[arg(short = 'r', long)]
@@ -171,6 +192,34 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The --export values in the short form.
+    pub fn export_specs(&self) -> impl Iterator<Item = &ExportSpec> {
+        self.exports.iter().filter_map(|e| match e {
+            ExportArg::Short(s) => Some(s),
+            ExportArg::Qapi(_) => None,
+        })
+    }
+
+    /// The --export values in QAPI form, unparsed.
+    pub fn qapi_exports(&self) -> impl Iterator<Item = &str> {
+        self.exports.iter().filter_map(|e| match e {
+            ExportArg::Qapi(s) => Some(s.as_str()),
+            ExportArg::Short(_) => None,
+        })
+    }
+
+    /// --object, --blockdev and the QAPI --export values, parsed and
+    /// checked against the schema. (Parsed here rather than by clap so
+    /// that an error is one line, worded as qemu-storage-daemon's, and
+    /// the exit status is 1.)
+    pub fn qapi_config(&self) -> Result<ServeConfig, ArgError> {
+        ServeConfig::parse(
+            self.objects.iter().map(String::as_str),
+            self.blockdevs.iter().map(String::as_str),
+            self.qapi_exports(),
+        )
+    }
+
     pub fn multi_conn(&self) -> bool {
         !self.no_multi_conn
     }
@@ -220,6 +269,25 @@ pub struct ExportSpec {
     pub allocation_depth: bool,
     pub throttle: Option<ThrottleLimits>,
     pub blkdebug: Option<String>,
+}
+
+/// One `--export`: blockwire's short form, or QAPI `BlockExportOptions`
+/// (JSON, or key=value with `type`), kept as given until
+/// [`ServeArgs::qapi_config`] parses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportArg {
+    Short(ExportSpec),
+    Qapi(String),
+}
+
+impl ExportArg {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if is_qapi_export(s) {
+            Ok(ExportArg::Qapi(s.to_owned()))
+        } else {
+            ExportSpec::parse(s).map(ExportArg::Short)
+        }
+    }
 }
 
 /// Splits on single commas; ",," is a literal comma (QEMU's convention).
@@ -388,6 +456,36 @@ mod tests {
         assert!(serve(&["--blkdebug", "event=nope"]).is_err());
         assert!(serve(&["--listen", "udp:host:1"]).is_err());
         assert!(serve(&["--tls", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn qapi_options() {
+        let s = serve(&[
+            "--object",
+            "throttle-group,id=tg0,limits.iops-total=100",
+            "--blockdev",
+            r#"{"driver":"null-co","node-name":"n0"}"#,
+            "--blockdev",
+            "throttle,node-name=t0,throttle-group=tg0,file=n0",
+            "--export",
+            "nbd,id=e0,node-name=t0",
+            "--export",
+            "name=b,memory=1M",
+        ])
+        .unwrap();
+        assert_eq!(s.export_specs().count(), 1);
+        let cfg = s.qapi_config().unwrap();
+        assert_eq!(
+            (cfg.objects.len(), cfg.blockdevs.len(), cfg.exports.len()),
+            (1, 2, 1)
+        );
+        // Bad QAPI values reach qapi_config (one line, exit status 1),
+        // not clap.
+        let s = serve(&["--blockdev", r#"{"driver":"foo"}"#]).unwrap();
+        assert_eq!(
+            s.qapi_config().unwrap_err().to_string(),
+            r#"--blockdev {"driver":"foo"}: Parameter 'driver' does not accept value 'foo'"#
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn plans(args: &ServeArgs) -> Vec<Plan> {
             blkdebug: args.blkdebug.clone(),
         });
     }
-    for e in &args.exports {
+    for e in args.export_specs() {
         out.push(plan_of(e, args));
     }
     out
