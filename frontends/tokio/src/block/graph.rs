@@ -396,7 +396,8 @@ impl ChildResolver<'_> {
             BlockdevRef::Name(n) => self
                 .graph
                 .get(&n)
-                .ok_or_else(|| generic(format!("Cannot find device='' nor node-name='{n}'")))?,
+                // QEMU looks a child reference up as a device or a node.
+                .ok_or_else(|| generic(format!("Cannot find device='{n}' nor node-name='{n}'")))?,
             BlockdevRef::Inline(mut o) => {
                 // An inline child inherits read-only from a parent that
                 // does not write to it, as QEMU's option inheritance does.

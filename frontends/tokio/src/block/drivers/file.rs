@@ -229,13 +229,15 @@ impl FileDriver {
         })?;
         let meta = file.metadata()?;
         let block_device = meta.file_type().is_block_device();
-        if how.host_device && !block_device {
+        // QEMU's file-posix: `file` takes only regular files,
+        // `host_device` character or block devices.
+        if how.host_device && !(block_device || meta.file_type().is_char_device()) {
             return Err(invalid(format!(
                 "'host_device' driver requires '{}' to be either a character or block device",
                 path.display()
             )));
         }
-        if !how.host_device && block_device {
+        if !how.host_device && !meta.file_type().is_file() {
             return Err(invalid(format!(
                 "'file' driver requires '{}' to be a regular file",
                 path.display()

@@ -173,6 +173,8 @@ pub struct ServeConfig {
     pub objects: Vec<ObjectOptions>,
     pub blockdevs: Vec<BlockdevOptions>,
     pub exports: Vec<ExportOptions>,
+    /// The values as given, for messages (parallel to the lists above).
+    given: [Vec<String>; 3],
 }
 
 impl ServeConfig {
@@ -185,11 +187,13 @@ impl ServeConfig {
         fn all<'a, T>(
             option: &'static str,
             values: impl IntoIterator<Item = &'a str>,
+            given: &mut Vec<String>,
             parse: fn(&str) -> Result<T, Error>,
         ) -> Result<Vec<T>, ArgError> {
             values
                 .into_iter()
                 .map(|v| {
+                    given.push(v.to_owned());
                     parse(v).map_err(|error| ArgError {
                         option,
                         value: v.to_owned(),
@@ -198,10 +202,13 @@ impl ServeConfig {
                 })
                 .collect()
         }
+        let mut given: [Vec<String>; 3] = Default::default();
+        let [o, b, e] = &mut given;
         Ok(Self {
-            objects: all("--object", objects, parse_object_arg)?,
-            blockdevs: all("--blockdev", blockdevs, parse_blockdev_arg)?,
-            exports: all("--export", exports, parse_export_arg)?,
+            objects: all("--object", objects, o, parse_object_arg)?,
+            blockdevs: all("--blockdev", blockdevs, b, parse_blockdev_arg)?,
+            exports: all("--export", exports, e, parse_export_arg)?,
+            given,
         })
     }
 
@@ -209,24 +216,31 @@ impl ServeConfig {
         self.objects.is_empty() && self.blockdevs.is_empty() && self.exports.is_empty()
     }
 
+    /// The error for item `i` of list `which`, naming it as given.
+    fn fail(&self, option: &'static str, which: usize, i: usize, msg: String) -> ArgError {
+        ArgError {
+            option,
+            value: self.given[which].get(i).cloned().unwrap_or_default(),
+            error: Error::new(msg),
+        }
+    }
+
     /// Adds the objects and nodes to `graph` and checks each export
     /// against it (its node exists, and is writable if the export is):
     /// everything that can fail before an export is served.
-    pub async fn build(&self, graph: &super::Graph) -> Result<(), String> {
-        for o in &self.objects {
+    pub async fn build(&self, graph: &super::Graph) -> Result<(), ArgError> {
+        for (i, o) in self.objects.iter().enumerate() {
             o.add_to(graph)
-                .map_err(|e| format!("--object {}: {e}", o.id()))?;
+                .map_err(|e| self.fail("--object", 0, i, e.to_string()))?;
         }
-        for b in &self.blockdevs {
-            let name = b.node_name.clone().unwrap_or_default();
+        for (i, b) in self.blockdevs.iter().enumerate() {
             graph
                 .add(b.clone())
                 .await
-                .map_err(|e| format!("--blockdev {name}: {e}"))?;
+                .map_err(|e| self.fail("--blockdev", 1, i, e.to_string()))?;
         }
-        for e in &self.exports {
-            e.check(graph)
-                .map_err(|m| format!("--export {}: {m}", e.id))?;
+        for (i, e) in self.exports.iter().enumerate() {
+            e.check(graph).map_err(|m| self.fail("--export", 2, i, m))?;
         }
         Ok(())
     }

@@ -210,6 +210,13 @@ fn inline_children_inherit_as_in_qemu() {
     assert!(!inline(backing).auto_read_only);
     // The top node itself keeps QEMU's defaults.
     assert_eq!(bd("null-co").discard, Discard::Ignore);
+    // key=value booleans, as QEMU's qapi_bool_parse.
+    for t in ["on", "yes", "true", "y"] {
+        assert!(bd(&format!("null-co,read-only={t}")).read_only, "{t}");
+    }
+    for f in ["off", "no", "false", "n"] {
+        assert!(!bd(&format!("null-co,read-only={f}")).read_only, "{f}");
+    }
     // force-share needs read-only, inherited read-only counts.
     assert_eq!(
         bd_err("null-co,force-share=on"),
@@ -799,35 +806,35 @@ async fn serve_config_builds_the_graph() {
     let fails = |b: &'static str| async move {
         let g = crate::block::Graph::new();
         let cfg = ServeConfig::parse([], [b], []).unwrap();
-        cfg.build(&g).await.unwrap_err()
+        cfg.build(&g).await.unwrap_err().to_string()
     };
     assert_eq!(
         fails("null-co").await,
-        "--blockdev : 'node-name' must be specified for the root node"
+        "--blockdev null-co: 'node-name' must be specified for the root node"
     );
     assert_eq!(
         fails("null-co,node-name=0n").await,
-        "--blockdev 0n: Invalid node-name: '0n'"
+        "--blockdev null-co,node-name=0n: Invalid node-name: '0n'"
     );
     assert_eq!(
         fails("null-co,node-name=abcdefghijabcdefghijabcdefghijab").await,
-        "--blockdev abcdefghijabcdefghijabcdefghijab: Node name too long"
+        "--blockdev null-co,node-name=abcdefghijabcdefghijabcdefghijab: Node name too long"
     );
     assert_eq!(
         fails("raw,node-name=r,file.driver=null-co,size=1000").await,
-        "--blockdev r: Specified size is not multiple of 512"
+        "--blockdev raw,node-name=r,file.driver=null-co,size=1000: Specified size is not multiple of 512"
     );
     assert_eq!(
         fails("blkdebug,node-name=d,image.driver=null-co,align=3").await,
-        "--blockdev d: Cannot meet constraints with align 3"
+        "--blockdev blkdebug,node-name=d,image.driver=null-co,align=3: Cannot meet constraints with align 3"
     );
     assert_eq!(
         fails("null-co,node-name=n,detect-zeroes=unmap").await,
-        "--blockdev n: setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
+        "--blockdev null-co,node-name=n,detect-zeroes=unmap: setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
     );
     assert_eq!(
         fails("throttle,node-name=t,file.driver=null-co,throttle-group=nope").await,
-        "--blockdev t: Throttle group 'nope' does not exist"
+        "--blockdev throttle,node-name=t,file.driver=null-co,throttle-group=nope: Throttle group 'nope' does not exist"
     );
     // Exports are checked against the graph.
     let g = crate::block::Graph::new();
@@ -838,13 +845,16 @@ async fn serve_config_builds_the_graph() {
     )
     .unwrap();
     assert_eq!(
-        cfg.build(&g).await.unwrap_err(),
-        "--export e: Cannot export read-only node as writable"
+        cfg.build(&g).await.unwrap_err().to_string(),
+        "--export nbd,id=e,node-name=ro,writable=on: Cannot export read-only node as writable"
     );
     let cfg = ServeConfig::parse([], [], ["nbd,id=e,node-name=nope"]).unwrap();
     assert_eq!(
-        cfg.build(&crate::block::Graph::new()).await.unwrap_err(),
-        "--export e: Cannot find device='' nor node-name='nope'"
+        cfg.build(&crate::block::Graph::new())
+            .await
+            .unwrap_err()
+            .to_string(),
+        "--export nbd,id=e,node-name=nope: Cannot find device='' nor node-name='nope'"
     );
     let cfg = ServeConfig::parse(
         [],
@@ -853,8 +863,11 @@ async fn serve_config_builds_the_graph() {
     )
     .unwrap();
     assert_eq!(
-        cfg.build(&crate::block::Graph::new()).await.unwrap_err(),
-        "--export e: Bitmap 'b' is not found"
+        cfg.build(&crate::block::Graph::new())
+            .await
+            .unwrap_err()
+            .to_string(),
+        "--export nbd,id=e,node-name=n,bitmaps.0=b: Bitmap 'b' is not found"
     );
 }
 

@@ -16,7 +16,8 @@
 //!   "expected: integer" while a `uint64` "expects uint64";
 //! * in key=value form every scalar is a string and is converted here:
 //!   integers as C's `strtoll` with base 0 (`0x1f`, `017`), sizes with
-//!   suffixes, booleans only as `on` / `off`.
+//!   suffixes, booleans as `on` / `off` (or `yes` / `no`, `true` /
+//!   `false`, `y` / `n`, though the error message names only the first).
 //!
 //! The result has the same shape as the input with only the schema's
 //! members, integers as JSON integers and booleans as booleans, whatever
@@ -150,9 +151,10 @@ impl Visitor {
                 _ => Err(self.invalid_type(name, "boolean")),
             };
         }
+        // QEMU's qapi_bool_parse(), though its message names only two.
         match self.string(name, v)? {
-            "on" => Ok(Value::Bool(true)),
-            "off" => Ok(Value::Bool(false)),
+            "on" | "yes" | "true" | "y" => Ok(Value::Bool(true)),
+            "off" | "no" | "false" | "n" => Ok(Value::Bool(false)),
             _ => Err(err(format!(
                 "Parameter '{}' expects 'on' or 'off'",
                 self.full(name)
