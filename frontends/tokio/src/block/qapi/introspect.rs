@@ -9,7 +9,7 @@
 //! clients from depending on type names). Members blockwire refuses
 //! ([`Support::Only`]) are left out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -58,7 +58,7 @@ pub fn schema_info(commands: &[Command], mask: bool) -> Vec<Value> {
     let mut b = Builder {
         mask,
         names: HashMap::new(),
-        done: HashMap::new(),
+        done: HashSet::new(),
         out: Vec::new(),
         queue: Vec::new(),
     };
@@ -83,7 +83,7 @@ struct Builder {
     /// Real name → name shown.
     names: HashMap<String, String>,
     /// Names already queued or emitted.
-    done: HashMap<String, ()>,
+    done: HashSet<String>,
     out: Vec<Value>,
     queue: Vec<Type>,
 }
@@ -120,7 +120,7 @@ impl Builder {
             (None, Type::List(elem)) => format!("[{}]", self.use_type(elem)),
             _ => self.name(&real),
         };
-        if self.done.insert(real, ()).is_none() {
+        if self.done.insert(real) {
             self.queue.push(*t);
         }
         name
@@ -129,7 +129,7 @@ impl Builder {
     /// A named enum that is not a static (a union's tag).
     fn tag_enum(&mut self, name: &str, values: Vec<&str>) -> String {
         let shown = self.name(name);
-        if self.done.insert(name.to_owned(), ()).is_none() {
+        if self.done.insert(name.to_owned()) {
             self.out.push(json!({
                 "name": shown,
                 "meta-type": "enum",

@@ -611,6 +611,7 @@ fn the_short_export_form_is_told_apart() {
         "readonly,name=b,file=x",
         "cow,name=c,memory=1G",
         "name=m,memory=1G,description=a,, type=x",
+        "name=m,memory=1G,description=a,,type=x",
     ] {
         assert!(!is_qapi_export(short), "{short}");
     }
@@ -648,7 +649,7 @@ fn objects() {
         !format!("{s:?}").contains("hello"),
         "secret in debug output"
     );
-    let path = std::env::temp_dir().join(format!("blockwire-secret-{}", std::process::id()));
+    let path = tmp_path("secret");
     std::fs::write(&path, b"key bytes").unwrap();
     let s = parse_object_arg(&format!(
         r#"{{"qom-type":"secret","id":"s1","file":{:?}}}"#,
@@ -761,8 +762,20 @@ fn objects() {
     }
 }
 
+/// A path no other process uses: /tmp may be shared by processes in other
+/// PID namespaces, so the pid alone is not enough.
+fn tmp_path(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!(
+        "blockwire-qapi-{}-{nanos}-{tag}",
+        std::process::id()
+    ))
+}
+
 fn tmp_file(tag: &str, size: u64) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("blockwire-qapi-{}-{tag}", std::process::id()));
+    let p = tmp_path(tag);
     let f = std::fs::File::create(&p).unwrap();
     f.set_len(size).unwrap();
     p
