@@ -148,11 +148,15 @@ fn split_items(s: &str) -> Vec<String> {
         match c {
             ',' if chars.peek() == Some(&',') => {
                 chars.next();
-                items.last_mut().map(|i| i.push(','));
+                if let Some(i) = items.last_mut() {
+                    i.push(',');
+                }
             }
             ',' => items.push(String::new()),
             c => {
-                items.last_mut().map(|i| i.push(c));
+                if let Some(i) = items.last_mut() {
+                    i.push(c);
+                }
             }
         }
     }
