@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use blockwire_core::block::zero_policy::Discard;
 
 use crate::block::drivers::file::FileDriver;
+use crate::block::export_options::{BitmapRef, ExportOptions};
 use crate::block::options::{Aio, BlockdevOptions, BlockdevRef, DriverOptions, OnOffAuto};
 use crate::block::{Graph, Node};
 use crate::cli::{ExportSpec, ServeArgs, SourceSpec, TlsMode};
@@ -50,8 +51,8 @@ fn plans(args: &ServeArgs) -> Vec<Plan> {
         (Some(f), _, _) => Some(SourceSpec::File(f.clone())),
         (None, Some(m), _) => Some(SourceSpec::Memory(m)),
         (None, None, Some(n)) => Some(SourceSpec::Null(n)),
-        // --export alone replaces the default disk.
-        (None, None, None) if !args.exports.is_empty() => None,
+        // --export or --blockdev alone replace the default disk.
+        (None, None, None) if !args.exports.is_empty() || !args.blockdevs.is_empty() => None,
         (None, None, None) => Some(SourceSpec::Memory(DEFAULT_MEMORY)),
     };
     let mut out = Vec::new();
@@ -245,8 +246,46 @@ fn describe(export: &Export) -> String {
     )
 }
 
-/// Builds the graph and the exports the command line asks for.
+/// `BlockExportOptions` as the registry's export configuration. A bitmap
+/// given as `{node, name}` must be on the exported node or below it,
+/// where the export looks bitmaps up.
+fn qapi_export(e: &ExportOptions, graph: &Graph, args: &ServeArgs) -> Result<ExportConfig, String> {
+    fn below(node: &Arc<Node>, name: &str) -> bool {
+        node.name() == name || node.children().iter().any(|c| below(&c.node, name))
+    }
+    let top = graph
+        .get(&e.node_name)
+        .ok_or_else(|| format!("Cannot find device='' nor node-name='{}'", e.node_name))?;
+    let mut bitmaps = Vec::new();
+    for b in &e.bitmaps {
+        if let BitmapRef::Node { node, name } = b {
+            if !below(&top, node) {
+                return Err(format!(
+                    "Bitmap '{name}' of node '{node}' cannot be exported: \
+                     blockwire exports bitmaps of the exported node or of nodes below it"
+                ));
+            }
+        }
+        bitmaps.push(b.name().to_owned());
+    }
+    Ok(ExportConfig {
+        id: e.id.clone(),
+        node_name: e.node_name.clone(),
+        name: e.name.clone(),
+        description: e.description.clone().unwrap_or_default(),
+        writable: e.writable,
+        bitmaps,
+        allocation_depth: e.allocation_depth,
+        multi_conn: args.multi_conn(),
+    })
+}
+
+/// Builds the graph and the exports the command line asks for: the
+/// objects and nodes of --object / --blockdev, the short form's exports,
+/// then the QAPI --export values (which may name nodes of either).
 async fn build(args: &ServeArgs, graph: &Arc<Graph>, registry: &Registry) -> Result<(), Error> {
+    let qapi = args.qapi_config()?;
+    qapi.build_nodes(graph).await?;
     for (i, p) in plans(args).into_iter().enumerate() {
         let name = p.name.clone();
         let cfg = sugar(i, p, args, graph).await?;
@@ -255,6 +294,13 @@ async fn build(args: &ServeArgs, graph: &Arc<Graph>, registry: &Registry) -> Res
         registry
             .add(export)
             .map_err(|e| format!("export {name:?}: {e}"))?;
+    }
+    for (i, e) in qapi.exports.iter().enumerate() {
+        qapi.check_export(i, graph)?;
+        let cfg = qapi_export(e, graph, args).map_err(|m| qapi.export_error(i, m))?;
+        let export = Export::new(graph, cfg).map_err(|m| qapi.export_error(i, m))?;
+        info!("{}", describe(&export));
+        registry.add(export).map_err(|m| qapi.export_error(i, m))?;
     }
     Ok(())
 }

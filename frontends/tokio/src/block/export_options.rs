@@ -18,9 +18,6 @@ pub struct ExportOptions {
     pub node_name: String,
     /// `writable` (default false).
     pub writable: bool,
-    /// `writethrough` (default false): every write is made durable (as
-    /// with FUA) before it is acknowledged.
-    pub writethrough: bool,
     /// `name`: the NBD export name (default: the node name).
     pub name: String,
     /// `description`: shown by `NBD_OPT_LIST` / `nbdinfo --list`.
@@ -58,7 +55,6 @@ impl ExportOptions {
             name: node_name.clone(),
             node_name,
             writable: false,
-            writethrough: false,
             description: None,
             bitmaps: Vec::new(),
             allocation_depth: false,

@@ -248,10 +248,8 @@ impl ServeConfig {
         }
     }
 
-    /// Adds the objects and nodes to `graph` and checks each export
-    /// against it (its node exists, and is writable if the export is):
-    /// everything that can fail before an export is served.
-    pub async fn build(&self, graph: &super::Graph) -> Result<(), ArgError> {
+    /// Adds the objects and then the nodes to `graph`.
+    pub async fn build_nodes(&self, graph: &super::Graph) -> Result<(), ArgError> {
         for (i, o) in self.objects.iter().enumerate() {
             o.add_to(graph)
                 .map_err(|e| self.fail("--object", 0, i, e.to_string()))?;
@@ -262,8 +260,29 @@ impl ServeConfig {
                 .await
                 .map_err(|e| self.fail("--blockdev", 1, i, e.to_string()))?;
         }
-        for (i, e) in self.exports.iter().enumerate() {
-            e.check(graph).map_err(|m| self.fail("--export", 2, i, m))?;
+        Ok(())
+    }
+
+    /// Checks export `i` against `graph` with QEMU's messages (its node
+    /// exists, is writable if the export is, has the bitmaps named).
+    pub fn check_export(&self, i: usize, graph: &super::Graph) -> Result<(), ArgError> {
+        match self.exports.get(i) {
+            Some(e) => e.check(graph).map_err(|m| self.export_error(i, m)),
+            None => Ok(()),
+        }
+    }
+
+    /// An error about export `i`, naming the `--export` value it came from.
+    pub fn export_error(&self, i: usize, msg: impl std::fmt::Display) -> ArgError {
+        self.fail("--export", 2, i, msg.to_string())
+    }
+
+    /// [`Self::build_nodes`], then [`Self::check_export`] for each export:
+    /// everything that can fail before an export is served.
+    pub async fn build(&self, graph: &super::Graph) -> Result<(), ArgError> {
+        self.build_nodes(graph).await?;
+        for i in 0..self.exports.len() {
+            self.check_export(i, graph)?;
         }
         Ok(())
     }

@@ -539,13 +539,13 @@ fn exports() {
     assert_eq!(e, ExportOptions::new("e0", "disk"));
     assert_eq!(e.name, "disk");
     let e = parse_export_arg(
-        "nbd,id=e1,node-name=disk,name=,description=d,,x,writable=on,writethrough=on,\
+        "nbd,id=e1,node-name=disk,name=,description=d,,x,writable=on,writethrough=off,\
          bitmaps.0=b0,bitmaps.1.node=other,bitmaps.1.name=b1,allocation-depth=on",
     )
     .unwrap();
     assert_eq!(e.name, "");
     assert_eq!(e.description.as_deref(), Some("d,x"));
-    assert!(e.writable && e.writethrough && e.allocation_depth);
+    assert!(e.writable && e.allocation_depth);
     assert_eq!(
         e.bitmaps,
         vec![
@@ -591,6 +591,10 @@ fn exports() {
     assert_eq!(
         err("nbd,id=e,node-name=n,iothread=io0"),
         "Parameter 'iothread' is not supported by blockwire"
+    );
+    assert_eq!(
+        err("nbd,id=e,node-name=n,writethrough=on"),
+        "Parameter 'writethrough' is not supported by blockwire"
     );
     parse_export_arg("nbd,id=e,node-name=n,fixed-iothread=off").unwrap();
 }
