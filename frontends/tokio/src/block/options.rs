@@ -17,6 +17,9 @@ pub struct BlockdevOptions {
     /// `auto-read-only` (default false): open read-only if writing is
     /// impossible, instead of failing.
     pub auto_read_only: bool,
+    /// `force-share` (read-only nodes only): take no lock that keeps
+    /// others from writing the image.
+    pub force_share: bool,
     /// `discard` (default `ignore`).
     pub discard: Discard,
     /// `detect-zeroes` (default `off`).
@@ -32,6 +35,7 @@ impl BlockdevOptions {
             node_name: None,
             read_only: false,
             auto_read_only: false,
+            force_share: false,
             discard: Discard::Ignore,
             detect_zeroes: DetectZeroes::Off,
             cache: CacheOptions::default(),

@@ -51,6 +51,8 @@ pub struct FileOpen {
     pub locking: OnOffAuto,
     pub direct: bool,
     pub no_flush: bool,
+    /// Refuse nothing to other users of the image (`force-share`).
+    pub force_share: bool,
 }
 
 pub struct FileDriver {
@@ -186,6 +188,16 @@ impl Direct {
     }
 }
 
+/// An OS error as QEMU prints it (`strerror`), without Rust's
+/// " (os error N)" suffix.
+fn os_message(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
 fn unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -224,7 +236,7 @@ impl FileDriver {
         let mut file = opts.open(path).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("Could not open '{}': {e}", path.display()),
+                format!("Could not open '{}': {}", path.display(), os_message(&e)),
             )
         })?;
         let meta = file.metadata()?;

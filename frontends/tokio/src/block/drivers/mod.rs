@@ -37,6 +37,7 @@ pub async fn open(
                 locking,
                 direct: opts.cache.direct,
                 no_flush: opts.cache.no_flush,
+                force_share: opts.force_share,
             };
             match file::FileDriver::open(&filename, how) {
                 // `auto-read-only`: a file that cannot be opened for

@@ -77,6 +77,7 @@ pub struct Inherit {
     pub no_flush: bool,
     pub read_only: bool,
     pub auto_read_only: bool,
+    pub force_share: bool,
 }
 
 impl Inherit {
@@ -113,10 +114,14 @@ pub(crate) fn blockdev(o: &Obj, parent: Option<Inherit>) -> Result<BlockdevOptio
         .bool("auto-read-only")?
         .or(parent.map(|p| p.auto_read_only))
         .unwrap_or(false);
-    // blockwire takes no image locks (the file driver refuses
-    // `locking=on`), so every node already shares its image the way
-    // force-share asks; QEMU's precondition is still checked.
-    if o.bool("force-share")? == Some(true) && !effective_ro {
+    // force-share: the file driver then refuses nothing to other users
+    // of the image (no "unshare" lock bytes); inherited by children, as
+    // QEMU's BDRV_OPT_FORCE_SHARE is.
+    let force_share = o
+        .bool("force-share")?
+        .or(parent.map(|p| p.force_share))
+        .unwrap_or(false);
+    if force_share && !effective_ro {
         return Err(Error::new(
             "force-share=on can only be used with read-only images",
         ));
@@ -155,6 +160,7 @@ pub(crate) fn blockdev(o: &Obj, parent: Option<Inherit>) -> Result<BlockdevOptio
         no_flush: cache.no_flush,
         read_only: effective_ro,
         auto_read_only,
+        force_share,
     };
     let convert = drivers::converter(driver).ok_or_else(|| internal(&o.path("driver")))?;
     let driver = convert(o, &Children { here })?;
@@ -162,6 +168,7 @@ pub(crate) fn blockdev(o: &Obj, parent: Option<Inherit>) -> Result<BlockdevOptio
         node_name: o.str("node-name")?.map(str::to_owned),
         read_only: read_only.unwrap_or(false),
         auto_read_only,
+        force_share,
         discard,
         detect_zeroes,
         cache,
