@@ -4,18 +4,21 @@
 #[path = "client_support.rs"]
 mod support;
 
-use blockwire_core::client::{BlockSize, Client, Config, Error, Mode, RequestError, TlsPolicy};
+use blockwire_core::client::{
+    BlockSize, Client, Config, ConfigError, Error, Mode, RequestError, TlsPolicy,
+};
 use blockwire_core::time::Instant;
+use blockwire_core::wire::codec::PayloadError;
 use blockwire_core::wire::{CommandFlags, HeaderMode, OptionType, ReplyType, TransmissionFlags};
 use core::time::Duration;
 use support::*;
 
-fn client(config: Config<'_>) -> Client<'_> {
-    Client::new(config, Instant(0)).unwrap()
+fn client(config: Config) -> Client {
+    Client::new(config, Instant(0))
 }
 
-fn plain(name: &str) -> Config<'_> {
-    let mut c = Config::new(name);
+fn plain(name: &str) -> Config {
+    let mut c = Config::new(name).unwrap();
     c.structured_replies = false;
     c.extended_headers = false;
     c
@@ -67,9 +70,11 @@ fn go_with_simple_replies_sends_exactly_what_the_spec_says() {
 #[test]
 fn extended_headers_and_meta_contexts() {
     let contexts = ["base:allocation", "qemu:dirty-bitmap:b"];
-    let mut config = Config::new("");
-    config.meta_contexts = &contexts;
-    let mut c = client(config);
+    let mut config = Config::new("").unwrap();
+    for q in contexts {
+        config.add_meta_context(q).unwrap();
+    }
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(1)
         .ack(OptionType::EXTENDED_HEADERS)
@@ -104,9 +109,11 @@ fn extended_headers_and_meta_contexts() {
 #[test]
 fn extended_refused_falls_back_to_structured() {
     let contexts = ["base:allocation"];
-    let mut config = Config::new("d");
-    config.meta_contexts = &contexts;
-    let mut c = client(config);
+    let mut config = Config::new("d").unwrap();
+    for q in contexts {
+        config.add_meta_context(q).unwrap();
+    }
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(3)
         .opt(OptionType::EXTENDED_HEADERS, ReplyType::ERR_UNSUP, b"no")
@@ -165,7 +172,7 @@ fn go_unsupported_falls_back_to_export_name() {
 
 #[test]
 fn go_unsupported_after_extended_headers_is_fatal() {
-    let mut c = client(Config::new("d"));
+    let mut c = client(Config::new("d").unwrap());
     let s = Script::new()
         .greeting(3)
         .ack(OptionType::EXTENDED_HEADERS)
@@ -194,7 +201,7 @@ fn refuses_oldstyle_non_fixed_and_garbage() {
         ),
     ];
     for (bytes, err) in cases {
-        let mut c = client(Config::new(""));
+        let mut c = client(Config::new("").unwrap());
         let run = run_whole(&mut c, &bytes);
         assert_eq!(run.events, vec![Ev::Failed(err)]);
         assert!(run.sent.is_empty(), "nothing sent to a server we refuse");
@@ -206,7 +213,7 @@ fn refuses_oldstyle_non_fixed_and_garbage() {
 fn tls_required_and_started() {
     let mut config = plain("secure");
     config.tls = TlsPolicy::Require;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(3)
         .ack(OptionType::STARTTLS)
@@ -224,15 +231,17 @@ fn tls_required_and_started() {
 fn plaintext_injected_after_starttls_is_refused() {
     let mut config = plain("secure");
     config.tls = TlsPolicy::Require;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(3)
         .ack(OptionType::STARTTLS)
         .raw(b"evil");
     let mut input = &s.0[..];
     let mut events = Vec::new();
+    let mut run = Run::default();
     loop {
-        let p = c.handle_input(input, Instant(0));
+        drain(&mut c, &mut run);
+        let p = c.handle_input(input);
         input = &input[p.consumed..];
         match p.event.map(Ev::from) {
             Some(e) => events.push(e),
@@ -251,7 +260,7 @@ fn tls_refusals() {
     // We require TLS; the server will not: soft disconnect with ABORT.
     let mut config = plain("x");
     config.tls = TlsPolicy::Require;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let run = run_whole(
         &mut c,
         &Script::new()
@@ -271,7 +280,7 @@ fn tls_refusals() {
     // We allow TLS; the server lacks it: go on in plaintext.
     let mut config = plain("x");
     config.tls = TlsPolicy::Allow;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let run = run_whole(
         &mut c,
         &Script::new()
@@ -296,7 +305,7 @@ fn tls_refusals() {
         let (_, opts) = parse_options(&run.sent);
         assert_eq!(opts.last().unwrap().0, 2, "ABORT sent");
     }
-    let mut c = client(Config::new("x"));
+    let mut c = client(Config::new("x").unwrap());
     let run = run_whole(
         &mut c,
         &Script::new()
@@ -309,9 +318,9 @@ fn tls_refusals() {
 
 #[test]
 fn list_mode_lists_and_aborts() {
-    let mut config = Config::new("");
+    let mut config = Config::new("").unwrap();
     config.mode = Mode::List;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(3)
         .server_entry("a", "")
@@ -333,9 +342,9 @@ fn list_mode_lists_and_aborts() {
 
 #[test]
 fn endless_list_is_one_event_per_entry_with_bounded_memory() {
-    let mut config = Config::new("");
+    let mut config = Config::new("").unwrap();
     config.mode = Mode::List;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let name = "n".repeat(4096);
     let mut s = Script::new().greeting(3);
     for _ in 0..2000 {
@@ -356,10 +365,10 @@ fn endless_list_is_one_event_per_entry_with_bounded_memory() {
 
 #[test]
 fn oversized_list_replies_are_refused_unread() {
-    let mut config = Config::new("");
+    let mut config = Config::new("").unwrap();
     config.mode = Mode::List;
     // A reply announcing 4 GiB.
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let mut s = Script::new().greeting(3);
     s = s
         .raw(&OPT_REPLY_MAGIC.to_be_bytes())
@@ -375,7 +384,7 @@ fn oversized_list_replies_are_refused_unread() {
         })
     );
     // A name longer than the reply.
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let mut d = 100u32.to_be_bytes().to_vec();
     d.extend_from_slice(b"short");
     let run = run_whole(
@@ -389,11 +398,12 @@ fn oversized_list_replies_are_refused_unread() {
         last_failure(&run),
         Some(Error::MalformedOptionReply {
             option: OptionType::LIST,
-            reply: ReplyType::SERVER
+            reply: ReplyType::SERVER,
+            cause: PayloadError::LengthPastEnd("export name"),
         })
     );
     // A name longer than 4096 bytes.
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let big = "x".repeat(4097);
     let run = run_whole(&mut c, &Script::new().greeting(3).server_entry(&big, "").0);
     assert!(matches!(
@@ -401,7 +411,7 @@ fn oversized_list_replies_are_refused_unread() {
         Some(Error::MalformedOptionReply { .. })
     ));
     // A reply shorter than its name length field.
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let run = run_whole(
         &mut c,
         &Script::new()
@@ -414,7 +424,7 @@ fn oversized_list_replies_are_refused_unread() {
         Some(Error::MalformedOptionReply { .. })
     ));
     // A non-UTF-8 name.
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let run = run_whole(
         &mut c,
         &Script::new()
@@ -422,14 +432,38 @@ fn oversized_list_replies_are_refused_unread() {
             .opt(OptionType::LIST, ReplyType::SERVER, &[0, 0, 0, 1, 0xff])
             .0,
     );
-    assert_eq!(last_failure(&run), Some(Error::InvalidString));
+    assert_eq!(
+        last_failure(&run),
+        Some(Error::MalformedOptionReply {
+            option: OptionType::LIST,
+            reply: ReplyType::SERVER,
+            cause: PayloadError::BadString("export name"),
+        })
+    );
+    // A description over 4096 bytes (qemu's client refuses it too).
+    let mut c = client(config.clone());
+    let run = run_whole(
+        &mut c,
+        &Script::new()
+            .greeting(3)
+            .server_entry("a", &"d".repeat(4097))
+            .0,
+    );
+    assert_eq!(
+        last_failure(&run),
+        Some(Error::MalformedOptionReply {
+            option: OptionType::LIST,
+            reply: ReplyType::SERVER,
+            cause: PayloadError::BadString("export description"),
+        })
+    );
 }
 
 #[test]
 fn info_mode_reports_export_and_contexts() {
-    let mut config = Config::new("disk");
+    let mut config = Config::new("disk").unwrap();
     config.mode = Mode::Info;
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(3)
         .ack(OptionType::EXTENDED_HEADERS)
@@ -560,6 +594,7 @@ fn malformed_handshake_replies_are_fatal() {
             Error::MalformedOptionReply {
                 option: OptionType::GO,
                 reply: ReplyType::ACK,
+                cause: PayloadError::BadLength("NBD_REP_ACK"),
             },
         ),
         (
@@ -576,6 +611,7 @@ fn malformed_handshake_replies_are_fatal() {
             Error::MalformedOptionReply {
                 option: OptionType::GO,
                 reply: ReplyType::INFO,
+                cause: PayloadError::Short("information type"),
             },
         ),
         (
@@ -585,6 +621,7 @@ fn malformed_handshake_replies_are_fatal() {
             Error::MalformedOptionReply {
                 option: OptionType::GO,
                 reply: ReplyType::INFO,
+                cause: PayloadError::BadLength("NBD_INFO_EXPORT"),
             },
         ),
         (
@@ -622,10 +659,12 @@ fn malformed_handshake_replies_are_fatal() {
 #[test]
 fn duplicate_or_too_many_contexts() {
     let contexts = ["base:allocation"];
-    let mut config = Config::new("d");
+    let mut config = Config::new("d").unwrap();
     config.extended_headers = false;
-    config.meta_contexts = &contexts;
-    let mut c = client(config);
+    for q in contexts {
+        config.add_meta_context(q).unwrap();
+    }
+    let mut c = client(config.clone());
     let s = Script::new()
         .greeting(3)
         .ack(OptionType::STRUCTURED_REPLY)
@@ -635,7 +674,7 @@ fn duplicate_or_too_many_contexts() {
         last_failure(&run_whole(&mut c, &s.0)),
         Some(Error::DuplicateContext { id: 1 })
     );
-    let mut c = client(config);
+    let mut c = client(config.clone());
     let mut s = Script::new().greeting(3).ack(OptionType::STRUCTURED_REPLY);
     for i in 0..17 {
         s = s.meta_context(OptionType::SET_META_CONTEXT, i, "x:y");
@@ -650,13 +689,13 @@ fn duplicate_or_too_many_contexts() {
 fn handshake_timeout() {
     let mut config = plain("d");
     config.handshake_timeout = Some(Duration::from_secs(5));
-    let mut c: Client = Client::new(config, Instant(1_000)).unwrap();
+    let mut c: Client = Client::new(config.clone(), Instant(1_000));
     assert_eq!(c.poll_timeout(), Some(Instant(5_000_001_000)));
     assert!(c.handle_timeout(Instant(5_000_000_999)).is_none());
     assert!(c.handle_timeout(Instant(5_000_001_000)).is_some());
     assert_eq!(c.handle_eof(), Err(Error::Timeout));
     // No deadline in transmission.
-    let mut c: Client = Client::new(config, Instant(0)).unwrap();
+    let mut c: Client = Client::new(config, Instant(0));
     run_whole(
         &mut c,
         &Script::new()
@@ -671,9 +710,14 @@ fn handshake_timeout() {
 #[test]
 fn config_is_validated() {
     let long = "x".repeat(4097);
-    assert!(Client::<64>::new(Config::new(&long), Instant(0)).is_err());
-    let many = ["a:b"; 17];
-    let mut c = Config::new("");
-    c.meta_contexts = &many;
-    assert!(Client::<64>::new(c, Instant(0)).is_err());
+    assert_eq!(
+        Config::new(&long).unwrap_err(),
+        ConfigError::ExportNameTooLong
+    );
+    let mut c = Config::new("").unwrap();
+    for _ in 0..16 {
+        c.add_meta_context("a:b").unwrap();
+    }
+    assert_eq!(c.add_meta_context("a:b"), Err(ConfigError::TooManyContexts));
+    assert_eq!(c.meta_contexts().count(), 16);
 }

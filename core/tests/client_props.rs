@@ -39,14 +39,14 @@ fn rich_handshake() -> Script {
         .ack(OptionType::GO)
 }
 
-fn rich_config() -> Config<'static> {
-    let mut c = Config::new("disk");
-    c.meta_contexts = &["base:allocation"];
+fn rich_config() -> Config {
+    let mut c = Config::new("disk").unwrap();
+    c.add_meta_context("base:allocation").unwrap();
     c
 }
 
 /// Requests 0..4 then replies that exercise every chunk kind.
-fn submit(c: &mut Client<'_>) {
+fn submit(c: &mut Client) {
     assert_eq!(c.read(0, 8192, F), Ok(cookie(0)));
     assert_eq!(c.block_status(0, 65536, F), Ok(cookie(1)));
     assert_eq!(c.read(8192, 4096, F), Ok(cookie(2)));
@@ -76,7 +76,7 @@ fn rich_replies() -> Script {
 }
 
 fn session(sizes: &[usize]) -> (Vec<Ev>, Vec<u8>) {
-    let mut c: Client = Client::new(rich_config(), Instant(0)).unwrap();
+    let mut c: Client = Client::new(rich_config(), Instant(0));
     let mut run = Run::default();
     feed(&mut c, &rich_handshake().0, sizes, &mut run);
     submit(&mut c);
@@ -116,7 +116,7 @@ proptest! {
     ) {
         let mut config = rich_config();
         config.mode = [Mode::Go, Mode::Info, Mode::List][mode as usize];
-        let mut c: Client = Client::new(config, Instant(0)).unwrap();
+        let mut c: Client = Client::new(config, Instant(0));
         // Sometimes start from a valid greeting (and option reply magic) to go deeper.
         let mut input = match prefix {
             0 => vec![],

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use blockwire_core::block::Extent;
-use blockwire_core::client::{Client, Config, Cookie, Error, Event, Export, RequestFailure};
+use blockwire_core::client::{
+    Client, Config, Cookie, Error, Event, Export, INPUT_BUFFER, RequestFailure,
+};
 use blockwire_core::time::Instant;
 use blockwire_core::wire::*;
 
@@ -120,7 +122,7 @@ pub struct Run {
 }
 
 /// Drain the client's output into `run.sent`.
-pub fn drain<const N: usize>(client: &mut Client<'_, N>, run: &mut Run) {
+pub fn drain<const N: usize>(client: &mut Client<N>, run: &mut Run) {
     run.max_pending = run.max_pending.max(client.pending_transmit());
     loop {
         let out = client.poll_transmit();
@@ -134,14 +136,14 @@ pub fn drain<const N: usize>(client: &mut Client<'_, N>, run: &mut Run) {
 }
 
 /// Feed `input` cut into pieces of the given sizes (cycled; the buffer
-/// keeps unconsumed bytes like a real frontend would), draining output and
-/// collecting events. `on_tls` is called for `StartTls`.
-pub fn feed<const N: usize>(
-    client: &mut Client<'_, N>,
-    input: &[u8],
-    sizes: &[usize],
-    run: &mut Run,
-) {
+/// keeps unconsumed bytes like a real frontend would), draining output
+/// before every call (the documented loop) and collecting events. TLS is
+/// "established" at once on `StartTls`.
+///
+/// Checks the client's input contract: whenever it asks for more, what it
+/// left unconsumed is less than [`INPUT_BUFFER`] (a frontend with that
+/// much room is never stuck).
+pub fn feed<const N: usize>(client: &mut Client<N>, input: &[u8], sizes: &[usize], run: &mut Run) {
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = 0;
     let mut i = 0;
@@ -163,19 +165,26 @@ pub fn feed<const N: usize>(
         loop {
             guard += 1;
             assert!(guard < 50_000_000, "machine does not make progress");
-            let p = client.handle_input(&buf, Instant(0));
+            drain(client, run);
+            let p = client.handle_input(&buf);
             let consumed = p.consumed;
             assert!(consumed <= buf.len());
             let ev = p.event.map(Ev::from);
             buf.drain(..consumed);
-            drain(client, run);
             match ev {
                 Some(Ev::StartTls) => {
                     run.events.push(Ev::StartTls);
                     client.tls_established();
                 }
                 Some(e) => run.events.push(e),
-                None if consumed == 0 => break,
+                None if consumed == 0 => {
+                    assert!(
+                        buf.len() < INPUT_BUFFER,
+                        "client waits with {} bytes unconsumed",
+                        buf.len()
+                    );
+                    break;
+                }
                 None => {}
             }
         }
@@ -186,7 +195,7 @@ pub fn feed<const N: usize>(
     drain(client, run);
 }
 
-pub fn run_whole<const N: usize>(client: &mut Client<'_, N>, input: &[u8]) -> Run {
+pub fn run_whole<const N: usize>(client: &mut Client<N>, input: &[u8]) -> Run {
     let mut run = Run::default();
     feed(client, input, &[usize::MAX], &mut run);
     run
@@ -247,13 +256,15 @@ pub fn ready_client<'c>(
     contexts: &'c [&'c str],
     size: u64,
     flags: u16,
-) -> Client<'c> {
+) -> Client {
     use blockwire_core::wire::HeaderMode;
-    let mut config = Config::new("disk");
+    let mut config = Config::new("disk").unwrap();
     config.structured_replies = mode != HeaderMode::Simple;
     config.extended_headers = mode == HeaderMode::Extended;
-    config.meta_contexts = contexts;
-    let mut client: Client = Client::new(config, Instant(0)).unwrap();
+    for q in contexts.iter() {
+        config.add_meta_context(q).unwrap();
+    }
+    let mut client: Client = Client::new(config, Instant(0));
     let script = handshake_script(mode, contexts, size, flags);
     let run = run_whole(&mut client, &script.0);
     assert!(

@@ -12,7 +12,7 @@ use support::*;
 const SIZE: u64 = 1 << 20;
 const F: CommandFlags = CommandFlags::empty();
 
-fn structured() -> Client<'static> {
+fn structured() -> Client {
     ready_client(
         HeaderMode::Structured,
         &["base:allocation"],
@@ -21,7 +21,7 @@ fn structured() -> Client<'static> {
     )
 }
 
-fn extended() -> Client<'static> {
+fn extended() -> Client {
     ready_client(
         HeaderMode::Extended,
         &["base:allocation", "x:y"],
@@ -30,7 +30,7 @@ fn extended() -> Client<'static> {
     )
 }
 
-fn sent_requests(client: &mut Client<'_>) -> Vec<u8> {
+fn sent_requests(client: &mut Client) -> Vec<u8> {
     let mut run = Run::default();
     drain(client, &mut run);
     run.sent

@@ -1,10 +1,19 @@
-//! What the client asks of the server.
+//! What the client asks of the server. The machine owns its configuration:
+//! the export name and the metadata context queries are copied into fixed
+//! inline storage, so a client needs no heap and borrows nothing.
 
+use core::fmt;
 use core::time::Duration;
 
 use crate::wire::MAX_STRING;
 
 use super::MAX_CONTEXTS;
+
+/// Bytes of metadata context queries one configuration holds, all queries
+/// together. Room for the longest context name qemu makes
+/// (`qemu:dirty-bitmap:` and a 1023-byte bitmap name) beside
+/// `base:allocation` and `qemu:allocation-depth`.
+pub const QUERY_BYTES: usize = 2048;
 
 /// Whether the client upgrades the connection to TLS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,71 +39,178 @@ pub enum Mode {
     #[default]
     Go,
     /// `NBD_OPT_INFO` on the export (and `NBD_OPT_LIST_META_CONTEXT` with
-    /// [`Config::meta_contexts`] as queries, all contexts if empty, when
+    /// the configured queries, all contexts if there are none, when
     /// structured replies are available), then `NBD_OPT_ABORT`.
     Info,
     /// `NBD_OPT_LIST`, then `NBD_OPT_ABORT`.
     List,
 }
 
-/// Client configuration; strings are borrowed for the life of the client
-/// and sent from where they are, never copied.
-#[derive(Clone, Copy, Debug)]
-pub struct Config<'c> {
-    /// Export to open (empty: the default export).
-    pub export_name: &'c str,
+/// Client configuration, valid by construction: the export name and the
+/// queries are checked as they are added.
+#[derive(Clone, Debug)]
+pub struct Config {
+    export_name: heapless::String<MAX_STRING>,
+    /// The queries, back to back; `ends[i]` is where query `i` ends.
+    queries: heapless::String<QUERY_BYTES>,
+    ends: heapless::Vec<u16, MAX_CONTEXTS>,
     pub tls: TlsPolicy,
     /// Ask for `NBD_OPT_STRUCTURED_REPLY` (if extended headers are not
     /// wanted or refused).
     pub structured_replies: bool,
     /// Ask for `NBD_OPT_EXTENDED_HEADERS`.
     pub extended_headers: bool,
-    /// Metadata contexts to select (`Mode::Go`) or list (`Mode::Info`);
-    /// at most [`MAX_CONTEXTS`].
-    pub meta_contexts: &'c [&'c str],
     pub mode: Mode,
     /// Give up on a handshake that takes longer than this.
     pub handshake_timeout: Option<Duration>,
 }
 
-impl<'c> Config<'c> {
-    /// Defaults: no TLS, structured replies and extended headers wanted,
-    /// no metadata contexts, `Mode::Go`, no timeout.
-    pub const fn new(export_name: &'c str) -> Self {
-        Self {
-            export_name,
+impl Config {
+    /// A configuration for `export_name` (empty: the default export), with
+    /// the defaults: no TLS, structured replies and extended headers
+    /// wanted, no metadata contexts, `Mode::Go`, no timeout.
+    pub fn new(export_name: &str) -> Result<Self, ConfigError> {
+        let mut name = heapless::String::new();
+        name.push_str(export_name)
+            .map_err(|_| ConfigError::ExportNameTooLong)?;
+        Ok(Self {
+            export_name: name,
+            queries: heapless::String::new(),
+            ends: heapless::Vec::new(),
             tls: TlsPolicy::Disable,
             structured_replies: true,
             extended_headers: true,
-            meta_contexts: &[],
             mode: Mode::Go,
             handshake_timeout: None,
-        }
+        })
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.export_name.len() > MAX_STRING {
-            return Err(ConfigError::ExportNameTooLong);
+    /// Add a metadata context to select (`Mode::Go`) or a query to list
+    /// (`Mode::Info`). Nothing is added if it fails.
+    pub fn add_meta_context(&mut self, query: &str) -> Result<(), ConfigError> {
+        if query.is_empty() {
+            return Err(ConfigError::EmptyContextQuery);
         }
-        if self.meta_contexts.len() > MAX_CONTEXTS {
+        if self.ends.is_full() {
             return Err(ConfigError::TooManyContexts);
         }
-        for q in self.meta_contexts {
-            if q.is_empty() || q.len() > MAX_STRING {
-                return Err(ConfigError::BadContextQuery);
-            }
-        }
-        Ok(())
+        self.queries
+            .push_str(query)
+            .map_err(|_| ConfigError::ContextQueriesTooLong)?;
+        // QUERY_BYTES fits in a u16 (asserted below); `ends` has room
+        // (checked above), so the push cannot fail.
+        let end = self.queries.len() as u16;
+        self.ends
+            .push(end)
+            .map_err(|_| ConfigError::TooManyContexts)
+    }
+
+    pub fn export_name(&self) -> &str {
+        &self.export_name
+    }
+
+    /// The configured metadata context queries, in order.
+    pub fn meta_contexts(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.ends.len()).map(|i| self.meta_context(i).unwrap_or(""))
+    }
+
+    /// Query `i`, if there are that many.
+    pub fn meta_context(&self, i: usize) -> Option<&str> {
+        let end = usize::from(*self.ends.get(i)?);
+        let start = match i.checked_sub(1) {
+            Some(p) => usize::from(*self.ends.get(p)?),
+            None => 0,
+        };
+        self.queries.get(start..end)
+    }
+
+    pub(crate) fn meta_context_count(&self) -> usize {
+        self.ends.len()
     }
 }
 
-/// Why a [`Config`] was refused.
+const _: () = assert!(QUERY_BYTES <= u16::MAX as usize);
+
+/// Why a [`Config`] refused a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError {
-    /// More than 4096 bytes.
+    /// The export name is longer than 4096 bytes (the spec's limit).
     ExportNameTooLong,
-    /// More than [`MAX_CONTEXTS`] queries.
+    /// More than [`MAX_CONTEXTS`] metadata context queries.
     TooManyContexts,
-    /// An empty query or one over 4096 bytes.
-    BadContextQuery,
+    /// An empty metadata context query.
+    EmptyContextQuery,
+    /// The queries together exceed [`QUERY_BYTES`].
+    ContextQueriesTooLong,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ExportNameTooLong => {
+                write!(f, "export name longer than {MAX_STRING} bytes")
+            }
+            ConfigError::TooManyContexts => {
+                write!(f, "more than {MAX_CONTEXTS} metadata contexts")
+            }
+            ConfigError::EmptyContextQuery => f.write_str("empty metadata context name"),
+            ConfigError::ContextQueriesTooLong => {
+                write!(
+                    f,
+                    "metadata context names longer than {QUERY_BYTES} bytes together"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn names_and_queries_are_kept_and_bounded() {
+        let name = "n".repeat(MAX_STRING);
+        let mut c = Config::new(&name).unwrap();
+        assert_eq!(c.export_name(), name);
+        assert_eq!(
+            Config::new(&"n".repeat(MAX_STRING + 1)).unwrap_err(),
+            ConfigError::ExportNameTooLong
+        );
+        c.add_meta_context("base:allocation").unwrap();
+        c.add_meta_context("qemu:dirty-bitmap:b").unwrap();
+        assert_eq!(
+            c.meta_contexts().collect::<Vec<_>>(),
+            ["base:allocation", "qemu:dirty-bitmap:b"]
+        );
+        assert_eq!(c.meta_context(2), None);
+        assert_eq!(c.add_meta_context(""), Err(ConfigError::EmptyContextQuery));
+        let long: String = "q".repeat(QUERY_BYTES);
+        assert_eq!(
+            c.add_meta_context(&long),
+            Err(ConfigError::ContextQueriesTooLong)
+        );
+        // A refused query leaves the others as they were.
+        assert_eq!(c.meta_contexts().len(), 2);
+        for _ in 2..MAX_CONTEXTS {
+            c.add_meta_context("a:b").unwrap();
+        }
+        assert_eq!(c.add_meta_context("a:b"), Err(ConfigError::TooManyContexts));
+        assert_eq!(c.meta_contexts().last(), Some("a:b"));
+    }
+
+    #[test]
+    fn one_query_may_fill_the_store() {
+        let mut c = Config::new("").unwrap();
+        c.add_meta_context(&"q".repeat(QUERY_BYTES)).unwrap();
+        assert_eq!(c.meta_context(0).map(str::len), Some(QUERY_BYTES));
+        assert_eq!(
+            c.add_meta_context("x"),
+            Err(ConfigError::ContextQueriesTooLong)
+        );
+    }
 }

@@ -1,6 +1,9 @@
 //! What can go wrong: fatal errors that end the connection, refused
 //! requests (caller mistakes), and failed requests (server answers).
 
+use core::fmt;
+
+use crate::wire::codec::PayloadError;
 use crate::wire::{ChunkType, CommandType, Errno, OptionType, ReplyType};
 
 /// A fatal error: the connection must be closed. When it comes from the
@@ -27,13 +30,14 @@ pub enum Error {
     },
     /// An option reply longer than any reply the client accepts.
     OptionReplyTooLong { option: OptionType, length: u32 },
-    /// An option reply whose payload contradicts its type.
+    /// An option reply whose payload contradicts its type; `cause` names
+    /// the field at fault (a name that is not a valid NBD string among
+    /// them).
     MalformedOptionReply {
         option: OptionType,
         reply: ReplyType,
+        cause: PayloadError,
     },
-    /// A name that is not UTF-8.
-    InvalidString,
     /// The server requires TLS and the config disables it.
     TlsRequired,
     /// The config requires TLS and the server refused `NBD_OPT_STARTTLS`.
@@ -71,6 +75,10 @@ pub enum Error {
     /// The server closed the connection while the client still expected
     /// something.
     UnexpectedEof,
+    /// The machine's output buffer could not hold an option request it had
+    /// to send. A sizing bug in this crate, never the server's doing (debug
+    /// builds panic); the request is not sent truncated.
+    OutputOverflow,
 
     // --- transmission ----------------------------------------------------
     /// A reply magic that is not the one negotiated (a structured chunk
@@ -123,33 +131,84 @@ pub enum Error {
     ErrorMessageTooLong { cookie: u64, message_length: u16 },
 }
 
-impl core::fmt::Display for Error {
+/// `NBD_OPT_GO`, or the number of an option the spec does not name.
+struct Opt(OptionType);
+
+impl fmt::Display for Opt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.name() {
+            Some(n) => write!(f, "NBD_OPT_{n}"),
+            None => write!(f, "option {}", self.0.0),
+        }
+    }
+}
+
+/// `NBD_REP_ERR_UNSUP`, or the number of a reply type the spec does not name.
+struct Rep(ReplyType);
+
+impl fmt::Display for Rep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.name() {
+            Some(n) => write!(f, "NBD_REP_{n}"),
+            None => write!(f, "reply type {:#x}", self.0.0),
+        }
+    }
+}
+
+/// `NBD_REPLY_TYPE_OFFSET_DATA`, or the number of an unknown chunk type.
+struct Chunk(ChunkType);
+
+impl fmt::Display for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.name() {
+            Some(n) => write!(f, "NBD_REPLY_TYPE_{n}"),
+            None => write!(f, "chunk type {:#x}", self.0.0),
+        }
+    }
+}
+
+/// `NBD_CMD_READ`, or the number of a command the spec does not name.
+struct Cmd(CommandType);
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.name() {
+            Some(n) => write!(f, "NBD_CMD_{n}"),
+            None => write!(f, "command {}", self.0.0),
+        }
+    }
+}
+
+impl fmt::Display for Error {
     /// A message for people: what the server did wrong, in the spec's terms.
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use Error::*;
-        match self {
+        match *self {
             BadMagic { found } => write!(f, "not an NBD server (greeting {found:#018x})"),
             Oldstyle => f.write_str("oldstyle NBD server: not supported"),
             NotFixedNewstyle => f.write_str("server does not support fixed newstyle negotiation"),
             BadOptionReplyMagic { found } => write!(f, "bad option reply magic {found:#x}"),
             UnexpectedOptionReply { option, reply } => {
-                write!(f, "unexpected {reply:?} in reply to NBD_OPT_{option:?}")
+                write!(f, "unexpected {} in reply to {}", Rep(reply), Opt(option))
             }
             OptionReplyTooLong { option, length } => {
-                write!(
-                    f,
-                    "reply of {length} bytes to NBD_OPT_{option:?} is too long"
-                )
+                write!(f, "reply of {length} bytes to {} is too long", Opt(option))
             }
-            MalformedOptionReply { option, reply } => {
-                write!(f, "malformed {reply:?} in reply to NBD_OPT_{option:?}")
-            }
-            InvalidString => f.write_str("server sent a string that is not UTF-8"),
+            MalformedOptionReply {
+                option,
+                reply,
+                cause,
+            } => write!(
+                f,
+                "malformed {} in reply to {}: {cause}",
+                Rep(reply),
+                Opt(option)
+            ),
             TlsRequired => f.write_str("server requires TLS (use an nbds:// URI)"),
-            TlsRefused { reply } => write!(f, "server refused TLS ({reply:?})"),
+            TlsRefused { reply } => write!(f, "server refused TLS ({})", Rep(reply)),
             PlaintextAfterStartTls => f.write_str("server sent plaintext after STARTTLS"),
             UnknownExport => f.write_str("server has no such export"),
-            OptionFailed { option, reply } => write!(f, "NBD_OPT_{option:?} failed: {reply:?}"),
+            OptionFailed { option, reply } => write!(f, "{} failed: {}", Opt(option), Rep(reply)),
             ServerShutdown => f.write_str("server is shutting down"),
             ExportTooLarge { size } => write!(f, "export size {size} is 2^63 bytes or more"),
             InvalidBlockSize {
@@ -168,6 +227,9 @@ impl core::fmt::Display for Error {
             }
             Timeout => f.write_str("handshake timed out"),
             UnexpectedEof => f.write_str("server closed the connection unexpectedly"),
+            OutputOverflow => {
+                f.write_str("internal error: an option request did not fit the output buffer")
+            }
             BadReplyMagic { found } => write!(f, "bad reply magic {found:#x}"),
             UnknownCookie { cookie } => {
                 write!(f, "reply for cookie {cookie}, which is not in flight")
@@ -175,28 +237,26 @@ impl core::fmt::Display for Error {
             SimpleReplyToRead { cookie } => {
                 write!(f, "simple reply to structured read (cookie {cookie})")
             }
-            ReplyOffsetMismatch { cookie } => {
-                write!(
-                    f,
-                    "reply offset does not match its request (cookie {cookie})"
-                )
-            }
-            ChunkTooLong { cookie, length } => {
-                write!(
-                    f,
-                    "reply chunk of {length} bytes is too long (cookie {cookie})"
-                )
-            }
+            ReplyOffsetMismatch { cookie } => write!(
+                f,
+                "reply offset does not match its request (cookie {cookie})"
+            ),
+            ChunkTooLong { cookie, length } => write!(
+                f,
+                "reply chunk of {length} bytes is too long (cookie {cookie})"
+            ),
             UnexpectedChunk {
                 cookie,
                 chunk,
                 command,
             } => write!(
                 f,
-                "unexpected {chunk:?} chunk for {command:?} (cookie {cookie})"
+                "unexpected {} chunk for {} (cookie {cookie})",
+                Chunk(chunk),
+                Cmd(command)
             ),
             MalformedChunk { cookie, chunk } => {
-                write!(f, "malformed {chunk:?} chunk (cookie {cookie})")
+                write!(f, "malformed {} chunk (cookie {cookie})", Chunk(chunk))
             }
             ChunkOutOfRange {
                 cookie,
@@ -214,34 +274,26 @@ impl core::fmt::Display for Error {
                 f,
                 "chunk at {offset}+{length} overlaps earlier data (cookie {cookie})"
             ),
-            FragmentedDf { cookie } => {
-                write!(
-                    f,
-                    "fragmented reply to a don't-fragment read (cookie {cookie})"
-                )
-            }
+            FragmentedDf { cookie } => write!(
+                f,
+                "fragmented reply to a don't-fragment read (cookie {cookie})"
+            ),
             EmptyHole { cookie } => write!(f, "hole of length 0 (cookie {cookie})"),
             EmptyExtent { cookie } => {
                 write!(f, "block status extent of length 0 (cookie {cookie})")
             }
-            ExtentBeyondRequest { cookie } => {
-                write!(
-                    f,
-                    "block status extent beyond its request (cookie {cookie})"
-                )
-            }
-            UnknownContext { cookie, id } => {
-                write!(
-                    f,
-                    "block status for unselected context {id} (cookie {cookie})"
-                )
-            }
-            DuplicateStatus { cookie, id } => {
-                write!(
-                    f,
-                    "two block status chunks for context {id} (cookie {cookie})"
-                )
-            }
+            ExtentBeyondRequest { cookie } => write!(
+                f,
+                "block status extent beyond its request (cookie {cookie})"
+            ),
+            UnknownContext { cookie, id } => write!(
+                f,
+                "block status for unselected context {id} (cookie {cookie})"
+            ),
+            DuplicateStatus { cookie, id } => write!(
+                f,
+                "two block status chunks for context {id} (cookie {cookie})"
+            ),
             ErrorMessageTooLong {
                 cookie,
                 message_length,
@@ -252,6 +304,8 @@ impl core::fmt::Display for Error {
         }
     }
 }
+
+impl core::error::Error for Error {}
 
 /// A request the client refused to send (nothing was queued).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,6 +350,41 @@ pub enum RequestFailure {
     /// rest of its data was dropped.
     Fragmented,
 }
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestError::NotReady => "the connection is not in transmission",
+            RequestError::PayloadOwed => "the previous write's payload was not sent yet",
+            RequestError::NoPayloadOwed => "no write payload is owed",
+            RequestError::TooManyInFlight => "too many requests in flight",
+            RequestError::TransmitFull => "the output queue is full",
+            RequestError::OutOfRange => "beyond the end of the export",
+            RequestError::Misaligned => "not aligned to the export's minimum block size",
+            RequestError::TooLong => "longer than the export's maximum request",
+            RequestError::ZeroLength => "zero length",
+            RequestError::NotSupported => "not supported by the export",
+            RequestError::InvalidFlags => "a flag the command or the export does not allow",
+        })
+    }
+}
+
+impl core::error::Error for RequestError {}
+
+impl fmt::Display for RequestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestFailure::Server(e) => match e.name() {
+                Some(n) => write!(f, "server error {n}"),
+                None => write!(f, "server error {}", e.0),
+            },
+            RequestFailure::Incomplete => f.write_str("incomplete reply from the server"),
+            RequestFailure::Fragmented => f.write_str("reply in too many fragments"),
+        }
+    }
+}
+
+impl core::error::Error for RequestFailure {}
 
 impl RequestFailure {
     /// The errno a block layer would report.

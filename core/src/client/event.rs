@@ -1,7 +1,7 @@
 //! What the client machine tells its frontend.
 
 use crate::block::Extent;
-use crate::wire::headers::{Extent32, Extent64};
+use crate::wire::chunk::{descriptor_size, parse_descriptor};
 use crate::wire::{Errno, HeaderMode, OptionType, ReplyType, TransmissionFlags};
 
 use super::{Error, RequestFailure};
@@ -57,37 +57,17 @@ impl Export {
     }
 }
 
-/// Block status descriptors of one event, decoded as they are iterated.
+/// Block status descriptors of one event, decoded as they are iterated
+/// (whole descriptors only: the machine hands out no partial one).
 #[derive(Clone, Debug)]
-pub struct Extents<'a> {
-    bytes: &'a [u8],
+pub struct Extents<'i> {
+    bytes: &'i [u8],
     wide: bool,
 }
 
-impl<'a> Extents<'a> {
-    pub(crate) fn new(bytes: &'a [u8], wide: bool) -> Self {
+impl<'i> Extents<'i> {
+    pub(crate) fn new(bytes: &'i [u8], wide: bool) -> Self {
         Self { bytes, wide }
-    }
-
-    fn size(&self) -> usize {
-        if self.wide {
-            Extent64::SIZE
-        } else {
-            Extent32::SIZE
-        }
-    }
-}
-
-pub(crate) fn decode_extent(bytes: &[u8], wide: bool) -> Option<Extent> {
-    if wide {
-        let e: Extent64 = crate::wire::decode(bytes).ok()?;
-        Some(Extent::new(e.length.get(), e.flags.get()))
-    } else {
-        let e: Extent32 = crate::wire::decode(bytes).ok()?;
-        Some(Extent::new(
-            u64::from(e.length.get()),
-            u64::from(e.flags.get()),
-        ))
     }
 }
 
@@ -95,26 +75,23 @@ impl Iterator for Extents<'_> {
     type Item = Extent;
 
     fn next(&mut self) -> Option<Extent> {
-        let size = self.size();
-        if self.bytes.len() < size {
-            return None;
-        }
-        let (one, rest) = self.bytes.split_at(size);
+        let (one, rest) = self.bytes.split_at_checked(descriptor_size(self.wide))?;
         self.bytes = rest;
-        decode_extent(one, self.wide)
+        parse_descriptor(one, self.wide).ok()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.bytes.len() / self.size();
+        let n = self.bytes.len() / descriptor_size(self.wide);
         (n, Some(n))
     }
 }
 
 impl ExactSizeIterator for Extents<'_> {}
 
-/// What the frontend must act on; see the [module docs](super).
+/// What the frontend must act on; see the [module docs](super). Bytes in
+/// an event are borrowed from the input of the call that returned it.
 #[derive(Debug)]
-pub enum Event<'a> {
+pub enum Event<'i> {
     // --- handshake -------------------------------------------------------
     /// `NBD_OPT_STARTTLS` was accepted: run the TLS handshake on the
     /// connection, then call [`tls_established`](super::Client::tls_established).
@@ -127,18 +104,18 @@ pub enum Event<'a> {
     Refused {
         option: OptionType,
         reply: ReplyType,
-        message: &'a str,
+        message: &'i str,
     },
     /// One `NBD_REP_SERVER` entry of `NBD_OPT_LIST`. A server may send
     /// without end: capping the count or time is the caller's policy.
-    ExportListed { name: &'a str, description: &'a str },
+    ExportListed { name: &'i str, description: &'i str },
     /// `NBD_REP_META_CONTEXT`: a context listed (`Mode::Info`, id is 0) or
     /// selected (`Mode::Go`).
-    MetaContext { id: u32, name: &'a str },
+    MetaContext { id: u32, name: &'i str },
     /// `NBD_INFO_NAME`: the export's canonical name.
-    CanonicalName(&'a str),
+    CanonicalName(&'i str),
     /// `NBD_INFO_DESCRIPTION`.
-    Description(&'a str),
+    Description(&'i str),
     /// `Mode::Info`: the export's details (more events may follow, then
     /// `Finished`).
     Info(Export),
@@ -154,7 +131,7 @@ pub enum Event<'a> {
     ReadData {
         cookie: Cookie,
         offset: u64,
-        data: &'a [u8],
+        data: &'i [u8],
     },
     /// `len` bytes at `offset` read as zeroes (validated like `ReadData`).
     ReadHole {
@@ -169,7 +146,7 @@ pub enum Event<'a> {
         cookie: Cookie,
         context_id: u32,
         offset: u64,
-        extents: Extents<'a>,
+        extents: Extents<'i>,
     },
     /// An error chunk (the request will fail); `offset` for
     /// `NBD_REPLY_TYPE_ERROR_OFFSET`.
@@ -177,7 +154,7 @@ pub enum Event<'a> {
         cookie: Cookie,
         error: Errno,
         offset: Option<u64>,
-        message: &'a str,
+        message: &'i str,
     },
     /// The request is over; its cookie is free again. A read is `Ok` only
     /// if every byte was delivered by `ReadData`/`ReadHole`.
@@ -199,7 +176,8 @@ pub enum Event<'a> {
 
 /// Result of one [`Client::handle_input`](super::Client::handle_input) call.
 #[derive(Debug)]
-pub struct Progress<'a> {
+#[must_use = "the consumed bytes must be dropped and the event acted on"]
+pub struct Progress<'i> {
     pub consumed: usize,
-    pub event: Option<Event<'a>>,
+    pub event: Option<Event<'i>>,
 }

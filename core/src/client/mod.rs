@@ -1,31 +1,38 @@
 //! The sans-IO NBD client: one [`Client`] per connection, no heap, no
 //! clock, no socket, and no panic whatever the server sends.
 //!
-//! # The driving loop
+//! # Driving it
 //!
-//! The frontend moves bytes and time through the machine, in this order,
-//! for as long as the connection lives:
+//! The frontend runs the driving loop of the [crate docs](crate) —
+//! transmit, receive, time, end of stream — with
+//! [`Client::poll_transmit`]/[`Client::transmitted`],
+//! [`Client::handle_input`], [`Client::poll_timeout`]/
+//! [`Client::handle_timeout`] and [`Client::handle_eof`]. Where the client
+//! differs:
 //!
-//! 1. **Transmit.** Send what [`Client::poll_transmit`] returns, report it
-//!    with [`Client::transmitted`], and repeat until it returns an empty
-//!    slice: the handshake's option requests come in several slices
-//!    (names are sent straight from the [`Config`]'s borrowed strings);
-//!    request headers come as one slice.
-//! 2. **Receive.** Pass received bytes to [`Client::handle_input`]. It
-//!    returns a [`Progress`]: how many bytes it `consumed` and at most one
-//!    [`Event`]. Drop the consumed bytes, act on the event, and call again
-//!    with the rest; `consumed == 0` with no event means "give me more
-//!    bytes". Any split of the input works, down to one byte per call.
-//!    Events borrow the input: [`Event::ReadData`] is a slice of the bytes
-//!    you passed in, to be copied straight into the read's buffer.
-//! 3. **Time.** Ask [`Client::poll_timeout`] for the handshake deadline and
-//!    call [`Client::handle_timeout`] when it passes.
-//! 4. **End of stream.** When the server closes the connection, call
-//!    [`Client::handle_eof`]: it says whether that was expected.
+//! * **A unit is taken whole.** The machine copies no input: it takes a
+//!   greeting, an option reply, a reply header with the fixed part of its
+//!   chunk, or a block status descriptor only once all of it is in the
+//!   input, and until then returns `consumed == 0` with no event. Keep the
+//!   unconsumed bytes and call again with more behind them, in a receive
+//!   buffer of at least [`INPUT_BUFFER`] bytes (the largest unit, an
+//!   option reply). Read data is the exception: it is handed out as it
+//!   comes, in pieces of any size.
+//! * **Events borrow only the input.** [`Event::ReadData`] is a slice of
+//!   the bytes you passed in, to be copied straight into the read's
+//!   buffer; names, messages and extents are too. The machine keeps no
+//!   borrow, so the event may be used while the client is called again
+//!   for something else (say, to queue the next request).
+//! * **The handshake is a conversation.** Its output is one option request
+//!   at a time, and [`Client::handle_input`] takes nothing while it waits
+//!   to be sent: transmit first, always.
+//! * **End of stream may be expected.** [`Client::handle_eof`] is `Ok`
+//!   after [`Event::Finished`], or after [`Client::disconnect`] with
+//!   nothing in flight; otherwise it is the error.
 //!
 //! In the handshake the machine walks through `STARTTLS` (per
-//! [`TlsPolicy`]; on [`Event::StartTls`] run TLS, then call
-//! [`Client::tls_established`]), `EXTENDED_HEADERS` and/or
+//! [`TlsPolicy`]; on [`Event::StartTls`] send what is queued, run TLS,
+//! then call [`Client::tls_established`]), `EXTENDED_HEADERS` and/or
 //! `STRUCTURED_REPLY`, `SET_META_CONTEXT`, and `GO` (falling back to
 //! `EXPORT_NAME`), ending with [`Event::Ready`]; or, by [`Mode`], `INFO` or
 //! `LIST`, ending with [`Event::Finished`].
@@ -39,15 +46,25 @@
 //! Any [`Event::Failed`] ends the connection: send what `poll_transmit`
 //! holds, then close; fail every request still in flight.
 //!
+//! # Memory
+//!
+//! A `Client<N>` holds its [`Config`] (a 4096-byte export name and
+//! [`QUERY_BYTES`] of queries), an output queue of [`TRANSMIT_BUFFER`]
+//! bytes and a table of `N` requests in flight, and nothing else: about
+//! 12.5 KiB plus 120 bytes per request (20 KiB for the default `N = 64`;
+//! the size test in `tests/client_transmission.rs` holds the exact
+//! number). The frontend adds its receive buffer of at least
+//! [`INPUT_BUFFER`] bytes.
+//!
 //! ```
 //! use blockwire_core::client::{Client, Config, Event};
 //! use blockwire_core::time::Instant;
 //! use blockwire_core::wire::CommandFlags;
 //!
-//! let mut config = Config::new("disk");
+//! let mut config = Config::new("disk").unwrap();
 //! config.structured_replies = false;
 //! config.extended_headers = false;
-//! let mut client: Client = Client::new(config, Instant(0)).unwrap();
+//! let mut client: Client = Client::new(config, Instant(0));
 //!
 //! // A scripted server: greeting, then GO answered with INFO_EXPORT and ACK.
 //! let mut server = Vec::new();
@@ -77,11 +94,11 @@
 //!         client.transmitted(n);
 //!     }
 //!     // 2. receive
-//!     let p = client.handle_input(input, Instant(0));
+//!     let p = client.handle_input(input);
 //!     input = &input[p.consumed..];
 //!     match p.event {
 //!         Some(Event::Ready(export)) => size = Some(export.size),
-//!         Some(Event::Failed(e)) => panic!("{e:?}"),
+//!         Some(Event::Failed(e)) => panic!("{e}"),
 //!         Some(_) => {}
 //!         None if p.consumed == 0 => break,
 //!         None => {}
@@ -102,7 +119,7 @@
 //! let mut input = &reply[..];
 //! let mut ok = false;
 //! loop {
-//!     let p = client.handle_input(input, Instant(0));
+//!     let p = client.handle_input(input);
 //!     match p.event {
 //!         Some(Event::ReadData { offset, data, .. }) => {
 //!             let at = offset as usize; // minus the read's offset (0)
@@ -121,24 +138,23 @@
 mod config;
 mod error;
 mod event;
-mod inflight;
-mod negotiate;
+mod handshake;
+mod output;
 mod transmission;
-mod tx;
 
-pub use config::{Config, ConfigError, Mode, TlsPolicy};
+pub use config::{Config, ConfigError, Mode, QUERY_BYTES, TlsPolicy};
 pub use error::{Error, RequestError, RequestFailure};
 pub use event::{BlockSize, Cookie, Event, Export, Extents, Progress};
-pub use inflight::MAX_FRAGMENTS;
-pub use tx::TRANSMIT_BUFFER;
+pub use output::TRANSMIT_BUFFER;
+pub use transmission::MAX_FRAGMENTS;
 
 use crate::time::Instant;
-use crate::wire::{HeaderMode, MAX_STRING};
+use crate::wire::MAX_STRING;
+use crate::wire::headers::OptionReply;
 
-use inflight::InFlight;
-use negotiate::Step;
-use transmission::Rx;
-use tx::Tx;
+use handshake::{Handshake, Next};
+use output::Output;
+use transmission::Transmission;
 
 /// Metadata contexts the client selects and tracks at most.
 pub const MAX_CONTEXTS: usize = 16;
@@ -148,321 +164,149 @@ pub const MAX_CONTEXTS: usize = 16;
 /// handshake ([`Error::OptionReplyTooLong`]) unread.
 pub const MAX_OPTION_REPLY: usize = 4 + 2 * MAX_STRING;
 
-/// Fixed buffer that collects bytes split across inputs.
+/// The smallest receive buffer a frontend may feed the client from: the
+/// largest unit the machine takes whole, an option reply of
+/// [`MAX_OPTION_REPLY`] bytes with its header. (The largest unit of
+/// transmission, an error chunk with a 4096-byte message, is smaller.)
+pub const INPUT_BUFFER: usize = OptionReply::SIZE + MAX_OPTION_REPLY;
+
+/// What one step of the machine did with the input it was given.
 #[derive(Debug)]
-pub(crate) struct Gather<const C: usize> {
-    buf: [u8; C],
-    len: usize,
-}
-
-impl<const C: usize> Gather<C> {
-    const fn new() -> Self {
-        Self {
-            buf: [0; C],
-            len: 0,
-        }
-    }
-
-    /// Append from `input` until `need` bytes are held (capped at `C`);
-    /// returns how many bytes of `input` were taken.
-    fn fill(&mut self, input: &[u8], need: usize) -> usize {
-        let need = need.min(C);
-        let k = need.saturating_sub(self.len).min(input.len());
-        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + k), input.get(..k)) {
-            dst.copy_from_slice(src);
-            self.len += k;
-            k
-        } else {
-            0
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or(&[])
-    }
-
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gather_collects_across_pieces_and_caps() {
-        let mut g = Gather::<4>::new();
-        assert_eq!(g.fill(&[1, 2], 3), 2);
-        assert_eq!(g.fill(&[3, 4, 5], 3), 1);
-        assert_eq!(g.bytes(), &[1, 2, 3]);
-        assert_eq!(g.fill(&[9; 10], 100), 1);
-        assert_eq!(g.bytes(), &[1, 2, 3, 9]);
-    }
-
-    #[test]
-    fn spans_keep_valid_utf8_only() {
-        let b = b"ok\xffno";
-        let t = Span::text(Src::Payload, b, 0, b.len());
-        assert_eq!((t.start, t.end), (0, 2));
-        assert!(Span::name(Src::Payload, b, 0, b.len()).is_err());
-        assert!(Span::name(Src::Payload, b, 0, 99).is_err());
-        assert!(Span::name(Src::Payload, b, 0, 2).is_ok());
-    }
-}
-
-/// Where an event's bytes live until it is handed out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Src {
-    Input,
-    Payload,
-    Extent,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Span {
-    src: Src,
-    start: usize,
-    end: usize,
-}
-
-impl Span {
-    pub(crate) fn new(src: Src, start: usize, end: usize) -> Self {
-        Self { src, start, end }
-    }
-
-    /// A span over the longest UTF-8 prefix of `bytes[start..end]` (text
-    /// for humans: descriptions and messages are shown, not trusted).
-    pub(crate) fn text(src: Src, bytes: &[u8], start: usize, end: usize) -> Self {
-        let b = bytes.get(start..end).unwrap_or(&[]);
-        let valid = match core::str::from_utf8(b) {
-            Ok(_) => b.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        Self::new(src, start, start + valid)
-    }
-
-    /// A span that must be UTF-8 entirely (names used again on the wire).
-    pub(crate) fn name(src: Src, bytes: &[u8], start: usize, end: usize) -> Result<Self, Error> {
-        let b = bytes.get(start..end).ok_or(Error::InvalidString)?;
-        core::str::from_utf8(b).map_err(|_| Error::InvalidString)?;
-        Ok(Self::new(src, start, end))
-    }
-}
-
-/// An event before its spans are turned into borrows.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Raw {
-    StartTls,
-    Finished,
-    ServerShutdown,
-    Ready(Export),
-    Info(Export),
-    Refused {
-        option: crate::wire::OptionType,
-        reply: crate::wire::ReplyType,
-        message: Span,
-    },
-    ExportListed {
-        name: Span,
-        description: Span,
-    },
-    MetaContext {
-        id: u32,
-        name: Span,
-    },
-    CanonicalName(Span),
-    Description(Span),
-    ReadData {
-        cookie: Cookie,
-        offset: u64,
-        data: Span,
-    },
-    ReadHole {
-        cookie: Cookie,
-        offset: u64,
-        len: u32,
-    },
-    BlockStatus {
-        cookie: Cookie,
-        context_id: u32,
-        offset: u64,
-        data: Span,
-        wide: bool,
-    },
-    ReplyError {
-        cookie: Cookie,
-        error: crate::wire::Errno,
-        offset: Option<u64>,
-        message: Span,
-    },
-    Completed {
-        cookie: Cookie,
-        result: Result<(), RequestFailure>,
-    },
-}
-
-/// What one internal step did.
-#[derive(Debug, Default)]
-pub(crate) struct Out {
+pub(crate) struct Out<'i> {
     consumed: usize,
-    raw: Option<Raw>,
-    /// The state changed: step again even if nothing was consumed.
+    event: Option<Event<'i>>,
+    /// The state changed without consuming: step again.
     again: bool,
 }
 
-impl Out {
-    fn took(consumed: usize) -> Self {
+impl<'i> Out<'i> {
+    /// Nothing to do until more input arrives.
+    const NEED_MORE: Self = Self {
+        consumed: 0,
+        event: None,
+        again: false,
+    };
+
+    /// `n` bytes were taken (possibly none) and the state moved on, with
+    /// no event: step again.
+    fn took(n: usize) -> Self {
         Self {
-            consumed,
-            raw: None,
+            consumed: n,
+            event: None,
+            again: true,
+        }
+    }
+
+    fn event(n: usize, event: Event<'i>) -> Self {
+        Self {
+            consumed: n,
+            event: Some(event),
             again: false,
         }
     }
 
-    fn next(consumed: usize, raw: Option<Raw>) -> Self {
-        Self {
-            consumed,
-            raw,
-            again: true,
+    fn maybe(n: usize, event: Option<Event<'i>>) -> Self {
+        match event {
+            Some(e) => Self::event(n, e),
+            None => Self::took(n),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum OptRx {
-    Header,
-    Payload {
-        reply: crate::wire::ReplyType,
-        length: usize,
-    },
+/// The longest UTF-8 prefix of `bytes`: text for humans (descriptions,
+/// messages) is shown, not trusted, so invalid bytes end it rather than
+/// the connection.
+pub(crate) fn text(bytes: &[u8]) -> &str {
+    match core::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or(&[])).unwrap_or(""),
+    }
 }
 
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Phase {
-    Greeting,
-    Option { step: Step, rx: OptRx },
-    AwaitTls,
-    ExportNameReply,
-    ExportNamePadding { left: usize, export: Export },
-    Transmission { disconnecting: bool },
-    Finished,
-    Failed,
+/// Where the connection is; each phase owns the state only it needs.
+#[derive(Debug)]
+enum Phase<const N: usize> {
+    Handshake(Handshake),
+    /// `STARTTLS` was accepted; waiting for [`Client::tls_established`].
+    AwaitTls(Handshake),
+    Transmission(Transmission<N>),
+    /// The handshake ended as `Mode::Info`/`Mode::List` asked; `owed`: the
+    /// [`Event::Finished`] is still to be reported (it follows `Info`).
+    Finished {
+        owed: bool,
+    },
+    Failed(Error),
 }
 
 /// One NBD client connection's protocol state; `N` requests may be in
 /// flight at once (at most 65536).
 #[derive(Debug)]
-pub struct Client<'c, const N: usize = 64> {
-    config: Config<'c>,
-    phase: Phase,
-    tx: Tx<'c>,
-    header: Gather<32>,
-    payload: Gather<MAX_OPTION_REPLY>,
-    extent: [u8; 16],
+pub struct Client<const N: usize = 64> {
+    config: Config,
+    phase: Phase<N>,
+    out: Output,
+    /// The handshake's deadline.
     deadline: Option<Instant>,
-    pending: Option<Raw>,
-    error: Option<Error>,
-
-    // Handshake results.
-    no_zeroes: bool,
-    tls_active: bool,
-    mode: HeaderMode,
-    export_info: Option<(u64, crate::wire::TransmissionFlags)>,
-    block_size: Option<BlockSize>,
-    export: Option<Export>,
-    /// Selected contexts: id and the index of the query that named it.
-    contexts: heapless::Vec<(u32, Option<u8>), MAX_CONTEXTS>,
-
-    // Transmission.
-    inflight: InFlight<N>,
-    rx: Rx,
-    max_chunk: u64,
-    payload_owed: bool,
-    shutdown_reported: bool,
 }
 
-impl<'c, const N: usize> Client<'c, N> {
+impl<const N: usize> Client<N> {
     /// A new connection, waiting for the server's greeting.
-    pub fn new(config: Config<'c>, now: Instant) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(Self {
+    pub fn new(config: Config, now: Instant) -> Self {
+        let deadline = config.handshake_timeout.map(|t| now.saturating_add(t));
+        Self {
             config,
-            phase: Phase::Greeting,
-            tx: Tx::new(),
-            header: Gather::new(),
-            payload: Gather::new(),
-            extent: [0; 16],
-            deadline: config.handshake_timeout.map(|t| now.saturating_add(t)),
-            pending: None,
-            error: None,
-            no_zeroes: false,
-            tls_active: false,
-            mode: HeaderMode::Simple,
-            export_info: None,
-            block_size: None,
-            export: None,
-            contexts: heapless::Vec::new(),
-            inflight: InFlight::new(),
-            rx: Rx::Header,
-            max_chunk: 0,
-            payload_owed: false,
-            shutdown_reported: false,
-        })
+            phase: Phase::Handshake(Handshake::new()),
+            out: Output::new(),
+            deadline,
+        }
     }
 
-    pub fn config(&self) -> &Config<'c> {
+    pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Bytes to send now; call again after [`transmitted`](Self::transmitted)
-    /// until it is empty (handshake output comes in several slices).
+    /// Bytes to send now; after sending some, report them with
+    /// [`transmitted`](Self::transmitted) and ask again until it is empty.
     pub fn poll_transmit(&self) -> &[u8] {
-        self.tx.poll()
+        self.out.poll()
     }
 
     /// `n` bytes of [`poll_transmit`](Self::poll_transmit) were sent.
     pub fn transmitted(&mut self, n: usize) {
-        self.tx.advance(n);
+        self.out.advance(n);
     }
 
     /// Bytes queued but not yet reported sent.
     pub fn pending_transmit(&self) -> usize {
-        self.tx.pending()
+        self.out.pending()
     }
 
     /// The handshake deadline, while the handshake lasts.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.negotiating() {
-            self.deadline
-        } else {
-            None
+        match self.phase {
+            Phase::Handshake(_) | Phase::AwaitTls(_) => self.deadline,
+            _ => None,
         }
     }
 
     /// Time has reached `now`: a handshake past its deadline fails.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Event<'static>> {
         match self.poll_timeout() {
-            Some(d) if now >= d => {
-                self.fail(Error::Timeout);
-                Some(Event::Failed(Error::Timeout))
-            }
+            Some(d) if now >= d => Some(self.fail(Error::Timeout)),
             _ => None,
         }
     }
 
     /// The server closed the connection. `Ok` if that was expected (after
     /// [`Event::Finished`], or after [`disconnect`](Self::disconnect) with
-    /// nothing in flight); otherwise the error, e.g. a server that died
-    /// in the middle of `GO`.
+    /// nothing in flight and no reply begun); otherwise the error, e.g. a
+    /// server that died in the middle of `GO`.
     pub fn handle_eof(&mut self) -> Result<(), Error> {
-        match self.phase {
-            Phase::Finished => Ok(()),
-            Phase::Failed => Err(self.error.unwrap_or(Error::UnexpectedEof)),
-            Phase::Transmission {
-                disconnecting: true,
-            } if self.inflight.len() == 0 && self.header.len == 0 => {
-                self.phase = Phase::Finished;
+        match &self.phase {
+            Phase::Finished { .. } => Ok(()),
+            Phase::Failed(e) => Err(*e),
+            Phase::Transmission(t) if t.ended_cleanly() => {
+                self.phase = Phase::Finished { owed: false };
                 Ok(())
             }
             _ => {
@@ -474,55 +318,78 @@ impl<'c, const N: usize> Client<'c, N> {
 
     /// TLS is up after [`Event::StartTls`]; the handshake continues.
     pub fn tls_established(&mut self) {
-        if let Phase::AwaitTls = self.phase {
-            self.tls_active = true;
-            let step = self.after_tls();
-            self.start(step);
+        let Phase::AwaitTls(h) = &mut self.phase else {
+            return;
+        };
+        match h.tls_up(&self.config, &mut self.out) {
+            Ok(()) => {
+                if let Phase::AwaitTls(h) =
+                    core::mem::replace(&mut self.phase, Phase::Finished { owed: false })
+                {
+                    self.phase = Phase::Handshake(h);
+                }
+            }
+            Err(e) => {
+                self.fail(e);
+            }
         }
     }
 
-    /// Whether TLS was negotiated.
+    /// Whether TLS was negotiated (known from `STARTTLS` on; in
+    /// transmission, whether it was).
     pub fn tls_active(&self) -> bool {
-        self.tls_active
+        match &self.phase {
+            Phase::Handshake(h) | Phase::AwaitTls(h) => h.tls_active(),
+            Phase::Transmission(t) => t.tls_active(),
+            _ => false,
+        }
     }
 
     /// The export, once in transmission.
     pub fn export(&self) -> Option<&Export> {
-        self.export.as_ref()
+        match &self.phase {
+            Phase::Transmission(t) => Some(t.export()),
+            _ => None,
+        }
     }
 
     /// Whether requests may be submitted.
     pub fn is_ready(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Transmission {
-                disconnecting: false
-            }
-        ) && !self.payload_owed
+        matches!(&self.phase, Phase::Transmission(t) if t.ready_to_send().is_ok())
     }
 
     /// Whether the connection is over (finished, disconnected or failed).
     pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Finished | Phase::Failed)
+        matches!(self.phase, Phase::Finished { .. } | Phase::Failed(_))
     }
 
     /// The fatal error, if one ended the connection.
     pub fn error(&self) -> Option<Error> {
-        self.error
+        match self.phase {
+            Phase::Failed(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
-        self.inflight.len()
+        match &self.phase {
+            Phase::Transmission(t) => t.in_flight(),
+            _ => 0,
+        }
     }
 
     /// Selected metadata contexts: id, and the configured query that named
     /// it (`None` if the server's name matched none of them).
-    pub fn contexts(&self) -> impl Iterator<Item = (u32, Option<&'c str>)> + '_ {
-        let queries = self.config.meta_contexts;
-        self.contexts
+    pub fn contexts(&self) -> impl Iterator<Item = (u32, Option<&str>)> + '_ {
+        let selected = match &self.phase {
+            Phase::Handshake(h) | Phase::AwaitTls(h) => h.contexts(),
+            Phase::Transmission(t) => t.contexts(),
+            _ => &[],
+        };
+        selected
             .iter()
-            .map(move |&(id, q)| (id, q.and_then(|i| queries.get(usize::from(i)).copied())))
+            .map(|&(id, q)| (id, q.and_then(|i| self.config.meta_context(usize::from(i)))))
     }
 
     /// The id the server gave a configured context name, if it selected it.
@@ -532,160 +399,91 @@ impl<'c, const N: usize> Client<'c, N> {
             .map(|(id, _)| id)
     }
 
-    fn negotiating(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Greeting
-                | Phase::Option { .. }
-                | Phase::AwaitTls
-                | Phase::ExportNameReply
-                | Phase::ExportNamePadding { .. }
-        )
-    }
-
-    fn fail(&mut self, e: Error) {
-        self.phase = Phase::Failed;
-        self.error = Some(e);
-        self.pending = None;
+    /// End the connection with `e`; the event to report it.
+    fn fail(&mut self, e: Error) -> Event<'static> {
+        self.phase = Phase::Failed(e);
+        Event::Failed(e)
     }
 
     /// Feed received bytes; see the [module docs](self).
-    pub fn handle_input<'a>(&'a mut self, input: &'a [u8], now: Instant) -> Progress<'a> {
-        let _ = now;
-        if let Some(raw) = self.pending.take() {
+    pub fn handle_input<'i>(&mut self, input: &'i [u8]) -> Progress<'i> {
+        if let Phase::Finished { owed: owed @ true } = &mut self.phase {
+            *owed = false;
             return Progress {
                 consumed: 0,
-                event: Some(self.materialize(raw, &[])),
-            };
-        }
-        if let Phase::Finished | Phase::Failed = self.phase {
-            return Progress {
-                consumed: input.len(),
-                event: None,
+                event: Some(Event::Finished),
             };
         }
         let mut base = 0;
         loop {
             let rest = input.get(base..).unwrap_or(&[]);
-            let step = match self.phase {
-                Phase::Transmission { .. } => self.reply_step(rest),
-                _ => self.handshake_step(rest),
+            let step = match &mut self.phase {
+                // The handshake is a conversation: nothing is read while
+                // an option request waits to be sent.
+                Phase::Handshake(_) if !self.out.is_empty() => return done(base, None),
+                Phase::Handshake(h) => match h.step(rest, &self.config, &mut self.out) {
+                    Ok((out, Next::Stay)) => Ok(out),
+                    Ok((out, next)) => {
+                        self.enter(next);
+                        Ok(out)
+                    }
+                    Err(e) => Err(e),
+                },
+                Phase::AwaitTls(_) if rest.is_empty() => return done(base, None),
+                Phase::AwaitTls(_) => Err(Error::PlaintextAfterStartTls),
+                Phase::Transmission(t) => t.step(rest),
+                Phase::Finished { .. } | Phase::Failed(_) => return done(input.len(), None),
             };
             match step {
-                Err(e) => {
-                    self.fail(e);
-                    return Progress {
-                        consumed: input.len(),
-                        event: Some(Event::Failed(e)),
-                    };
-                }
+                Err(e) => return done(input.len(), Some(self.fail(e))),
                 Ok(out) => {
                     let consumed = out.consumed.min(rest.len());
-                    if let Some(raw) = out.raw {
-                        return Progress {
-                            consumed: base + consumed,
-                            event: Some(self.materialize(raw, rest)),
-                        };
+                    if out.event.is_some() {
+                        return done(base + consumed, out.event);
                     }
                     base += consumed;
                     if consumed == 0 && !out.again {
-                        return Progress {
-                            consumed: base,
-                            event: None,
-                        };
-                    }
-                    if let Phase::Finished | Phase::Failed = self.phase {
-                        return Progress {
-                            consumed: base,
-                            event: None,
-                        };
+                        if let Phase::Transmission(t) = &mut self.phase {
+                            t.set_partial(base < input.len());
+                        }
+                        return done(base, None);
                     }
                 }
             }
         }
     }
 
-    fn bytes<'a>(&'a self, input: &'a [u8], s: Span) -> &'a [u8] {
-        let src: &[u8] = match s.src {
-            Src::Input => input,
-            Src::Payload => self.payload.bytes(),
-            Src::Extent => &self.extent,
+    /// Leave the handshake for what it ended in.
+    fn enter(&mut self, next: Next) {
+        let old = core::mem::replace(&mut self.phase, Phase::Finished { owed: false });
+        let Phase::Handshake(h) = old else {
+            self.phase = old;
+            return;
         };
-        src.get(s.start..s.end).unwrap_or(&[])
+        self.phase = match next {
+            Next::Stay => Phase::Handshake(h),
+            Next::AwaitTls => Phase::AwaitTls(h),
+            Next::Transmission(export) => {
+                self.deadline = None;
+                Phase::Transmission(Transmission::new(export, h))
+            }
+            Next::Finished { owed } => Phase::Finished { owed },
+        };
     }
+}
 
-    fn str<'a>(&'a self, input: &'a [u8], s: Span) -> &'a str {
-        core::str::from_utf8(self.bytes(input, s)).unwrap_or("")
-    }
+fn done(consumed: usize, event: Option<Event<'_>>) -> Progress<'_> {
+    Progress { consumed, event }
+}
 
-    fn materialize<'a>(&'a self, raw: Raw, input: &'a [u8]) -> Event<'a> {
-        match raw {
-            Raw::StartTls => Event::StartTls,
-            Raw::Finished => Event::Finished,
-            Raw::ServerShutdown => Event::ServerShutdown,
-            Raw::Ready(e) => Event::Ready(e),
-            Raw::Info(e) => Event::Info(e),
-            Raw::Refused {
-                option,
-                reply,
-                message,
-            } => Event::Refused {
-                option,
-                reply,
-                message: self.str(input, message),
-            },
-            Raw::ExportListed { name, description } => Event::ExportListed {
-                name: self.str(input, name),
-                description: self.str(input, description),
-            },
-            Raw::MetaContext { id, name } => Event::MetaContext {
-                id,
-                name: self.str(input, name),
-            },
-            Raw::CanonicalName(s) => Event::CanonicalName(self.str(input, s)),
-            Raw::Description(s) => Event::Description(self.str(input, s)),
-            Raw::ReadData {
-                cookie,
-                offset,
-                data,
-            } => Event::ReadData {
-                cookie,
-                offset,
-                data: self.bytes(input, data),
-            },
-            Raw::ReadHole {
-                cookie,
-                offset,
-                len,
-            } => Event::ReadHole {
-                cookie,
-                offset,
-                len,
-            },
-            Raw::BlockStatus {
-                cookie,
-                context_id,
-                offset,
-                data,
-                wide,
-            } => Event::BlockStatus {
-                cookie,
-                context_id,
-                offset,
-                extents: Extents::new(self.bytes(input, data), wide),
-            },
-            Raw::ReplyError {
-                cookie,
-                error,
-                offset,
-                message,
-            } => Event::ReplyError {
-                cookie,
-                error,
-                offset,
-                message: self.str(input, message),
-            },
-            Raw::Completed { cookie, result } => Event::Completed { cookie, result },
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_keeps_the_valid_prefix() {
+        assert_eq!(text(b"ok"), "ok");
+        assert_eq!(text(b"ok\xffno"), "ok");
+        assert_eq!(text(b"\xff"), "");
     }
 }

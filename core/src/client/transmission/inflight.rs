@@ -3,7 +3,7 @@
 
 use crate::wire::{CommandFlags, CommandType};
 
-use super::{Cookie, RequestFailure};
+use crate::client::{Cookie, RequestFailure};
 
 /// Disjoint byte ranges tracked per read to refuse overlapping chunks.
 /// Adjacent ranges merge, so in-order (or reverse-order) replies use one.
@@ -93,6 +93,14 @@ impl Slot {
             }
         }
         Ok(true)
+    }
+
+    /// Record the whole request as delivered: a simple reply's data, the
+    /// only reply the read gets.
+    pub(crate) fn cover_whole(&mut self) {
+        self.ranges[0] = (self.offset, self.end());
+        self.nranges = 1;
+        self.covered = self.length;
     }
 
     /// Outcome once `DONE` arrived, given how many contexts were selected.
