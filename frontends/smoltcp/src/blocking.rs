@@ -20,7 +20,7 @@ pub trait Network<'s> {
     fn sockets(&mut self) -> &mut SocketSet<'s>;
 }
 
-impl<'c, const N: usize> NbdClient<'c, N> {
+impl<const N: usize> NbdClient<N> {
     /// Run the handshake until the export is open.
     pub fn handshake<'s>(&mut self, net: &mut impl Network<'s>) -> Result<Export, ClientError> {
         let deadline = net.poll() + self.timeout;

@@ -2,8 +2,10 @@
 //! machine. [`NbdClient::poll`] is the non-blocking step; the blocking
 //! helpers in [`crate::blocking`] build whole requests on it.
 
+use core::fmt;
+
 use blockwire_core::client::{
-    Client, Config, ConfigError, Error, Event, RequestError, RequestFailure,
+    Client, Config, Error, Event, INPUT_BUFFER, RequestError, RequestFailure,
 };
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -14,8 +16,6 @@ use crate::time::to_core;
 /// Why a client operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientError {
-    /// The configuration was refused.
-    Config(ConfigError),
     /// The connection ended with a protocol error (or the server closed it
     /// early: [`Error::UnexpectedEof`]).
     Protocol(Error),
@@ -30,31 +30,48 @@ pub enum ClientError {
     Disconnected,
 }
 
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Protocol(e) => write!(f, "NBD protocol: {e}"),
+            ClientError::Request(e) => write!(f, "request not sent: {e}"),
+            ClientError::Failed(e) => write!(f, "request failed: {e}"),
+            ClientError::Timeout => f.write_str("timed out"),
+            ClientError::Disconnected => f.write_str("disconnected"),
+        }
+    }
+}
+
+impl core::error::Error for ClientError {}
+
 /// One NBD connection over the TCP socket `handle`, with up to `N`
 /// requests in flight.
-pub struct NbdClient<'c, const N: usize = 4> {
+pub struct NbdClient<const N: usize = 4> {
     pub(crate) handle: SocketHandle,
-    pub(crate) machine: Client<'c, N>,
+    pub(crate) machine: Client<N>,
     /// Limit for each blocking operation.
     pub(crate) timeout: Duration,
     seen_established: bool,
+    /// Received bytes the machine has not taken yet. The machine takes a
+    /// unit only once it is whole, and the socket's ring buffer may hold
+    /// one split at its end, so bytes are moved here first.
+    rx: [u8; INPUT_BUFFER],
+    rx_len: usize,
 }
 
-impl<'c, const N: usize> NbdClient<'c, N> {
+impl<const N: usize> NbdClient<N> {
     /// A client for the socket `handle`, which the caller has told to
     /// `connect` (that needs the interface's context, which this crate
     /// never holds).
-    pub fn new(
-        handle: SocketHandle,
-        config: Config<'c>,
-        now: Instant,
-    ) -> Result<Self, ClientError> {
-        Ok(Self {
+    pub fn new(handle: SocketHandle, config: Config, now: Instant) -> Self {
+        Self {
             handle,
-            machine: Client::new(config, to_core(now)).map_err(ClientError::Config)?,
+            machine: Client::new(config, to_core(now)),
             timeout: Duration::from_secs(30),
             seen_established: false,
-        })
+            rx: [0; INPUT_BUFFER],
+            rx_len: 0,
+        }
     }
 
     /// Limit each blocking operation to `timeout` (default 30 s).
@@ -64,7 +81,7 @@ impl<'c, const N: usize> NbdClient<'c, N> {
 
     /// The core machine, for requests beyond the blocking helpers
     /// (queue them here, then [`poll`](Self::poll)).
-    pub fn machine(&mut self) -> &mut Client<'c, N> {
+    pub fn machine(&mut self) -> &mut Client<N> {
         &mut self.machine
     }
 
@@ -89,32 +106,34 @@ impl<'c, const N: usize> NbdClient<'c, N> {
         self.seen_established |= socket.may_send();
         loop {
             self.transmit(socket);
-            if !socket.can_recv() {
-                break;
-            }
-            let machine = &mut self.machine;
-            let (used, failed) = socket
-                .recv(|input| {
-                    let mut used = 0;
-                    loop {
-                        let p = machine.handle_input(&input[used..], core_now);
-                        used += p.consumed;
-                        match p.event {
-                            Some(Event::Failed(e)) => return (used, (used, Some(e))),
-                            Some(ev) => on_event(ev),
-                            None if p.consumed == 0 => break,
-                            None => {}
-                        }
+            let received = match socket.recv_slice(&mut self.rx[self.rx_len..]) {
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            self.rx_len += received;
+            let mut used = 0;
+            let mut failed = None;
+            loop {
+                let p = self.machine.handle_input(&self.rx[used..self.rx_len]);
+                used += p.consumed;
+                match p.event {
+                    Some(Event::Failed(e)) => {
+                        failed = Some(e);
+                        break;
                     }
-                    (used, (used, None))
-                })
-                .unwrap_or((0, None));
+                    Some(ev) => on_event(ev),
+                    None if p.consumed == 0 => break,
+                    None => {}
+                }
+            }
+            self.rx.copy_within(used..self.rx_len, 0);
+            self.rx_len -= used;
             if let Some(e) = failed {
                 // An ABORT may be queued: send it before reporting.
                 self.transmit(socket);
                 return Err(ClientError::Protocol(e));
             }
-            if used == 0 {
+            if used == 0 && received == 0 {
                 break;
             }
         }

@@ -86,18 +86,15 @@ impl<D: BlockDevice> Net<D> {
         self.sockets.add(s)
     }
 
-    fn client(
-        &mut self,
-        mode: HeaderMode,
-    ) -> (NbdClient<'static, 4>, blockwire_core::client::Export) {
+    fn client(&mut self, mode: HeaderMode) -> (NbdClient<4>, blockwire_core::client::Export) {
         let handle = self.connect();
-        let mut config = Config::new("disk");
+        let mut config = Config::new("disk").unwrap();
         config.structured_replies = mode != HeaderMode::Simple;
         config.extended_headers = mode == HeaderMode::Extended;
         if mode != HeaderMode::Simple {
-            config.meta_contexts = &["base:allocation"];
+            config.add_meta_context("base:allocation").unwrap();
         }
-        let mut client = NbdClient::new(handle, config, self.now()).unwrap();
+        let mut client = NbdClient::new(handle, config, self.now());
         client.set_timeout(smoltcp::time::Duration::from_secs(60));
         let export = client.handshake(self).unwrap();
         assert_eq!(export.mode, mode);
@@ -146,7 +143,7 @@ fn ram_disk(size: usize) -> RamDisk<'static> {
 
 fn status(
     net: &mut Net<impl BlockDevice>,
-    client: &mut NbdClient<'static, 4>,
+    client: &mut NbdClient<4>,
     offset: u64,
     length: u64,
 ) -> Vec<Extent> {

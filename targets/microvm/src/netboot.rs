@@ -76,11 +76,11 @@ pub fn run(p: &mut Platform) -> ! {
     let start = p.clock.micros();
     let mut net = Net { p, sockets };
 
-    let mut client: NbdClient<'static, 4> =
-        match NbdClient::new(handle, Config::new(export), net.p.now()) {
-            Ok(c) => c,
-            Err(_) => fail("bad client configuration"),
-        };
+    let config = match Config::new(export) {
+        Ok(c) => c,
+        Err(_) => fail("bad client configuration"),
+    };
+    let mut client: NbdClient<4> = NbdClient::new(handle, config, net.p.now());
     let disk = match client.handshake(&mut net) {
         Ok(e) => e,
         Err(e) => {

@@ -493,8 +493,13 @@ async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, mut rx: mpsc::Unbounded
     }
 }
 
+/// The reader's buffer: large reads for throughput, and far more than the
+/// machine's largest whole unit.
+const READ_BUFFER: usize = 1 << 20;
+const _: () = assert!(READ_BUFFER >= blockwire_core::client::INPUT_BUFFER);
+
 async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; READ_BUFFER.max(leftover.len())];
     let (mut start, mut end) = (0, leftover.len());
     buf[..end].copy_from_slice(&leftover);
     loop {
@@ -534,7 +539,7 @@ async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
 fn process(st: &mut State, input: &[u8], start: &mut usize) -> bool {
     let mut at = 0;
     loop {
-        let p = st.machine.handle_input(&input[at..], handshake::now());
+        let p = st.machine.handle_input(&input[at..]);
         at += p.consumed;
         let Some(ev) = p.event else {
             if p.consumed == 0 {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use blockwire_core::client::{Error as ProtocolError, RequestError, RequestFailure};
+use blockwire_core::client::{ConfigError, Error as ProtocolError, RequestError, RequestFailure};
 use blockwire_core::wire::Errno;
 
 use super::uri::UriError;
@@ -14,6 +14,9 @@ pub enum ClientError {
     /// Connecting, reading or writing the socket failed.
     Io(Arc<std::io::Error>),
     Tls(String),
+    /// The export name or a metadata context name does not fit the
+    /// client's configuration.
+    Config(ConfigError),
     /// The connection ended on a protocol error (or a refusal in the
     /// handshake).
     Protocol(ProtocolError),
@@ -46,6 +49,12 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
+impl From<ConfigError> for ClientError {
+    fn from(e: ConfigError) -> Self {
+        ClientError::Config(e)
+    }
+}
+
 impl From<UriError> for ClientError {
     fn from(e: UriError) -> Self {
         ClientError::Uri(e)
@@ -65,6 +74,7 @@ impl fmt::Display for ClientError {
             ClientError::Uri(e) => write!(f, "{e}"),
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::Tls(e) => write!(f, "TLS: {e}"),
+            ClientError::Config(e) => write!(f, "bad client configuration: {e}"),
             ClientError::Protocol(e) => write!(f, "NBD protocol: {e}"),
             ClientError::Request {
                 what,
@@ -84,7 +94,7 @@ impl fmt::Display for ClientError {
                     _ => Ok(()),
                 }
             }
-            ClientError::Refused { what, error } => write!(f, "{what} not sent: {error:?}"),
+            ClientError::Refused { what, error } => write!(f, "{what} not sent: {error}"),
             ClientError::Closed(why) => write!(f, "connection closed: {why}"),
             ClientError::NoContext(c) => {
                 write!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use blockwire_core::client::{Client, Config, Event, Export, Mode, TlsPolicy};
+use blockwire_core::client::{Client, Config, Event, Export, INPUT_BUFFER, Mode, TlsPolicy};
 use blockwire_core::time::Instant;
 use blockwire_core::wire::HeaderMode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,7 +15,12 @@ use super::uri::{NbdUri, Tls, Transport};
 /// Requests one connection keeps in flight at most (the machine's table).
 pub const MAX_IN_FLIGHT: usize = 64;
 
-pub type Machine = Client<'static, MAX_IN_FLIGHT>;
+pub type Machine = Client<MAX_IN_FLIGHT>;
+
+/// The handshake's receive buffer: room for any option reply the machine
+/// takes whole, and for a server that answers quickly.
+const RECEIVE_BUFFER: usize = 64 * 1024;
+const _: () = assert!(RECEIVE_BUFFER >= INPUT_BUFFER);
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -128,50 +133,12 @@ async fn connect_unix(path: &std::path::Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(path).await
 }
 
-/// Keep one `'static` copy of each distinct string.
-///
-/// The core machine borrows its export name and context names for its whole
-/// life, and the machine lives in `'static` tasks. Interning bounds what is
-/// kept by the number of distinct names a process uses, not by how many
-/// connections it makes (a reconnecting client would otherwise grow).
-fn intern(s: &str) -> &'static str {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(&k) = names.get(s) {
-        return k;
+/// The machine's configuration for `uri` and `opts`.
+fn config(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Config> {
+    let mut config = Config::new(&uri.export)?;
+    for q in &opts.meta_contexts {
+        config.add_meta_context(q)?;
     }
-    let k: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    names.insert(k);
-    k
-}
-
-/// The same, for a list of context names.
-fn intern_list(list: &[String]) -> &'static [&'static str] {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static LISTS: OnceLock<Mutex<HashSet<&'static [&'static str]>>> = OnceLock::new();
-    let items: Vec<&'static str> = list.iter().map(|c| intern(c)).collect();
-    let mut lists = LISTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(&k) = lists.get(items.as_slice()) {
-        return k;
-    }
-    let k: &'static [&'static str] = Box::leak(items.into_boxed_slice());
-    lists.insert(k);
-    k
-}
-
-fn static_config(uri: &NbdUri, opts: &Options, mode: Mode) -> Config<'static> {
-    let name = intern(&uri.export);
-    let mut config = Config::new(name);
-    config.meta_contexts = intern_list(&opts.meta_contexts);
     config.structured_replies = opts.structured_replies;
     config.extended_headers = opts.extended_headers;
     config.mode = mode;
@@ -179,7 +146,7 @@ fn static_config(uri: &NbdUri, opts: &Options, mode: Mode) -> Config<'static> {
         Tls::Off => TlsPolicy::Disable,
         Tls::Require => TlsPolicy::Require,
     };
-    config
+    Ok(config)
 }
 
 async fn send_all(machine: &mut Machine, stream: &mut Stream) -> Result<()> {
@@ -216,32 +183,37 @@ pub async fn connect(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session
 }
 
 async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> {
-    let config = static_config(uri, opts, mode);
-    let mut machine = Box::new(
-        Machine::new(config, now())
-            .map_err(|e| ClientError::Closed(format!("bad client configuration: {e:?}")))?,
-    );
+    let mut machine = Box::new(Machine::new(config(uri, opts, mode)?, now()));
     let mut stream = open(uri).await?;
     let mut details = Details::default();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; RECEIVE_BUFFER];
     let (mut start, mut end) = (0, 0);
     loop {
+        // 1. Transmit first: the handshake takes no input while a request
+        //    waits to be sent.
+        send_all(&mut machine, &mut stream).await?;
+        // 2. Feed what is buffered, until the machine wants more.
         let mut step = Step::More;
+        let mut progressed = false;
         while matches!(step, Step::More) {
-            let p = machine.handle_input(&buf[start..end], now());
+            let p = machine.handle_input(&buf[start..end]);
             start += p.consumed;
             step = match p.event {
                 None if p.consumed == 0 => break,
                 None => Step::More,
                 Some(ev) => record(ev, &mut details),
             };
+            progressed = true;
         }
         match step {
+            // It may have queued a request (and wait for it to be sent).
+            Step::More if progressed => continue,
             Step::More => {}
             Step::StartTls => {
                 if start != end {
                     return Err(ClientError::Tls("server sent data after STARTTLS".into()));
                 }
+                // The STARTTLS acknowledgement needs no answer in plaintext.
                 let (connector, name) = super::tls::connector(uri).map_err(ClientError::Tls)?;
                 stream = Box::new(
                     connector
@@ -276,7 +248,7 @@ async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> 
                 });
             }
         }
-        send_all(&mut machine, &mut stream).await?;
+        // 3. Read more behind what is left.
         if start == end {
             (start, end) = (0, 0);
         } else if end == buf.len() {
@@ -322,19 +294,4 @@ fn record(ev: Event<'_>, d: &mut Details) -> Step {
         _ => {}
     }
     Step::More
-}
-
-#[cfg(test)]
-mod intern_tests {
-    use super::*;
-
-    #[test]
-    fn interned_strings_are_kept_once() {
-        let a = intern(&String::from("export-a"));
-        let b = intern(&String::from("export-a"));
-        assert!(std::ptr::eq(a, b));
-        let l1 = intern_list(&["base:allocation".to_string()]);
-        let l2 = intern_list(&["base:allocation".to_string()]);
-        assert!(std::ptr::eq(l1, l2));
-    }
 }
