@@ -721,3 +721,115 @@ fn config_is_validated() {
     assert_eq!(c.add_meta_context("a:b"), Err(ConfigError::TooManyContexts));
     assert_eq!(c.meta_contexts().count(), 16);
 }
+
+/// The largest configuration there is — a 4096-byte export name and every
+/// byte of `QUERY_BYTES` in 16 queries — goes out whole: the output queue
+/// is sized for it (an undersized queue panics in debug builds).
+#[test]
+fn the_largest_config_fits_the_output_queue() {
+    use blockwire_core::client::{MAX_CONTEXTS, QUERY_BYTES, TRANSMIT_BUFFER};
+    let name = "n".repeat(4096);
+    let each = QUERY_BYTES / MAX_CONTEXTS;
+    let queries: Vec<String> = (0..MAX_CONTEXTS)
+        .map(|i| format!("{i:x}:{}", "q".repeat(each - 2)))
+        .collect();
+    for mode in [Mode::Go, Mode::Info] {
+        let mut config = Config::new(&name).unwrap();
+        config.mode = mode;
+        for q in &queries {
+            config.add_meta_context(q).unwrap();
+        }
+        let mut c = client(config);
+        let s = Script::new().greeting(3).ack(OptionType::EXTENDED_HEADERS);
+        let run = run_whole(&mut c, &s.0);
+        assert!(run.max_pending <= TRANSMIT_BUFFER);
+        let (_, opts) = parse_options(&run.sent);
+        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+        assert_eq!(opts[1].1, meta_payload(&name, &refs), "{mode:?}");
+        // Then GO (or INFO) with the long name.
+        let option = match mode {
+            Mode::Info => OptionType::LIST_META_CONTEXT,
+            _ => OptionType::SET_META_CONTEXT,
+        };
+        let run = run_whole(&mut c, &Script::new().ack(option).0);
+        let (_, opts) = parse_options(&[&[0; 4][..], &run.sent].concat());
+        assert_eq!(opts[0].1, go_payload(&name, &[1, 2, 3]));
+    }
+}
+
+/// The handshake is a conversation: no reply is read while the request it
+/// answers has not been sent.
+#[test]
+fn no_input_is_taken_while_a_request_waits() {
+    let mut c = client(plain("d"));
+    let s = Script::new()
+        .greeting(3)
+        .info_export(OptionType::GO, 4096, 1)
+        .ack(OptionType::GO);
+    let p = c.handle_input(&s.0);
+    assert_eq!((p.consumed, p.event.is_none()), (18, true));
+    let rest = &s.0[18..];
+    assert!(c.pending_transmit() > 0, "flags and GO queued");
+    let p = c.handle_input(rest);
+    assert_eq!((p.consumed, p.event.is_none()), (0, true));
+    // Sent in part: still waiting.
+    c.transmitted(4);
+    assert_eq!(c.handle_input(rest).consumed, 0);
+    let mut run = Run::default();
+    drain(&mut c, &mut run);
+    let run = run_whole(&mut c, rest);
+    assert!(matches!(run.events[..], [Ev::Ready(_)]), "{:?}", run.events);
+}
+
+/// Every error a user may see reads as a sentence in the spec's terms, not
+/// as a Rust value.
+#[test]
+fn errors_display_for_people() {
+    use blockwire_core::client::{ConfigError, RequestFailure};
+    use blockwire_core::wire::{ChunkType, CommandType, Errno};
+    let errors: Vec<Box<dyn std::error::Error>> = vec![
+        Box::new(Error::UnexpectedOptionReply {
+            option: OptionType::GO,
+            reply: ReplyType::SERVER,
+        }),
+        Box::new(Error::MalformedOptionReply {
+            option: OptionType::LIST,
+            reply: ReplyType::SERVER,
+            cause: PayloadError::LengthPastEnd("export name"),
+        }),
+        Box::new(Error::OptionFailed {
+            option: OptionType(99),
+            reply: ReplyType(0x8000_0063),
+        }),
+        Box::new(Error::UnexpectedChunk {
+            cookie: 7,
+            chunk: ChunkType::OFFSET_HOLE,
+            command: CommandType::WRITE,
+        }),
+        Box::new(RequestError::TooLong),
+        Box::new(RequestError::InvalidFlags),
+        Box::new(RequestFailure::Server(Errno::ENOSPC)),
+        Box::new(RequestFailure::Incomplete),
+        Box::new(ConfigError::ContextQueriesTooLong),
+        Box::new(ConfigError::ExportNameTooLong),
+    ];
+    let texts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(texts[0], "unexpected NBD_REP_SERVER in reply to NBD_OPT_GO");
+    assert_eq!(
+        texts[1],
+        "malformed NBD_REP_SERVER in reply to NBD_OPT_LIST: \
+         export name length exceeds the payload length"
+    );
+    assert_eq!(texts[2], "option 99 failed: reply type 0x80000063");
+    assert_eq!(
+        texts[3],
+        "unexpected NBD_REPLY_TYPE_OFFSET_HOLE chunk for NBD_CMD_WRITE (cookie 7)"
+    );
+    assert_eq!(texts[6], "server error ENOSPC");
+    for t in &texts {
+        assert!(
+            !t.contains('{') && !t.contains("(\"") && !t.contains("Some("),
+            "reads like a Debug value: {t}"
+        );
+    }
+}

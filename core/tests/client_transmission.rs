@@ -802,3 +802,92 @@ fn disconnect_and_eof() {
     let mut c3 = structured();
     assert_eq!(c3.handle_eof(), Err(Error::UnexpectedEof));
 }
+
+#[test]
+fn events_borrow_only_the_input() {
+    let mut c = structured();
+    let r = c.read(0, 512, F).unwrap();
+    sent_requests(&mut c);
+    let reply = Script::new()
+        .chunk(0, OFFSET_DATA, r, &data_payload(0, &[9; 512]))
+        .chunk(DONE, NONE, r, &[]);
+    let input = &reply.0[..];
+    let p = c.handle_input(input);
+    let Some(blockwire_core::client::Event::ReadData { data, .. }) = p.event else {
+        panic!("{:?}", p.event);
+    };
+    // The data is the caller's bytes, not a copy ...
+    assert!(input.as_ptr_range().contains(&data.as_ptr()));
+    assert_eq!(data, &[9; 512][..]);
+    // ... and the event does not hold the client: it may be used while the
+    // next request is queued.
+    let f = c.flush().unwrap();
+    assert_eq!(data.len(), 512);
+    let run = run_whole(&mut c, &input[p.consumed..]);
+    assert_eq!(run.events, vec![Ev::Completed(r, Ok(()))]);
+    assert_ne!(f, r);
+}
+
+#[test]
+fn a_unit_is_taken_only_whole() {
+    let mut c = extended();
+    let r = c.read(0, 4096, F).unwrap();
+    sent_requests(&mut c);
+    let reply = Script::new()
+        .ext_chunk(DONE, ERROR, r, 0, &error_payload(5, "boom", None))
+        .0;
+    // Header and error payload are one unit: nothing is taken before the
+    // last byte is there, and all of it then.
+    for cut in 0..reply.len() {
+        let p = c.handle_input(&reply[..cut]);
+        assert_eq!((p.consumed, p.event.is_none()), (0, true), "cut {cut}");
+    }
+    let p = c.handle_input(&reply);
+    assert_eq!(p.consumed, reply.len());
+    assert_eq!(
+        p.event.map(Ev::from),
+        Some(Ev::ReplyError(r, Errno::EIO, None, "boom".into()))
+    );
+}
+
+#[test]
+fn eof_inside_a_reply_after_disconnect_is_unexpected() {
+    let mut c = structured();
+    let f = c.flush().unwrap();
+    c.disconnect().unwrap();
+    sent_requests(&mut c);
+    let mut s = Script::new().chunk(DONE, NONE, f, &[]).0;
+    // The start of a reply nobody asked for, cut off by the close.
+    s.extend_from_slice(&[0x66, 0x8e]);
+    let run = run_whole(&mut c, &s);
+    assert_eq!(run.events, vec![Ev::Completed(f, Ok(()))]);
+    assert_eq!(c.handle_eof(), Err(Error::UnexpectedEof));
+}
+
+/// What a connection costs: the configuration, the output queue and the
+/// table of requests in flight, nothing else (the receive buffer is the
+/// frontend's, at least `INPUT_BUFFER`).
+#[test]
+fn a_connection_costs_its_config_its_output_and_its_table() {
+    use blockwire_core::client::{Config, INPUT_BUFFER, QUERY_BYTES, TRANSMIT_BUFFER};
+    let config = std::mem::size_of::<Config>();
+    assert!(
+        config <= 4096 + QUERY_BYTES + 128,
+        "Config is {config} bytes"
+    );
+    let fixed = config + TRANSMIT_BUFFER + 512;
+    let per_request = 128;
+    for (n, size) in [
+        (1, std::mem::size_of::<Client<1>>()),
+        (4, std::mem::size_of::<Client<4>>()),
+        (64, std::mem::size_of::<Client<64>>()),
+    ] {
+        assert!(
+            size <= fixed + n * per_request,
+            "Client<{n}> is {size} bytes, more than {fixed} + {n} * {per_request}"
+        );
+    }
+    // The numbers the module docs state.
+    assert!(std::mem::size_of::<Client<64>>() <= 20_400);
+    const { assert!(INPUT_BUFFER == 8_216) };
+}

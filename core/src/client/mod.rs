@@ -50,11 +50,11 @@
 //!
 //! A `Client<N>` holds its [`Config`] (a 4096-byte export name and
 //! [`QUERY_BYTES`] of queries), an output queue of [`TRANSMIT_BUFFER`]
-//! bytes and a table of `N` requests in flight, and nothing else: about
-//! 12.5 KiB plus 120 bytes per request (20 KiB for the default `N = 64`;
-//! the size test in `tests/client_transmission.rs` holds the exact
-//! number). The frontend adds its receive buffer of at least
-//! [`INPUT_BUFFER`] bytes.
+//! bytes and a table of `N` requests in flight, and nothing else: on a
+//! 64-bit target 12,720 bytes plus 120 per request (20,400 for the default
+//! `N = 64`; a test in `tests/client_transmission.rs` keeps the bound).
+//! The frontend adds its receive buffer, at least [`INPUT_BUFFER`] (8,216)
+//! bytes.
 //!
 //! ```
 //! use blockwire_core::client::{Client, Config, Event};
@@ -235,6 +235,9 @@ enum Phase<const N: usize> {
     Finished {
         owed: bool,
     },
+    /// The connection failed outside [`Client::handle_input`]; the next
+    /// call reports it.
+    Failing(Error),
     Failed(Error),
 }
 
@@ -304,7 +307,7 @@ impl<const N: usize> Client<N> {
     pub fn handle_eof(&mut self) -> Result<(), Error> {
         match &self.phase {
             Phase::Finished { .. } => Ok(()),
-            Phase::Failed(e) => Err(*e),
+            Phase::Failing(e) | Phase::Failed(e) => Err(*e),
             Phase::Transmission(t) if t.ended_cleanly() => {
                 self.phase = Phase::Finished { owed: false };
                 Ok(())
@@ -316,7 +319,8 @@ impl<const N: usize> Client<N> {
         }
     }
 
-    /// TLS is up after [`Event::StartTls`]; the handshake continues.
+    /// TLS is up after [`Event::StartTls`]; the handshake continues (send
+    /// what [`poll_transmit`](Self::poll_transmit) now holds).
     pub fn tls_established(&mut self) {
         let Phase::AwaitTls(h) = &mut self.phase else {
             return;
@@ -329,9 +333,8 @@ impl<const N: usize> Client<N> {
                     self.phase = Phase::Handshake(h);
                 }
             }
-            Err(e) => {
-                self.fail(e);
-            }
+            // Reported by the next `handle_input`, like any failure.
+            Err(e) => self.phase = Phase::Failing(e),
         }
     }
 
@@ -360,13 +363,16 @@ impl<const N: usize> Client<N> {
 
     /// Whether the connection is over (finished, disconnected or failed).
     pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Finished { .. } | Phase::Failed(_))
+        matches!(
+            self.phase,
+            Phase::Finished { .. } | Phase::Failing(_) | Phase::Failed(_)
+        )
     }
 
     /// The fatal error, if one ended the connection.
     pub fn error(&self) -> Option<Error> {
         match self.phase {
-            Phase::Failed(e) => Some(e),
+            Phase::Failing(e) | Phase::Failed(e) => Some(e),
             _ => None,
         }
     }
@@ -407,12 +413,13 @@ impl<const N: usize> Client<N> {
 
     /// Feed received bytes; see the [module docs](self).
     pub fn handle_input<'i>(&mut self, input: &'i [u8]) -> Progress<'i> {
-        if let Phase::Finished { owed: owed @ true } = &mut self.phase {
-            *owed = false;
-            return Progress {
-                consumed: 0,
-                event: Some(Event::Finished),
-            };
+        match self.phase {
+            Phase::Finished { owed: true } => {
+                self.phase = Phase::Finished { owed: false };
+                return done(0, Some(Event::Finished));
+            }
+            Phase::Failing(e) => return done(input.len(), Some(self.fail(e))),
+            _ => {}
         }
         let mut base = 0;
         loop {
@@ -432,7 +439,9 @@ impl<const N: usize> Client<N> {
                 Phase::AwaitTls(_) if rest.is_empty() => return done(base, None),
                 Phase::AwaitTls(_) => Err(Error::PlaintextAfterStartTls),
                 Phase::Transmission(t) => t.step(rest),
-                Phase::Finished { .. } | Phase::Failed(_) => return done(input.len(), None),
+                Phase::Finished { .. } | Phase::Failing(_) | Phase::Failed(_) => {
+                    return done(input.len(), None);
+                }
             };
             match step {
                 Err(e) => return done(input.len(), Some(self.fail(e))),

@@ -172,3 +172,27 @@ pub(super) fn final_step(config: &Config) -> Step {
         _ => Step::Go,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec::Sink;
+
+    /// An option request that does not fit is a sizing bug: loud in debug
+    /// builds (so a test catches it), never a truncated request.
+    #[test]
+    #[should_panic(expected = "client output queue too small")]
+    fn an_overflowing_request_is_a_loud_bug() {
+        let mut out = Output::new();
+        while out.put(&[0]).is_ok() {}
+        let _ = emit(&mut out, |o| emit_request(o, OptionType::ABORT, &[]));
+    }
+
+    #[test]
+    fn a_request_that_fits_is_written_whole() {
+        let mut out = Output::new();
+        emit(&mut out, |o| emit_request(o, OptionType::ABORT, &[])).unwrap();
+        assert_eq!(out.pending(), 16);
+        assert_eq!(&out.poll()[..8], b"IHAVEOPT");
+    }
+}
