@@ -833,3 +833,29 @@ fn errors_display_for_people() {
         );
     }
 }
+
+/// The `EXPORT_NAME` fallback in any split, its padding arriving alone
+/// included.
+#[test]
+fn export_name_fallback_in_pieces() {
+    let s = Script::new()
+        .greeting(1)
+        .opt(OptionType::GO, ReplyType::ERR_UNSUP, b"")
+        .raw(&(8192u64).to_be_bytes())
+        .raw(&3u16.to_be_bytes())
+        .raw(&[0; 124]);
+    let mut whole = client(plain("old"));
+    let expected = run_whole(&mut whole, &s.0).events;
+    assert!(
+        matches!(expected.last(), Some(Ev::Ready(_))),
+        "{expected:?}"
+    );
+    // 18 + 20 + 10 puts the padding in a piece of its own.
+    for sizes in [&[1][..], &[7, 3], &[18, 20, 10, 124], &[48, 1]] {
+        let mut c = client(plain("old"));
+        let mut run = Run::default();
+        feed(&mut c, &s.0, sizes, &mut run);
+        assert_eq!(run.events, expected, "{sizes:?}");
+        assert!(c.is_ready());
+    }
+}

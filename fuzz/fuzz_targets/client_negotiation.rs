@@ -17,14 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let mut d: ClientDriver = ClientDriver::new(config_from(cfg));
     d.tls_clear_buffer = cfg & 0x80 == 0;
     for piece in Splitter::new(bytes, sizes) {
+        // The driver checks that the client never waits with
+        // INPUT_BUFFER bytes or more unconsumed: a frontend with that much
+        // room is never stuck.
         d.feed(piece);
-        // The client gathers at most one option reply; the frontend buffer
-        // never has to hold more than that plus the piece.
-        assert!(
-            d.buf.len() <= piece.len() + blockwire_core::client::MAX_OPTION_REPLY + 64,
-            "receive buffer grows: {}",
-            d.buf.len()
-        );
     }
     check_client_handshake_output(&d.out);
     let eof = d.client.handle_eof();

@@ -30,14 +30,10 @@ fuzz_target!(|data: &[u8]| {
     let (spec, bytes) = rest.split_at(n);
     let (mut d, _reqs) = replies_setup(cfg, spec);
     for piece in Splitter::new(bytes, sizes) {
+        // The driver checks that the client never waits with
+        // INPUT_BUFFER bytes or more unconsumed: a frontend with that much
+        // room is never stuck.
         d.feed(piece);
-        // Headers and small chunk parts are gathered inside the machine;
-        // the frontend never holds more than the piece plus a little.
-        assert!(
-            d.buf.len() <= piece.len() + 64,
-            "receive buffer grows: {}",
-            d.buf.len()
-        );
     }
     if d.failed.is_none() {
         assert_eq!(d.client.in_flight(), d.pending.len());

@@ -131,11 +131,11 @@ fuzz_target!(|script: Script| {
         }
     }
     let mut model = disk.clone();
-    let mut config = Config::new("ram");
+    let mut config = Config::new("ram").expect("config");
     config.structured_replies = cfg & 1 != 0;
     config.extended_headers = cfg & 2 != 0;
     if cfg & 0x10 != 0 {
-        config.meta_contexts = &["base:allocation"];
+        config.add_meta_context("base:allocation").expect("config");
     }
     let server_cfg = ServerConfig {
         structured_replies: cfg & 4 != 0,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use blockwire_core::client::{
-    Client, Config, Cookie, Error, Event, Export, RequestFailure, TRANSMIT_BUFFER,
+    Client, Config, Cookie, Error, Event, Export, INPUT_BUFFER, RequestFailure, TRANSMIT_BUFFER,
 };
 use blockwire_core::time::Instant;
 use blockwire_core::wire::{CommandFlags, CommandType, HeaderMode};
@@ -36,7 +36,7 @@ pub struct Pending {
 }
 
 pub struct ClientDriver<const N: usize = 64> {
-    pub client: Client<'static, N>,
+    pub client: Client<N>,
     /// Everything the client sent.
     pub out: Vec<u8>,
     /// Bytes sent since the last `take_output`.
@@ -55,9 +55,9 @@ pub struct ClientDriver<const N: usize = 64> {
 }
 
 impl<const N: usize> ClientDriver<N> {
-    pub fn new(config: Config<'static>) -> Self {
+    pub fn new(config: Config) -> Self {
         let mut d = Self {
-            client: Client::new(config, Instant(0)).expect("config"),
+            client: Client::new(config, Instant(0)),
             out: Vec::new(),
             fresh: Vec::new(),
             buf: Vec::new(),
@@ -76,7 +76,7 @@ impl<const N: usize> ClientDriver<N> {
     }
 
     pub fn drain(&mut self) {
-        assert!(self.client.pending_transmit() <= TRANSMIT_BUFFER + 2 * 4096 + 64);
+        assert!(self.client.pending_transmit() <= TRANSMIT_BUFFER);
         loop {
             let out = self.client.poll_transmit();
             if out.is_empty() {
@@ -107,7 +107,7 @@ impl<const N: usize> ClientDriver<N> {
             assert!(guard < 10_000_000, "client makes no progress");
             self.drain();
             let before = self.buf.len();
-            let p = self.client.handle_input(&self.buf, Instant(0));
+            let p = self.client.handle_input(&self.buf);
             let consumed = p.consumed;
             assert!(consumed <= before, "consumed more than given");
             let got = p.event.is_some();
@@ -121,12 +121,19 @@ impl<const N: usize> ClientDriver<N> {
                 self.buf.drain(..consumed);
             }
             if !got && consumed == 0 {
+                // The machine waits only for a unit that is not whole yet,
+                // and none is as large as INPUT_BUFFER.
+                assert!(
+                    self.buf.len() < INPUT_BUFFER,
+                    "client waits with {} bytes unconsumed",
+                    self.buf.len()
+                );
                 self.drain();
                 return;
             }
             if self.failed.is_some() || self.finished {
                 // Everything after the end is swallowed without events.
-                let p = self.client.handle_input(&self.buf, Instant(0));
+                let p = self.client.handle_input(&self.buf);
                 assert!(p.event.is_none(), "event after the end");
                 let c = p.consumed;
                 self.buf.drain(..c);
@@ -379,9 +386,9 @@ pub fn submit<const N: usize>(
 /// Client config for the client targets from configuration bits: 0-1 TLS
 /// (disable, allow, require, disable); 2 structured; 3 extended; 4-5 mode
 /// (go, info, list, go); 6 contexts.
-pub fn config_from(cfg: u8) -> Config<'static> {
+pub fn config_from(cfg: u8) -> Config {
     use blockwire_core::client::{Mode, TlsPolicy};
-    let mut c = Config::new("disk");
+    let mut c = Config::new("disk").expect("config");
     c.tls = match cfg & 3 {
         1 => TlsPolicy::Allow,
         2 => TlsPolicy::Require,
@@ -395,7 +402,9 @@ pub fn config_from(cfg: u8) -> Config<'static> {
         _ => Mode::Go,
     };
     if cfg & 0x40 != 0 {
-        c.meta_contexts = crate::scripts::CLIENT_CONTEXTS;
+        for q in crate::scripts::CLIENT_CONTEXTS {
+            c.add_meta_context(q).expect("config");
+        }
     }
     c
 }
@@ -416,10 +425,12 @@ pub fn replies_setup(cfg: u8, spec: &[u8]) -> (ClientDriver, Vec<(Cookie, u8, u6
     } else {
         &[]
     };
-    let mut config = Config::new("disk");
+    let mut config = Config::new("disk").expect("config");
     config.structured_replies = mode != HeaderMode::Simple;
     config.extended_headers = mode == HeaderMode::Extended;
-    config.meta_contexts = contexts;
+    for q in contexts {
+        config.add_meta_context(q).expect("config");
+    }
     let mut d = ClientDriver::new(config);
     let script = crate::scripts::client_handshake_script(mode, contexts);
     d.feed(&script.0);

@@ -133,6 +133,9 @@ impl Handshake {
             }
             At::ExportNamePadding { left, export } => {
                 let k = left.min(input.len());
+                if k == 0 && left > 0 {
+                    return Ok((Out::NEED_MORE, Next::Stay));
+                }
                 if k < left {
                     self.at = At::ExportNamePadding {
                         left: left - k,
