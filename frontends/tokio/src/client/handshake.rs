@@ -213,7 +213,6 @@ async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> 
                 if start != end {
                     return Err(ClientError::Tls("server sent data after STARTTLS".into()));
                 }
-                // The STARTTLS acknowledgement needs no answer in plaintext.
                 let (connector, name) = super::tls::connector(uri).map_err(ClientError::Tls)?;
                 stream = Box::new(
                     connector
