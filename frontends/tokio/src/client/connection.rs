@@ -14,7 +14,7 @@ use blockwire_core::block::Extent;
 use blockwire_core::client::{Cookie, Event, Export, Mode, RequestError};
 use blockwire_core::wire::{CommandFlags, TransmissionFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::error::{ClientError, Result};
 use super::handshake::{self, Details, MAX_IN_FLIGHT, Machine, Options, Stream};
@@ -98,6 +98,9 @@ struct Inner {
     slots: Arc<Semaphore>,
     export: Export,
     details: Details,
+    /// Becomes true when the writer task has ended (after `NBD_CMD_DISC`,
+    /// or on an error).
+    writer_done: watch::Receiver<bool>,
 }
 
 impl Inner {
@@ -141,6 +144,7 @@ impl Connection {
         export: Export,
         details: Details,
     ) -> Connection {
+        let (done_tx, writer_done) = watch::channel(false);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 machine,
@@ -150,11 +154,16 @@ impl Connection {
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             export,
             details,
+            writer_done,
         });
         let (r, w) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(reader(inner.clone(), r, leftover));
-        tokio::spawn(writer(inner.clone(), w, rx));
+        let for_writer = inner.clone();
+        tokio::spawn(async move {
+            writer(for_writer, w, rx).await;
+            done_tx.send_replace(true);
+        });
         Connection { inner, tx }
     }
 
@@ -333,10 +342,19 @@ impl Connection {
         }
     }
 
-    /// Disconnect once requests in flight are answered.
+    /// Disconnect once requests in flight are answered. Closing the last
+    /// handle waits until `NBD_CMD_DISC` is sent, so a process that exits
+    /// right after still ends the session politely; with other handles
+    /// alive, the disconnect happens when the last of them goes.
     pub async fn close(self) {
-        // Dropping the sender ends the writer, which sends NBD_CMD_DISC.
+        let last = self.tx.strong_count() == 1;
+        let mut done = self.inner.writer_done.clone();
+        // Dropping the last sender ends the writer, which sends DISC.
         drop(self.tx);
+        if last {
+            // An error only means the writer is gone already.
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 }
 
