@@ -3,32 +3,30 @@
 //!
 //! # Driving it
 //!
-//! The frontend runs the driving loop of the [crate docs](crate) —
-//! transmit, receive, time, end of stream — with
+//! The frontend runs the [driving loop](crate#the-driving-loop) with
 //! [`Client::poll_transmit`]/[`Client::transmitted`],
-//! [`Client::handle_input`], [`Client::poll_timeout`]/
-//! [`Client::handle_timeout`] and [`Client::handle_eof`]. Where the client
-//! differs:
+//! [`Client::handle_input`] and [`Client::poll_timeout`]/
+//! [`Client::handle_timeout`], and calls [`Client::handle_eof`] when the
+//! server closes. Where the client differs:
 //!
-//! * **A unit is taken whole.** The machine copies no input: it takes a
-//!   greeting, an option reply, a reply header with the fixed part of its
-//!   chunk, or a block status descriptor only once all of it is in the
-//!   input, and until then returns `consumed == 0` with no event. Keep the
-//!   unconsumed bytes and call again with more behind them, in a receive
-//!   buffer of at least [`INPUT_BUFFER`] bytes (the largest unit, an
-//!   option reply). Read data is the exception: it is handed out as it
-//!   comes, in pieces of any size.
-//! * **Events borrow only the input.** [`Event::ReadData`] is a slice of
-//!   the bytes you passed in, to be copied straight into the read's
-//!   buffer; names, messages and extents are too. The machine keeps no
-//!   borrow, so the event may be used while the client is called again
-//!   for something else (say, to queue the next request).
-//! * **The handshake is a conversation.** Its output is one option request
-//!   at a time, and [`Client::handle_input`] takes nothing while it waits
-//!   to be sent: transmit first, always.
-//! * **End of stream may be expected.** [`Client::handle_eof`] is `Ok`
-//!   after [`Event::Finished`], or after [`Client::disconnect`] with
-//!   nothing in flight; otherwise it is the error.
+//! * **A unit is taken whole.** The machine copies no input, so the bytes
+//!   of every event (read data, names, messages, extents) are the
+//!   caller's. It takes a greeting, an option reply, a reply header with
+//!   the fixed part of its chunk, or a block status descriptor only once
+//!   all of it is in the input, and until then returns `consumed == 0`
+//!   with no event: keep the unconsumed bytes and call again with more
+//!   behind them, from a receive buffer of at least [`INPUT_BUFFER`]
+//!   bytes (the largest unit, an option reply). How the bytes arrive does
+//!   not matter; read data is handed out as it comes, in pieces of any
+//!   size.
+//! * **Output waits only in the handshake.** Option requests go out one at
+//!   a time, and no reply is read while one waits to be sent. In
+//!   transmission replies are read whatever is queued; request headers
+//!   queue up to [`TRANSMIT_BUFFER`] bytes
+//!   ([`RequestError::TransmitFull`] beyond).
+//! * **End of stream** is `Ok` from [`Client::handle_eof`] after
+//!   [`Event::Finished`], or after [`Client::disconnect`] with nothing in
+//!   flight and no reply begun; otherwise it is the error.
 //!
 //! In the handshake the machine walks through `STARTTLS` (per
 //! [`TlsPolicy`]; on [`Event::StartTls`] send what is queued, run TLS,
