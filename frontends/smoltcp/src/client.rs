@@ -106,10 +106,9 @@ impl<const N: usize> NbdClient<N> {
         self.seen_established |= socket.may_send();
         loop {
             self.transmit(socket);
-            let received = match socket.recv_slice(&mut self.rx[self.rx_len..]) {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            // An error is a socket that cannot receive (closed, or not yet
+            // open): nothing arrived; the end is judged below.
+            let received = socket.recv_slice(&mut self.rx[self.rx_len..]).unwrap_or(0);
             self.rx_len += received;
             let mut used = 0;
             let mut failed = None;
