@@ -9,7 +9,7 @@
 mod reply;
 mod request;
 
-use crate::wire::codec::Reader;
+use crate::wire::codec::{Reader, Sink};
 use crate::wire::headers::{ExportNameReply, OptionReply};
 use crate::wire::{
     ClientFlags, EXPORT_NAME_PADDING, HandshakeFlags, HeaderMode, IHAVEOPT, NBD_MAGIC,
@@ -186,9 +186,7 @@ impl Handshake {
             ours |= ClientFlags::NO_ZEROES;
             self.no_zeroes = true;
         }
-        request::emit(out, |o| {
-            crate::wire::codec::Sink::put(o, &ours.bits().to_be_bytes())
-        })?;
+        request::emit(out, |o| o.put(&ours.bits().to_be_bytes()))?;
         let step = self.first_step(config);
         self.start(step, config, out)?;
         Ok(Out::took(input.len() - r.remaining()))

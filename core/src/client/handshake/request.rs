@@ -185,7 +185,7 @@ mod tests {
     fn an_overflowing_request_is_a_loud_bug() {
         let mut out = Output::new();
         while out.put(&[0]).is_ok() {}
-        let _ = emit(&mut out, |o| emit_request(o, OptionType::ABORT, &[]));
+        emit(&mut out, |o| emit_request(o, OptionType::ABORT, &[])).ok();
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! flight, and the reply decoder.
 //!
 //! [`request`] checks requests before they are queued and writes their
-//! headers; [`reply`] decodes replies and checks each against the request
-//! it answers; [`inflight`] is the table between them.
+//! headers; [`reply`] frames replies and [`chunks`] checks each chunk
+//! against the request it answers; [`inflight`] is the table between them.
 
+mod chunks;
 mod inflight;
 mod reply;
 mod request;
