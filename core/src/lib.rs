@@ -25,7 +25,10 @@
 //!    Drop the consumed bytes, act on the event, and call again with the
 //!    rest. `consumed == 0` with no event means "give me more bytes" (or
 //!    "transmit first", step 1). Any split of the input works, down to one
-//!    byte per call. An event borrows only the input it came from, so a
+//!    byte per call, as long as the frontend keeps the bytes not consumed
+//!    and passes them again with what arrives next (the client takes a
+//!    fixed-size unit only once it is whole, so its frontend keeps at least
+//!    [`client::INPUT_BUFFER`] bytes). An event borrows only the input it came from, so a
 //!    write's payload (server) or a read's data (client) reaches the
 //!    frontend in pieces without the machine ever buffering it.
 //! 3. **Time.** Before waiting for the socket, ask `poll_timeout()` for the
