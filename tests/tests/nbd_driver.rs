@@ -1213,6 +1213,16 @@ fn tls_creds_objects_for_qemu_nbd_over_tls() {
         reconnect_delay: 0,
         open_timeout: 0,
     };
+    // The same over a Unix socket: the certificate names localhost.
+    let obj = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+        certs.dir.display()
+    );
+    let q_unix = qemu_nbd(
+        &img,
+        &dir.join("tls.sock"),
+        &["--object", &obj, "--tls-creds", "tls0", "--cache=writeback"],
+    );
     let rt = runtime();
     rt.block_on(async {
         let g = Graph::new();
@@ -1257,6 +1267,21 @@ fn tls_creds_objects_for_qemu_nbd_over_tls() {
             .add(BlockdevOptions::new(tls("127.0.0.1", "srv", None)).named("c"))
             .await);
         assert_eq!(e, "Expected TLS credentials for a client endpoint");
+        let over_unix = g
+            .add(
+                BlockdevOptions::new(DriverOptions::Nbd {
+                    server: unix(&q_unix.sock),
+                    export: Some(EXPORT.into()),
+                    tls_creds: Some("tls0".into()),
+                    tls_hostname: None,
+                    reconnect_delay: 0,
+                    open_timeout: 0,
+                })
+                .named("u"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_ok(&over_unix, 0, 4096).await, fill(0x77, 4096));
         // Plaintext to a server that requires TLS.
         let e = err(g
             .add(BlockdevOptions::new(nbd(inet("127.0.0.1"), Some(EXPORT), 0)).named("c"))

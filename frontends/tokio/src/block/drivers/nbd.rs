@@ -205,7 +205,10 @@ impl Nbd {
             },
             tls_certificates: o.tls_creds.as_ref().map(|c| c.dir.clone()),
             // Without tls-hostname the client checks the inet host, as
-            // QEMU does.
+            // QEMU does. Over a Unix socket QEMU checks no name at all;
+            // the TLS library here always checks one, "localhost", so a
+            // certificate for a Unix socket must carry it (or the node
+            // tls-hostname).
             tls_hostname: o.tls_hostname.clone(),
             tls_verify_peer: o.tls_creds.as_ref().is_none_or(|c| c.verify_peer),
         };
@@ -243,11 +246,6 @@ impl Nbd {
             filename,
             _tls_creds: o.tls_creds,
         })
-    }
-
-    /// Whether the node has a connection now (it may be reconnecting).
-    pub fn connected(&self) -> bool {
-        self.link.connected()
     }
 
     async fn read_aligned(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -266,11 +266,6 @@ impl Link {
         }
     }
 
-    /// Whether the link is up now (for tests and reports).
-    pub fn connected(&self) -> bool {
-        matches!(&*self.state.borrow(), State::Up(u) if !u.conn.is_closed())
-    }
-
     /// A reconnection must find the export the node was opened on.
     fn same_export(&self, conn: &Connection) -> Result<(), String> {
         let now = conn.export();
