@@ -1418,3 +1418,72 @@ fn concurrent_mixed_io_stays_consistent() {
         );
     }
 }
+
+/// A server that answers a read with garbage: the connection ends on a
+/// protocol error, and as QEMU's (`NBD_CLIENT_QUIT`) the node never talks
+/// to that server again, though it would accept a new connection.
+#[test]
+fn a_server_that_breaks_the_protocol_is_not_used_again() {
+    require!("python3");
+    let dir = TmpDir::new("nbdquit");
+    let sock = dir.join("bad.sock");
+    // Newstyle, no structured replies: simple replies, the first of which
+    // has a wrong magic. Each connection that gets to NBD_OPT_GO is logged.
+    let script = r#"
+import socket, struct, sys, threading
+path = sys.argv[1]
+def recvn(c, n):
+    b = b""
+    while len(b) < n:
+        x = c.recv(n - len(b))
+        if not x:
+            raise EOFError
+        b += x
+    return b
+def serve(c):
+    try:
+        c.sendall(struct.pack(">QQH", 0x4E42444D41474943, 0x49484156454F5054, 3))
+        recvn(c, 4)
+        while True:
+            _, opt, ln = struct.unpack(">QII", recvn(c, 16))
+            recvn(c, ln)
+            if opt == 7:
+                print("GO", file=sys.stderr, flush=True)
+                info = struct.pack(">HQH", 0, 1 << 20, 1)
+                c.sendall(struct.pack(">QIII", 0x3E889045565A9, opt, 3, len(info)) + info)
+                c.sendall(struct.pack(">QIII", 0x3E889045565A9, opt, 1, 0))
+                break
+            c.sendall(struct.pack(">QIII", 0x3E889045565A9, opt, (1 << 31) + 1, 0))
+        _, _, _, cookie, _, _ = struct.unpack(">IHHQQI", recvn(c, 28))
+        c.sendall(struct.pack(">IIQ", 0xDEADBEEF, 0, cookie))
+        while c.recv(65536):
+            pass
+    except (EOFError, OSError):
+        pass
+    c.close()
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let peer = Peer::start(
+        PYTHON,
+        vec!["-c".into(), script.into(), sock.display().to_string()],
+        &sock,
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Graph::new();
+        let node = open(&g, nbd(unix(&sock), None, 60)).await;
+        assert_eq!(errno_of(read(&node, 0, 512).await), libc::EIO);
+        assert_eq!(errno_of(read(&node, 0, 512).await), libc::EIO);
+        assert_eq!(
+            errno_of(node.write(0, &[1u8; 512], false).wait().await),
+            libc::EIO
+        );
+    });
+    let log = peer.stderr_text();
+    assert_eq!(log.matches("GO").count(), 1, "one connection only:\n{log}");
+}
