@@ -1424,7 +1424,7 @@ fn concurrent_mixed_io_stays_consistent() {
 /// to that server again, though it would accept a new connection.
 #[test]
 fn a_server_that_breaks_the_protocol_is_not_used_again() {
-    require!("python3");
+    require!(PYTHON);
     let dir = TmpDir::new("nbdquit");
     let sock = dir.join("bad.sock");
     // Newstyle, no structured replies: simple replies, the first of which

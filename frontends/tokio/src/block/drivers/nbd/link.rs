@@ -38,7 +38,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use blockwire_core::client::{Export, RequestError, RequestFailure};
@@ -204,18 +204,14 @@ async fn connect(target: &Target) -> Result<Connection, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Connects, retrying with growing pauses until `deadline`; the error is
-/// the last attempt's.
-async fn connect_until(
-    target: &Target,
-    deadline: Instant,
-    check: impl Fn(&Connection) -> Result<(), String>,
-) -> Result<Connection, String> {
+/// Connects, retrying with growing pauses until `deadline` (opening with
+/// `open-timeout`); the error is the last attempt's.
+async fn connect_until(target: &Target, deadline: Instant) -> Result<Connection, String> {
     let mut pause = RETRY_FIRST;
     let mut last = None;
     loop {
         let attempt = match tokio::time::timeout_at(deadline, connect(target)).await {
-            Ok(r) => r.and_then(|c| check(&c).map(|()| c)),
+            Ok(r) => r,
             Err(_) => Err(last
                 .take()
                 .unwrap_or_else(|| "no connection before the time ran out".to_owned())),
@@ -241,7 +237,7 @@ impl Link {
         let conn = if open_timeout.is_zero() {
             connect(&target).await?
         } else {
-            connect_until(&target, Instant::now() + open_timeout, |_| Ok(())).await?
+            connect_until(&target, Instant::now() + open_timeout).await?
         };
         let export = *conn.export();
         let flush = export.has(blockwire_core::wire::TransmissionFlags::SEND_FLUSH);
@@ -360,9 +356,9 @@ impl Link {
             _ => false,
         });
         if started {
-            let me = self.clone();
+            let me = Arc::downgrade(self);
             self.runtime
-                .spawn(async move { me.reconnect(epoch, None).await });
+                .spawn(async move { Link::reconnect(me, epoch, None).await });
         }
     }
 
@@ -395,10 +391,10 @@ impl Link {
                     self.target.label
                 );
                 *s = State::Waiting;
-                let me = self.clone();
+                let me = Arc::downgrade(self);
                 let deadline = Instant::now() + delay;
                 self.runtime
-                    .spawn(async move { me.reconnect(epoch, Some(deadline)).await });
+                    .spawn(async move { Link::reconnect(me, epoch, Some(deadline)).await });
             }
             true
         });
@@ -421,31 +417,50 @@ impl Link {
     }
 
     /// Waiting or Trying: one attempt (`deadline` None) or attempts until
-    /// `deadline`; then Up, or Down.
-    async fn reconnect(self: Arc<Self>, epoch: u64, deadline: Option<Instant>) {
-        let check = |c: &Connection| self.same_export(c);
-        let r = match deadline {
-            Some(d) => connect_until(&self.target, d, check).await,
-            None => connect(&self.target)
-                .await
-                .and_then(|c| check(&c).map(|()| c)),
-        };
-        match r {
-            Ok(conn) => {
-                let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("{}: reconnected", self.target.label);
-                self.state
-                    .send_replace(State::Up(Arc::new(Upstream::new(conn, epoch))));
+    /// `deadline`; then Up, or Down. The task holds the link only during
+    /// an attempt, so a node deleted meanwhile stops it (as QEMU's close
+    /// detaches its connection thread) instead of leaving it connecting.
+    async fn reconnect(link: Weak<Self>, epoch: u64, deadline: Option<Instant>) {
+        let mut pause = RETRY_FIRST;
+        let mut last: Option<String> = None;
+        loop {
+            let Some(me) = link.upgrade() else {
+                return;
+            };
+            let attempt = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, connect(&me.target)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(last
+                        .take()
+                        .unwrap_or_else(|| "no connection before the delay ran out".into())),
+                },
+                None => connect(&me.target).await,
             }
-            Err(e) => {
+            .and_then(|c| me.same_export(&c).map(|()| c));
+            let e = match attempt {
+                Ok(conn) => {
+                    let epoch = me.next_epoch.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("{}: reconnected", me.target.label);
+                    me.state
+                        .send_replace(State::Up(Arc::new(Upstream::new(conn, epoch))));
+                    return;
+                }
+                Err(e) => e,
+            };
+            let Some(d) = deadline.filter(|&d| Instant::now() < d) else {
                 if deadline.is_some() {
                     tracing::warn!(
                         "{}: no reconnection within reconnect-delay ({e}); requests fail until one finds the server back",
-                        self.target.label
+                        me.target.label
                     );
                 }
-                self.state.send_replace(State::Down { epoch });
-            }
+                me.state.send_replace(State::Down { epoch });
+                return;
+            };
+            last = Some(e);
+            drop(me);
+            tokio::time::sleep_until((Instant::now() + pause).min(d)).await;
+            pause = (pause * 2).min(RETRY_MAX);
         }
     }
 
