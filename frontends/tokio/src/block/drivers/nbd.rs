@@ -577,6 +577,11 @@ impl Driver for Nbd {
             // Block status is a round trip to the server: not cheap
             // enough to look for holes on every read.
             sparse: false,
+            // All the node's requests share its one connection, so a flush
+            // through it covers every write through it whatever the server
+            // says; passing the server's CAN_MULTI_CONN on is the
+            // conservative choice (it also says other clients of the
+            // server see a consistent export).
             multi_conn: c.multi_conn,
             preferred_block: c.preferred,
             align: c.align,
