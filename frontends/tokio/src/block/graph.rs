@@ -1,6 +1,5 @@
 //! The graph: named nodes, the objects they refer to (throttle groups,
-//! TLS credentials),
-//! and QEMU's rules for changing it.
+//! TLS credentials), and QEMU's rules for changing it.
 //!
 //! * Node names are unique and well-formed (QEMU's `id_wellformed`: a
 //!   letter, then letters, digits, `-`, `.`, `_`); inline children without
