@@ -331,6 +331,9 @@ impl Nbd {
             // Nothing the server could make more durable (QEMU: success).
             return Ok(());
         }
+        if self.link.writes_lost() {
+            return Err(errno(libc::EIO));
+        }
         self.link
             .run(|up| async move {
                 let upto = up.flush_begin();
@@ -339,9 +342,9 @@ impl Nbd {
                 Ok(())
             })
             .await?;
-        if self.link.take_lost_writes() {
+        if self.link.writes_lost() {
             tracing::error!(
-                "{}: flush fails: writes the server acknowledged were not flushed before the connection was lost, and may be gone",
+                "{}: flush fails: writes the server acknowledged were not flushed before a connection was lost, and may be gone",
                 self.link.label()
             );
             return Err(errno(libc::EIO));

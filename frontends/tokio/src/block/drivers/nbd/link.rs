@@ -31,9 +31,13 @@
 //! acknowledged but no flush covered, on a connection that is then lost.
 //! The server may have lost them with it (a restarted process), and a
 //! flush on a new connection cannot vouch for writes sent on another (the
-//! spec scopes a flush to the writes that server completed). So the next
-//! flush after such a loss fails with `EIO`, once, as a failed `fsync`
-//! reports lost write-back; QEMU re-sends the flush and reports success.
+//! spec scopes a flush to the writes that server completed). So every
+//! flush after such a loss fails with `EIO`: a retried flush that
+//! succeeded would vouch for them. This is the rule QEMU's file-posix
+//! keeps after a failed `fdatasync` (`page_cache_inconsistent`), and the
+//! `file` driver's; QEMU's nbd driver itself re-sends the flush and
+//! reports success. Reads and writes go on; reopening the node (delete
+//! and add it) starts afresh.
 
 use std::future::Future;
 use std::io;
@@ -191,7 +195,7 @@ pub struct Link {
     reconnect_delay: Duration,
     state: watch::Sender<State>,
     next_epoch: AtomicU64,
-    /// A connection was lost with writes no flush covered.
+    /// A connection was lost with writes no flush covered (for good).
     lost_writes: AtomicBool,
     /// Where reconnection tasks run (node I/O may be polled from the
     /// blocking pool, which has no runtime of its own to spawn on).
@@ -479,10 +483,9 @@ impl Link {
         }
     }
 
-    /// Whether a lost connection took writes no flush covered (and forget
-    /// it: it is reported once).
-    pub fn take_lost_writes(&self) -> bool {
-        self.lost_writes.swap(false, Ordering::AcqRel)
+    /// Whether a lost connection took writes no flush covered.
+    pub fn writes_lost(&self) -> bool {
+        self.lost_writes.load(Ordering::Acquire)
     }
 
     pub fn label(&self) -> &str {
