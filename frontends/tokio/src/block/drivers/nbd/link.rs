@@ -166,7 +166,10 @@ pub fn classify(e: &ClientError) -> Failure {
             _ => libc::EIO,
         }),
         ClientError::NoContext(_) => Failure::Errno(libc::ENOTSUP),
-        ClientError::Uri(_) | ClientError::Tls(_) => Failure::Errno(libc::EIO),
+        // Set-up errors, which only opening or reconnecting meets.
+        ClientError::Uri(_) | ClientError::Tls(_) | ClientError::Config(_) => {
+            Failure::Errno(libc::EIO)
+        }
     }
 }
 
