@@ -108,8 +108,9 @@ pub struct ServeArgs {
     pub blockdevs: Vec<String>,
 
     /// An object, as qemu-storage-daemon's --object (repeatable), JSON or
-    /// key=value: throttle-group (id, limits.iops-total=..., ...) or
-    /// secret (id, data=... or file=..., format=raw|base64).
+    /// key=value: throttle-group (id, limits.iops-total=..., ...),
+    /// secret (id, data=... or file=..., format=raw|base64) or
+    /// tls-creds-x509 (id, dir=..., endpoint=client|server, verify-peer=on|off).
     #[arg(long = "object", value_name = "OPTIONS")]
     pub objects: Vec<String>,
 

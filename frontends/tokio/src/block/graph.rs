@@ -1,5 +1,5 @@
-//! The graph: named nodes, the objects they refer to (throttle groups),
-//! and QEMU's rules for changing it.
+//! The graph: named nodes, the objects they refer to (throttle groups,
+//! TLS credentials), and QEMU's rules for changing it.
 //!
 //! * Node names are unique and well-formed (QEMU's `id_wellformed`: a
 //!   letter, then letters, digits, `-`, `.`, `_`); inline children without
@@ -23,6 +23,7 @@ use super::events::Events;
 use super::node::{Node, NodeOptions, lock};
 use super::options::{BlockdevOptions, BlockdevRef};
 use super::throttle_group::ThrottleGroup;
+use super::tls_creds::{TlsCredsX509, TlsEndpoint};
 
 /// Why a graph change was refused; the message is QEMU's where QEMU has
 /// one.
@@ -83,8 +84,26 @@ struct Inner {
     /// Users of each node that are not nodes (exports), by node name.
     users: HashMap<String, usize>,
     throttle_groups: HashMap<String, Arc<ThrottleGroup>>,
+    /// `tls-creds-x509` objects, by id.
+    tls_creds: HashMap<String, Arc<TlsCredsX509>>,
     /// `secret` objects by id (for drivers' key-secret options).
     secrets: HashMap<String, Arc<[u8]>>,
+}
+
+impl Inner {
+    /// QEMU keeps every user-created object in one container, so one id
+    /// names one object whatever its type.
+    fn object_exists(&self, id: &str) -> bool {
+        self.throttle_groups.contains_key(id)
+            || self.tls_creds.contains_key(id)
+            || self.secrets.contains_key(id)
+    }
+}
+
+fn duplicate_object(id: &str) -> GraphError {
+    generic(format!(
+        "attempt to add duplicate property '{id}' to object (type 'container')"
+    ))
 }
 
 /// The block graph of one process.
@@ -312,7 +331,7 @@ impl Graph {
         }
         let group = ThrottleGroup::new(id, limits).map_err(generic)?;
         let mut g = lock(&self.inner);
-        if g.throttle_groups.contains_key(id) || g.secrets.contains_key(id) {
+        if g.object_exists(id) {
             return Err(duplicate_object(id));
         }
         g.throttle_groups.insert(id.to_owned(), Arc::new(group));
@@ -330,7 +349,7 @@ impl Graph {
             return Err(generic("Parameter 'id' expects an identifier"));
         }
         let mut g = lock(&self.inner);
-        if g.throttle_groups.contains_key(id) || g.secrets.contains_key(id) {
+        if g.object_exists(id) {
             return Err(duplicate_object(id));
         }
         g.secrets.insert(id.to_owned(), data);
@@ -364,10 +383,39 @@ impl Graph {
     }
 }
 
-fn duplicate_object(id: &str) -> GraphError {
-    generic(format!(
-        "attempt to add duplicate property '{id}' to object (type 'container')"
-    ))
+impl Graph {
+    // ---- TLS credentials ----
+
+    /// `object-add qom-type=tls-creds-x509`: checked as QEMU loads it.
+    pub fn add_tls_creds(&self, creds: TlsCredsX509) -> Result<(), GraphError> {
+        if !id_wellformed(&creds.id) {
+            return Err(generic("Parameter 'id' expects an identifier"));
+        }
+        creds.check().map_err(generic)?;
+        let mut g = lock(&self.inner);
+        if g.object_exists(&creds.id) {
+            return Err(duplicate_object(&creds.id));
+        }
+        g.tls_creds.insert(creds.id.clone(), Arc::new(creds));
+        Ok(())
+    }
+
+    pub fn tls_creds(&self, id: &str) -> Option<Arc<TlsCredsX509>> {
+        lock(&self.inner).tls_creds.get(id).cloned()
+    }
+
+    /// `object-del` of credentials no node holds.
+    pub fn remove_tls_creds(&self, id: &str) -> Result<(), GraphError> {
+        let mut g = lock(&self.inner);
+        let Some(creds) = g.tls_creds.get(id) else {
+            return Err(generic(format!("object '{id}' not found")));
+        };
+        if Arc::strong_count(creds) > 1 {
+            return Err(generic(format!("object '{id}' can't be deleted")));
+        }
+        g.tls_creds.remove(id);
+        Ok(())
+    }
 }
 
 /// How a driver gets its children while it is being opened: by name
@@ -421,6 +469,30 @@ impl ChildResolver<'_> {
         self.graph
             .throttle_group(id)
             .ok_or_else(|| generic(format!("Throttle group '{id}' does not exist")))
+    }
+
+    /// Looks up TLS credentials by id for the `endpoint` end of a
+    /// connection, with QEMU's messages (`nbd_get_tls_creds`).
+    pub fn tls_creds(
+        &self,
+        id: &str,
+        endpoint: TlsEndpoint,
+    ) -> Result<Arc<TlsCredsX509>, GraphError> {
+        let g = lock(&self.graph.inner);
+        let Some(creds) = g.tls_creds.get(id) else {
+            return Err(generic(if g.object_exists(id) {
+                format!("Object with id '{id}' is not TLS credentials")
+            } else {
+                format!("No TLS credentials with id '{id}'")
+            }));
+        };
+        if creds.endpoint != endpoint {
+            return Err(generic(format!(
+                "Expected TLS credentials for a {} endpoint",
+                endpoint.as_str()
+            )));
+        }
+        Ok(creds.clone())
     }
 }
 

@@ -38,6 +38,7 @@ pub mod options;
 pub mod qapi;
 pub mod report;
 pub mod throttle_group;
+pub mod tls_creds;
 
 pub use events::{Event, Events};
 pub use export_options::ExportOptions;
@@ -45,3 +46,4 @@ pub use graph::{Graph, GraphError};
 pub use io::Io;
 pub use node::{Driver, DriverInfo, Node, Status, Zeroes};
 pub use options::{BlockdevOptions, BlockdevRef, DriverOptions};
+pub use tls_creds::{TlsCredsX509, TlsEndpoint};

@@ -136,13 +136,23 @@ pub enum DriverOptions {
     /// `blockwire-ram`: a sparse disk in memory. QEMU has no such driver;
     /// the vendor prefix keeps the name from ever meaning something else.
     Ram { size: u64 },
-    /// `nbd` (`BlockdevOptionsNbd`).
+    /// `nbd` (`BlockdevOptionsNbd`, QEMU 7.2).
     Nbd {
+        /// `server`.
         server: SocketAddress,
+        /// `export` (absent: the server's default export, "").
         export: Option<String>,
+        /// `tls-creds`: the id of a `tls-creds-x509` object.
         tls_creds: Option<String>,
+        /// `tls-hostname`: the name the server's certificate must carry
+        /// (default: the inet host).
         tls_hostname: Option<String>,
+        /// `reconnect-delay` in seconds (default 0): how long requests wait
+        /// for a lost connection to come back.
         reconnect_delay: u32,
+        /// `open-timeout` in seconds (default 0: one attempt): how long
+        /// opening keeps trying to connect.
+        open_timeout: u32,
     },
     /// `raw` (`BlockdevOptionsRaw`): a window of `file`.
     Raw {

@@ -193,6 +193,13 @@ impl Connection {
             .map(|(id, _)| *id)
     }
 
+    /// Whether the connection takes no more requests (it failed, or the
+    /// server is shutting down): a new request would only get that error,
+    /// without having been sent.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed.is_some()
+    }
+
     /// Largest read or write sent as one request.
     pub fn max_request(&self) -> u64 {
         u64::from(self.inner.export.max_payload()).clamp(512, 32 << 20)

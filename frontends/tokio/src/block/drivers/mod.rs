@@ -4,6 +4,7 @@
 pub mod blkdebug;
 pub mod cow;
 pub mod file;
+pub mod nbd;
 pub mod null;
 pub mod ram;
 pub mod raw;
@@ -69,10 +70,29 @@ pub async fn open(
             read_zeroes,
         } => Box::new(null::NullCo::new(size, latency_ns, read_zeroes)),
         DriverOptions::Ram { size } => Box::new(ram::Ram::new(size)?),
-        DriverOptions::Nbd { .. } => {
-            return Err(GraphError::Generic(
-                "the nbd driver is not available in this build".into(),
-            ));
+        DriverOptions::Nbd {
+            server,
+            export,
+            tls_creds,
+            tls_hostname,
+            reconnect_delay,
+            open_timeout,
+        } => {
+            let tls_creds = match tls_creds {
+                Some(id) => Some(children.tls_creds(&id, super::tls_creds::TlsEndpoint::Client)?),
+                None => None,
+            };
+            Box::new(
+                nbd::Nbd::open(nbd::NbdOpen {
+                    server,
+                    export,
+                    tls_creds,
+                    tls_hostname,
+                    reconnect_delay,
+                    open_timeout,
+                })
+                .await?,
+            )
         }
         DriverOptions::Raw { file, offset, size } => {
             let file = children.open("file", file, true).await?;

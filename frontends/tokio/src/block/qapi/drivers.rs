@@ -245,8 +245,7 @@ pub static NBD: Struct = Struct {
         Member::opt("tls-hostname", Type::Str),
         Member::unsupported("x-dirty-bitmap", Type::Str, NO).features(&["unstable"]),
         Member::opt("reconnect-delay", Type::Int(Int::U32)),
-        // 0 (QEMU's default): one connection attempt at open.
-        Member::unsupported("open-timeout", Type::Int(Int::U32), Some(Literal::Int(0))),
+        Member::opt("open-timeout", Type::Int(Int::U32)),
     ],
     features: &[],
 };
@@ -269,10 +268,14 @@ fn nbd(o: &Obj, _: &Children) -> Result<DriverOptions, Error> {
     let path = o.path("server");
     let server = o.value("server").ok_or_else(|| internal(&path))?;
     let server = socket_address(&Obj::object(server, &path, o.keyval())?)?;
-    let reconnect_delay = match o.u64("reconnect-delay")? {
-        None => 0,
-        Some(d) => u32::try_from(d).map_err(|_| internal(&o.path("reconnect-delay")))?,
+    let seconds = |name| -> Result<u32, Error> {
+        match o.u64(name)? {
+            None => Ok(0),
+            Some(d) => u32::try_from(d).map_err(|_| internal(&o.path(name))),
+        }
     };
+    let reconnect_delay = seconds("reconnect-delay")?;
+    let open_timeout = seconds("open-timeout")?;
     let s = |name| o.str(name).map(|v| v.map(str::to_owned));
     Ok(DriverOptions::Nbd {
         server,
@@ -280,6 +283,7 @@ fn nbd(o: &Obj, _: &Children) -> Result<DriverOptions, Error> {
         tls_creds: s("tls-creds")?,
         tls_hostname: s("tls-hostname")?,
         reconnect_delay,
+        open_timeout,
     })
 }
 

@@ -1,7 +1,8 @@
 //! `ObjectOptions` (QEMU 7.2 `qapi/qom.json`) for the objects the block
-//! layer uses: `throttle-group` (`ThrottleGroupProperties`) and `secret`
+//! layer uses: `throttle-group` (`ThrottleGroupProperties`), `secret`
 //! (`SecretProperties`, for drivers that need a key, such as rbd's
-//! `key-secret`), and their conversion.
+//! `key-secret`) and `tls-creds-x509` (`TlsCredsX509Properties`, for the
+//! nbd driver's `tls-creds`), and their conversion.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use serde_json::Value;
 
 use super::Error;
 use super::convert::Obj;
-use super::schema::{Enum, Int, Member, Struct, Type, Union, Variant};
+use super::schema::{Enum, Int, Literal, Member, Struct, Type, Union, Variant};
 use crate::block::graph::{Graph, GraphError, id_wellformed};
 use crate::block::options::ThrottleGroupOptions;
+use crate::block::tls_creds::{TlsCredsX509, TlsEndpoint};
 
 pub static OBJECT_OPTIONS: Union = Union {
     name: "ObjectOptions",
@@ -28,6 +30,10 @@ pub static OBJECT_OPTIONS: Union = Union {
         Variant {
             case: "throttle-group",
             members: &THROTTLE_GROUP,
+        },
+        Variant {
+            case: "tls-creds-x509",
+            members: &TLS_CREDS_X509,
         },
     ],
 };
@@ -374,6 +380,46 @@ fn throttle_group(o: &Obj, id: &str) -> Result<ThrottleGroupOptions, Error> {
     })
 }
 
+// ---- tls-creds-x509 ----
+
+pub static TLS_CREDS_ENDPOINT: Enum = Enum {
+    name: "QCryptoTLSCredsEndpoint",
+    values: &["client", "server"],
+};
+
+/// `TlsCredsX509Properties` with its base `TlsCredsProperties`.
+pub static TLS_CREDS_X509: Struct = Struct {
+    name: "TlsCredsX509Properties",
+    members: &[
+        Member::opt("verify-peer", Type::Bool),
+        Member::opt("dir", Type::Str),
+        Member::opt("endpoint", Type::Enum(&TLS_CREDS_ENDPOINT)),
+        // A GnuTLS priority string; the TLS library here has its own
+        // choice of protocol versions and ciphers.
+        Member::unsupported("priority", Type::Str, None),
+        Member::unsupported("loaded", Type::Bool, None).features(&["deprecated"]),
+        // QEMU's checks of the certificates' fields at load; certificates
+        // are checked by the TLS library when used instead.
+        Member::unsupported("sanity-check", Type::Bool, Some(Literal::Bool(true))),
+        // An encrypted private key.
+        Member::unsupported("passwordid", Type::Str, None),
+    ],
+    features: &[],
+};
+
+fn tls_creds_x509(o: &Obj, id: &str) -> Result<TlsCredsX509, Error> {
+    Ok(TlsCredsX509 {
+        id: id.to_owned(),
+        dir: o.str("dir")?.unwrap_or_default().into(),
+        endpoint: match o.str("endpoint")? {
+            None | Some("client") => TlsEndpoint::Client,
+            Some("server") => TlsEndpoint::Server,
+            Some(_) => return Err(Error::new("internal error: endpoint")),
+        },
+        verify_peer: o.bool("verify-peer")?.unwrap_or(true),
+    })
+}
+
 // ---- objects ----
 
 /// An object, typed.
@@ -381,6 +427,7 @@ fn throttle_group(o: &Obj, id: &str) -> Result<ThrottleGroupOptions, Error> {
 pub enum ObjectOptions {
     ThrottleGroup(ThrottleGroupOptions),
     Secret(SecretOptions),
+    TlsCredsX509(TlsCredsX509),
 }
 
 impl ObjectOptions {
@@ -388,6 +435,7 @@ impl ObjectOptions {
         match self {
             ObjectOptions::ThrottleGroup(t) => &t.id,
             ObjectOptions::Secret(s) => &s.id,
+            ObjectOptions::TlsCredsX509(t) => &t.id,
         }
     }
 
@@ -396,6 +444,7 @@ impl ObjectOptions {
         match self {
             ObjectOptions::ThrottleGroup(t) => graph.add_throttle_group(&t.id, t.limits),
             ObjectOptions::Secret(s) => graph.add_secret(&s.id, s.data.clone()),
+            ObjectOptions::TlsCredsX509(t) => graph.add_tls_creds(t.clone()),
         }
     }
 }
@@ -410,6 +459,7 @@ pub fn convert(v: &Value, keyval: bool) -> Result<ObjectOptions, Error> {
     match o.req_str("qom-type")? {
         "secret" => secret(&o, id).map(ObjectOptions::Secret),
         "throttle-group" => throttle_group(&o, id).map(ObjectOptions::ThrottleGroup),
+        "tls-creds-x509" => tls_creds_x509(&o, id).map(ObjectOptions::TlsCredsX509),
         _ => Err(Error::new("internal error: qom-type")),
     }
 }

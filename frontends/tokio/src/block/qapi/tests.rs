@@ -116,8 +116,20 @@ fn every_driver_converts_with_qemus_defaults() {
             tls_creds: None,
             tls_hostname: None,
             reconnect_delay: 0,
+            open_timeout: 0,
         }
     );
+    let timed = bd(
+        r#"{"driver":"nbd","server":{"type":"unix","path":"/n"},"reconnect-delay":7,"open-timeout":5}"#,
+    );
+    assert!(matches!(
+        timed.driver,
+        DriverOptions::Nbd {
+            reconnect_delay: 7,
+            open_timeout: 5,
+            ..
+        }
+    ));
     let r = bd("raw,file=f0");
     assert_eq!(
         r.driver,
@@ -477,8 +489,8 @@ fn conversion_errors_name_the_member() {
             "Parameter 'server.ipv6' is not supported by blockwire",
         ),
         (
-            r#"{"driver":"nbd","server":{"type":"unix","path":"/x"},"open-timeout":5}"#,
-            "Parameter 'open-timeout' is not supported by blockwire",
+            r#"{"driver":"nbd","server":{"type":"unix","path":"/x"},"x-dirty-bitmap":"b"}"#,
+            "Parameter 'x-dirty-bitmap' is not supported by blockwire",
         ),
         (
             r#"{"driver":"blkdebug","image":"x","inject-error":[{"event":"read","iotype":"read"}]}"#,
@@ -528,9 +540,7 @@ fn conversion_errors_name_the_member() {
     bd(
         r#"{"driver":"file","filename":"x","drop-cache":true,"aio-max-batch":0,"x-check-cache-dropped":false}"#,
     );
-    bd(
-        r#"{"driver":"nbd","server":{"type":"unix","path":"/x","abstract":false,"tight":true},"open-timeout":0}"#,
-    );
+    bd(r#"{"driver":"nbd","server":{"type":"unix","path":"/x","abstract":false,"tight":true}}"#);
 }
 
 #[test]
@@ -663,6 +673,24 @@ fn objects() {
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(&s, ObjectOptions::Secret(s) if &*s.data == b"key bytes"));
 
+    let t = parse_object_arg("tls-creds-x509,id=tls0,dir=/pki,endpoint=server,verify-peer=off")
+        .unwrap();
+    assert_eq!(
+        t,
+        ObjectOptions::TlsCredsX509(crate::block::TlsCredsX509 {
+            id: "tls0".into(),
+            dir: "/pki".into(),
+            endpoint: crate::block::TlsEndpoint::Server,
+            verify_peer: false,
+        })
+    );
+    let json =
+        parse_object_arg(r#"{"qom-type":"tls-creds-x509","id":"tls1","dir":"/pki"}"#).unwrap();
+    assert_eq!(
+        json,
+        ObjectOptions::TlsCredsX509(crate::block::TlsCredsX509::client("tls1", "/pki"))
+    );
+
     let err = |s: &str| parse_object_arg(s).unwrap_err().to_string();
     let cases = [
         ("secret,id=s0", "Either 'file' or 'data' must be provided"),
@@ -696,6 +724,14 @@ fn objects() {
             "Invalid parameter type for 'data', expected: string",
         ),
         (r#"{"id":"s","data":5}"#, "Parameter 'qom-type' is missing"),
+        (
+            "tls-creds-x509,id=t,dir=/pki,priority=NORMAL",
+            "Parameter 'priority' is not supported by blockwire",
+        ),
+        (
+            "tls-creds-x509,id=t,dir=/pki,endpoint=both",
+            "Parameter 'endpoint' does not accept value 'both'",
+        ),
         (
             "throttle-group,id=t,limits.bps-total=1,limits.bps-read=2",
             "bps/iops/max total values and read/write values cannot be used at the same time",
