@@ -113,6 +113,6 @@ echo "nbdcopy in:  $(rate $bytes "$(echo "$t1 - $t0" | bc)")"
 echo "nbdcopy out: $(rate $bytes "$(echo "$t2 - $t1" | bc)")"
 
 echo "== server stats"
-grep "active" "$work/server.log" | tail -n 1
+grep "busy" "$work/server.log" | tail -n 1
 ip netns pids "$NS" | xargs -r kill; wait "$pid" 2>/dev/null || true; pid=
 echo "linux-tap: OK"
