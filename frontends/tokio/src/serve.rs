@@ -16,7 +16,7 @@ use crate::block::drivers::file::FileDriver;
 use crate::block::export_options::{BitmapRef, ExportOptions};
 use crate::block::options::{Aio, BlockdevOptions, BlockdevRef, DriverOptions, OnOffAuto};
 use crate::block::{Graph, Node};
-use crate::cli::{ExportSpec, ServeArgs, SourceSpec, TlsMode};
+use crate::cli::{ExportSpec, ImageFormat, ServeArgs, SourceSpec, TlsMode};
 use crate::connection::ConnContext;
 use crate::listen::{self, Inherited, ListenAddr, Listener, Tracker};
 use crate::registry::{Export, ExportConfig, Registry};
@@ -140,16 +140,58 @@ async fn sugar(
     let mut node = add(protocol.read_only(base_ro))
         .await
         .map_err(|e| ctx(&e))?;
-    if let SourceSpec::File(_) = p.source {
-        let (offset, size) = p.window.unwrap_or((0, None));
-        let raw = BlockdevOptions::new(DriverOptions::Raw {
-            file: by_name(node.name()),
-            offset,
-            size,
-        });
-        node = add(raw.named(format!("raw{i}")).read_only(base_ro))
-            .await
-            .map_err(|e| ctx(&e))?;
+    if let SourceSpec::File(path) = &p.source {
+        let (format, how) = match args.format {
+            Some(f) => (f, "given"),
+            None => {
+                let q = crate::block::drivers::qcow2::probe(&node)
+                    .await
+                    .map_err(|e| ctx(&e))?;
+                (
+                    if q {
+                        ImageFormat::Qcow2
+                    } else {
+                        ImageFormat::Raw
+                    },
+                    "probed",
+                )
+            }
+        };
+        let name = match format {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        };
+        info!(
+            "export {:?}: {}: format {name} ({how})",
+            p.name,
+            path.display()
+        );
+        if format == ImageFormat::Qcow2 {
+            let q = BlockdevOptions::new(DriverOptions::Qcow2 {
+                file: by_name(node.name()),
+                backing: None,
+                cache_size: None,
+                l2_cache_size: None,
+                refcount_cache_size: None,
+                pass_discard_request: None,
+            });
+            node = add(q.named(format!("qcow2{i}")).read_only(base_ro))
+                .await
+                .map_err(|e| ctx(&e))?;
+        }
+        // A window is a raw node over the format node, as qemu-nbd's
+        // --offset is.
+        if format == ImageFormat::Raw || p.window.is_some() {
+            let (offset, size) = p.window.unwrap_or((0, None));
+            let raw = BlockdevOptions::new(DriverOptions::Raw {
+                file: by_name(node.name()),
+                offset,
+                size,
+            });
+            node = add(raw.named(format!("raw{i}")).read_only(base_ro))
+                .await
+                .map_err(|e| ctx(&e))?;
+        }
     }
     if let Some(top) = &p.cow {
         let size = node.size();
