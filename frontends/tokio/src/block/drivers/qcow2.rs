@@ -553,10 +553,13 @@ impl Qcow2Driver {
                             depth: if s.depth == 0 { 0 } else { s.depth + 1 },
                             ..s
                         };
+                        // Past the end of a shorter backing node QEMU
+                        // counts the range as allocated in that node (it
+                        // reads as zeroes from there), one layer down.
                         let past = Status {
                             len: 0,
                             flags: STATE_HOLE | STATE_ZERO,
-                            depth: 0,
+                            depth: 2,
                         };
                         self.below(b, g, r.length, out, conv, past).await?
                     }

