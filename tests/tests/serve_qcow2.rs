@@ -578,3 +578,140 @@ fn sigkill_under_writes_never_corrupts_and_keeps_durable_writes() {
     eprintln!("{} durable writes verified", durable.len());
     assert!(!durable.is_empty(), "no write was ever acknowledged");
 }
+
+/// `blockwire serve IMG` on a hostile image: exit status 1 and one clear
+/// line about the image, promptly.
+fn refused(img: &Path, dir: &TmpDir, expect: &str) {
+    if is_standin() {
+        return;
+    }
+    let mut cmd = Command::new(blockwire_bin());
+    cmd.args(["serve", "--listen"])
+        .arg(format!("unix:{}", dir.join("hostile.sock").display()))
+        .arg(img);
+    let out = run_cmd(cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}: {err}", img.display());
+    assert!(
+        err.contains(expect) && err.trim().lines().count() == 1,
+        "{}: expected one line with {expect:?}, got: {err}",
+        img.display()
+    );
+}
+
+fn patch(img: &Path, offset: u64, bytes: &[u8]) {
+    write_at(img, offset, bytes);
+}
+
+#[test]
+fn hostile_images_are_refused_with_a_clear_error() {
+    require!("qemu-img", "qemu-io");
+    let dir = TmpDir::new("qcow2-hostile");
+    let fresh = |name: &str| {
+        let img = dir.join(name);
+        create(&img, "cluster_size=64k", "64M");
+        qemu_io("qcow2", s(&img), &cmds(&["write -P 1 0 64k"]));
+        img
+    };
+    // L1 table past the end of the file (CVE-2014-0144 class).
+    let img = fresh("l1-beyond.qcow2");
+    patch(&img, 40, &(1u64 << 40).to_be_bytes());
+    refused(&img, &dir, "Could not open");
+    // An L1 table larger than any memory limit (CVE-2014-0143 class).
+    let img = fresh("l1-huge.qcow2");
+    patch(&img, 36, &0x7fff_ffffu32.to_be_bytes());
+    refused(&img, &dir, "Could not open");
+    // A refcount table far larger than the file.
+    let img = fresh("reftable-huge.qcow2");
+    patch(&img, 56, &0x00ff_ffffu32.to_be_bytes());
+    refused(&img, &dir, "Could not open");
+    // An unknown incompatible feature.
+    let img = fresh("incompat.qcow2");
+    patch(&img, 72, &(1u64 << 40).to_be_bytes());
+    refused(&img, &dir, "Could not open");
+    // Snapshot table claiming more snapshots than the limit
+    // (CVE-2014-0145/0146 class).
+    let img = fresh("snapshots.qcow2");
+    patch(&img, 60, &0x00ff_ffffu32.to_be_bytes());
+    patch(&img, 64, &(64u64 * 1024).to_be_bytes());
+    refused(&img, &dir, "Could not open");
+    // A backing chain that loops: a -> b -> a.
+    let b = dir.join("b.qcow2");
+    create(&b, "cluster_size=64k", "64M");
+    let a = dir.join("a.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        "b.qcow2",
+        s(&a),
+        "64M",
+    ]);
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        "a.qcow2",
+        s(&b),
+    ]);
+    refused(&a, &dir, "backing chain loops");
+}
+
+/// An L2 entry with an unaligned host offset (QEMU: corruption) fails
+/// the read that meets it with EIO; the server goes on serving the rest.
+#[test]
+fn bad_l2_entries_fail_the_request_not_the_server() {
+    require!("qemu-img", "qemu-io", "python3-nbd");
+    let dir = TmpDir::new("qcow2-badl2");
+    let img = dir.join("bad-l2.qcow2");
+    create(&img, "cluster_size=64k", "64M");
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["write -P 1 0 64k", "write -P 2 1M 64k"]),
+    );
+    // Find the L2 table through the L1 table and point cluster 0 inside
+    // a cluster.
+    let hdr = read_at(&img, 40, 8);
+    let l1 = u64::from_be_bytes(hdr.try_into().unwrap());
+    let e = read_at(&img, l1, 8);
+    let l2 = u64::from_be_bytes(e.try_into().unwrap()) & 0x00ff_ffff_ffff_fe00;
+    patch(&img, l2, &((1u64 << 63) | (MIB + 512)).to_be_bytes());
+    let Some(mut srv) = Server::start(&["-r", s(&img)]) else {
+        return;
+    };
+    let out = py(
+        r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+try:
+    h.pread(4096, 0)
+    print("read succeeded")
+except nbd.Error as e:
+    print("errno", e.errno)
+print("ok" if h.pread(65536, 1 << 20) == b"\x02" * 65536 else "bad")
+"#,
+        &[&srv.uri_unix("")],
+    );
+    let text = stdout_str(&out);
+    assert!(
+        text.contains("errno EIO") && text.contains("ok"),
+        "bad L2 entry: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.assert_running("after a bad L2 entry");
+    assert!(
+        srv.stderr().contains("qcow2"),
+        "the log names the problem: {}",
+        srv.stderr()
+    );
+}
