@@ -122,7 +122,12 @@ fn whole(uri: &str, out: &Path) -> Vec<u8> {
 /// Serves `img` with blockwire and qemu-nbd and compares everything a
 /// client can see.
 fn same_as_qemu_nbd(dir: &TmpDir, img: &Path, what: &str) {
-    let Some(srv) = Server::start(&["-r", "--allocation-depth", s(img)]) else {
+    same_as_qemu_nbd_on(dir, &["-r", "--allocation-depth", s(img)], img, what);
+}
+
+/// blockwire with `args` against qemu-nbd on `img`.
+fn same_as_qemu_nbd_on(dir: &TmpDir, args: &[&str], img: &Path, what: &str) {
+    let Some(srv) = Server::start(args) else {
         return;
     };
     let q = QemuNbd::start(img, dir);
@@ -712,6 +717,149 @@ print("ok" if h.pread(65536, 1 << 20) == b"\x02" * 65536 else "bad")
     assert!(
         srv.stderr().contains("qcow2"),
         "the log names the problem: {}",
+        srv.stderr()
+    );
+}
+
+/// `--blockdev` graphs: the qcow2 node over a named file node, its backing
+/// given by node name, inline, or `null`.
+#[test]
+fn blockdev_qcow2_nodes_with_every_kind_of_backing() {
+    require!(
+        "qemu-img",
+        "qemu-io",
+        "qemu-nbd",
+        "nbdinfo",
+        "nbdcopy",
+        "python3-nbd"
+    );
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-blockdev");
+    let base = dir.join("base.raw");
+    write_patterned(&base, 8 * MIB);
+    let top = dir.join("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        "base.raw",
+        s(&top),
+        "8M",
+    ]);
+    qemu_io(
+        "qcow2",
+        s(&top),
+        &cmds(&["write -P 0x91 100k 200k", "write -z 2M 64k"]),
+    );
+    let export = r#"{"type":"nbd","id":"e","node-name":"q","name":"","allocation-depth":true}"#;
+    let file = format!(
+        r#"{{"driver":"file","node-name":"f","locking":"off","filename":"{}"}}"#,
+        s(&top)
+    );
+    let bfile = format!(
+        r#"{{"driver":"file","node-name":"bf","locking":"off","filename":"{}"}}"#,
+        s(&base)
+    );
+
+    // The image's own backing file.
+    let q = r#"{"driver":"qcow2","node-name":"q","file":"f"}"#;
+    same_as_qemu_nbd_on(
+        &dir,
+        &["--blockdev", &file, "--blockdev", q, "--export", export],
+        &top,
+        "backing from the image",
+    );
+
+    // Backing by node name, and inline.
+    let braw = r#"{"driver":"raw","node-name":"b","file":"bf"}"#;
+    let q = r#"{"driver":"qcow2","node-name":"q","file":"f","backing":"b"}"#;
+    same_as_qemu_nbd_on(
+        &dir,
+        &[
+            "--blockdev",
+            &file,
+            "--blockdev",
+            &bfile,
+            "--blockdev",
+            braw,
+            "--blockdev",
+            q,
+            "--export",
+            export,
+        ],
+        &top,
+        "backing by node name",
+    );
+    let q = format!(
+        r#"{{"driver":"qcow2","node-name":"q","file":"f","backing":{{"driver":"raw","file":{{"driver":"file","locking":"off","filename":"{}"}}}}}}"#,
+        s(&base)
+    );
+    same_as_qemu_nbd_on(
+        &dir,
+        &["--blockdev", &file, "--blockdev", &q, "--export", export],
+        &top,
+        "inline backing",
+    );
+
+    // No backing: what qemu-nbd serves of a copy with the backing file
+    // name removed.
+    let alone = dir.join("alone.qcow2");
+    fs::copy(&top, &alone).unwrap();
+    qemu_img(&["rebase", "-q", "-u", "-f", "qcow2", "-b", "", s(&alone)]);
+    let q = r#"{"driver":"qcow2","node-name":"q","file":"f","backing":null}"#;
+    same_as_qemu_nbd_on(
+        &dir,
+        &["--blockdev", &file, "--blockdev", q, "--export", export],
+        &alone,
+        "backing null",
+    );
+}
+
+/// `-f` chooses the format; without it the log says what probing chose.
+#[test]
+fn serve_probes_the_format_and_says_so() {
+    require!("qemu-img", "nbdinfo");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-probe");
+    let img = dir.join("disk.qcow2");
+    create(&img, "cluster_size=64k", "16M");
+    let Some(mut srv) = Server::start(&["-v", "-r", s(&img)]) else {
+        return;
+    };
+    let size = stdout_str(&run_ok("nbdinfo", &["--size", &srv.uri_unix("")]));
+    assert_eq!(
+        size.trim(),
+        (16 * MIB).to_string(),
+        "probed qcow2: virtual size"
+    );
+    srv.stop();
+    assert!(
+        srv.stderr().contains("format qcow2 (probed)"),
+        "{}",
+        srv.stderr()
+    );
+    // Told raw, the same file is served as it is.
+    let Some(mut srv) = Server::start(&["-v", "-r", "-f", "raw", s(&img)]) else {
+        return;
+    };
+    let size = stdout_str(&run_ok("nbdinfo", &["--size", &srv.uri_unix("")]));
+    assert_eq!(
+        size.trim(),
+        fs::metadata(&img).unwrap().len().to_string(),
+        "-f raw"
+    );
+    srv.stop();
+    assert!(
+        srv.stderr().contains("format raw (given)"),
+        "{}",
         srv.stderr()
     );
 }
