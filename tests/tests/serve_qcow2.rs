@@ -943,3 +943,50 @@ fn concurrent_writes_into_shared_clusters_stay_consistent() {
         assert_same_as_raw(&img, &raw, name);
     }
 }
+
+/// `--cow FILE` over a file: a qcow2 overlay with the base as backing
+/// file, clean for `qemu-img check`, equal to the base plus the writes,
+/// kept across a restart; the base never changes.
+#[test]
+fn cow_file_overlays_are_qcow2_images_that_survive_a_restart() {
+    require!("qemu-img", "qemu-io");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-cow");
+    for fmt in ["raw", "qcow2"] {
+        let src = dir.join("src.raw");
+        write_patterned(&src, 16 * MIB);
+        let base = dir.join(&format!("base.{fmt}"));
+        qemu_img(&["convert", "-q", "-f", "raw", "-O", fmt, s(&src), s(&base)]);
+        let before = sha256(&base);
+        let ov = dir.join(&format!("over-{fmt}.qcow2"));
+        let expect = dir.join(&format!("expect-{fmt}.raw"));
+        fs::copy(&src, &expect).unwrap();
+        let writes = [
+            "write -P 0x51 100k 10k",
+            "write -z 3M 200k",
+            "write -P 0x52 15M 1M",
+        ];
+        let Some(mut srv) = Server::start(&[s(&base), "--cow", s(&ov)]) else {
+            return;
+        };
+        qemu_io("raw", &srv.uri_unix(""), &cmds(&writes[..2]));
+        srv.stop();
+        // Restarted: the overlay is reopened, its writes still there.
+        let Some(mut srv) = Server::start(&[s(&base), "--cow", s(&ov)]) else {
+            return;
+        };
+        qemu_io("raw", &srv.uri_unix(""), &cmds(&writes[2..]));
+        srv.stop();
+        qemu_io("raw", s(&expect), &cmds(&writes));
+        assert_check_clean(&ov, fmt);
+        assert_same_as_raw(&ov, &expect, fmt);
+        assert_eq!(sha256(&base), before, "{fmt}: the base changed");
+        let info = stdout_str(&run_ok("qemu-img", &["info", "--output=json", s(&ov)]));
+        assert!(
+            info.contains(&format!("\"backing-filename-format\": \"{fmt}\"")),
+            "{info}"
+        );
+    }
+}

@@ -125,9 +125,12 @@ pub struct ServeArgs {
     #[arg(short = 'r', long)]
     pub read_only: bool,
 
-    /// Copy-on-write: writes go to an overlay (in memory, or in FILE, a
-    /// scratch file created or truncated at start), the base is opened
-    /// read-only and never changed.
+    /// Copy-on-write: writes go to an overlay, the base is opened
+    /// read-only and never changed. The overlay is in memory, or in FILE:
+    /// for a file export without offset/size a qcow2 image with the base
+    /// as its backing file (kept if FILE already is an overlay of that
+    /// base, so it survives a restart, and QEMU can open it), otherwise a
+    /// scratch file created or truncated at start.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pub cow: Option<Option<PathBuf>>,
 

@@ -937,3 +937,59 @@ pub fn backing_options(
     };
     Ok(BlockdevOptions::new(driver).read_only(true))
 }
+
+/// What a `--cow FILE` overlay is after [`prepare_overlay`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlay {
+    /// A new, empty image was made.
+    Created,
+    /// The file already was an overlay of this base: it is kept, with
+    /// every write it holds (an overlay survives a restart).
+    Reopened,
+}
+
+/// Makes `path` a qcow2 overlay of `base` (format `base_format`, size
+/// `size`) unless it already is one: an image QEMU opens as it is, with
+/// the base as its backing file (by absolute path). Written to a
+/// temporary name, flushed and renamed, so a crash never leaves half an
+/// image under the name.
+pub fn prepare_overlay(
+    path: &Path,
+    base: &Path,
+    base_format: &str,
+    size: u64,
+) -> io::Result<Overlay> {
+    use blockwire_core::qcow2::create::{Create, Options};
+    use std::io::Write;
+    let ctx = |e: &dyn std::fmt::Display| invalid(format!("{}: {e}", path.display()));
+    let base = std::fs::canonicalize(base).map_err(|e| ctx(&e))?;
+    let base_name = base.to_string_lossy().into_owned();
+    if path.exists() {
+        let same_base = backing_of(path)
+            .ok()
+            .flatten()
+            .is_some_and(|b| std::fs::canonicalize(b).is_ok_and(|b| b == base));
+        if same_base {
+            return Ok(Overlay::Reopened);
+        }
+    }
+    let c = Create::new(&Options {
+        size,
+        backing_file: base_name.as_bytes(),
+        backing_format: base_format.as_bytes(),
+        ..Options::default()
+    })
+    .map_err(|e| ctx(&e))?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ctx(&e))?;
+    let mut buf = vec![0u8; c.cluster_size() as usize];
+    for i in 0..c.clusters() {
+        c.cluster(i, &mut buf).map_err(|e| ctx(&e))?;
+        f.write_all(&buf).map_err(|e| ctx(&e))?;
+    }
+    f.sync_all().map_err(|e| ctx(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ctx(&e))?;
+    Ok(Overlay::Created)
+}
