@@ -387,10 +387,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         t.abort();
     }
     for t in tasks {
-        if let Err(e) = t.await {
-            if let Ok(reason) = e.try_into_panic() {
-                std::panic::resume_unwind(reason);
-            }
+        if let Err(e) = t.await
+            && let Ok(reason) = e.try_into_panic()
+        {
+            std::panic::resume_unwind(reason);
         }
     }
     for m in &monitors {
@@ -402,10 +402,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         let _ = daemon.nbd_stop().await;
     }
     for n in daemon.graph.nodes() {
-        if !n.read_only() {
-            if let Err(e) = crate::serve::flush(&n).await {
-                warn!("node {:?}: flush failed: {e}", n.name());
-            }
+        if !n.read_only()
+            && let Err(e) = crate::serve::flush(&n).await
+        {
+            warn!("node {:?}: flush failed: {e}", n.name());
         }
     }
     Ok(())
