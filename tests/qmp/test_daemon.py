@@ -42,15 +42,16 @@ class Daemon:
     """A `blockwire daemon` with its QMP monitor on a Unix socket,
     given qemu-storage-daemon's --chardev/--monitor options."""
 
-    def __init__(self, tmp, *args):
+    def __init__(self, tmp, *args, qsd=None):
+        """With `qsd`, that qemu-storage-daemon binary instead."""
         self.tmp = tmp
         self.qmp = os.path.join(tmp, "qmp.sock")
         self.nbd = os.path.join(tmp, "nbd.sock")
         self.pidfile = os.path.join(tmp, "pid")
         self.log = open(os.path.join(tmp, "daemon.log"), "w")
         self.proc = subprocess.Popen(
-            [BIN, "daemon",
-             "--chardev", f"socket,path={self.qmp},server=on,wait=off,id=m0",
+            ([qsd] if qsd else [BIN, "daemon"]) +
+            ["--chardev", f"socket,path={self.qmp},server=on,wait=off,id=m0",
              "--monitor", "chardev=m0",
              "--pidfile", self.pidfile, *args],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -589,9 +590,185 @@ async def test_quit(tmp):
     d.stop()
 
 
+# ---- differential: the same script against qemu-storage-daemon 7.2 ----
+
+# Left out of the comparison, each with its reason:
+# * the greeting's contents (only its keys are compared): `version` names
+#   the build, and qemu-storage-daemon offers the `oob` capability, which
+#   blockwire does not (commands run in order);
+# * query-version and query-commands (not run): the build, and QEMU's
+#   many commands blockwire does not have;
+# * event timestamps: the wall clock;
+# * paths: each daemon runs in its own directory (replaced by TMP/);
+# * of query-named-block-nodes, all but NODE_FIELDS, and of
+#   query-blockstats all but the node names and wr_highest_offset (see
+#   normalize()).
+# query-named-block-nodes: only what the graph models the same way is
+# compared (QEMU reports image-format details, cache modes and throttling
+# fields that are not blockwire's).
+NODE_FIELDS = ["node-name", "drv", "ro", "file", "write_threshold", "dirty-bitmaps",
+               "detect_zeroes", "encrypted", "backing_file_depth"]
+
+RAW_INPUT = [
+    b'{"execute": }',
+    b'[1, 2]',
+    b'{"arguments": {}}',
+    b'{"execute": 1}',
+    b'{"execute": "query-version", "arguments": []}',
+    b'{"execute": "query-version", "foo": 1}',
+    b'{"execute": "nope", "id": 7}',
+    b'{"execute": "query-block", "id": [1, {"a": "b"}]}',
+]
+
+
+def diff_script(img2):
+    G = "GenericError"
+    bm = {"node": "f0", "name": "b0"}
+    return [
+        ("query-block-exports", None),
+        ("block-export-add", {"type": "nbd", "id": "e0", "node-name": "f0"}),
+        ("block-export-add", {"type": "nbd", "id": "e1", "node-name": "f0", "name": "disk"}),
+        ("block-export-add", {"type": "nbd", "id": "e1", "node-name": "nope"}),
+        ("blockdev-add", {"driver": "file", "node-name": "f0", "filename": img2}),
+        ("blockdev-add", {"driver": "file", "node-name": "0bad", "filename": img2}),
+        ("blockdev-add", {"driver": "file", "node-name": "f1", "filename": img2}),
+        ("blockdev-add", {"driver": "raw", "node-name": "r1", "file": "f1"}),
+        ("blockdev-add", {"driver": "raw", "node-name": "r2", "file": "nope"}),
+        ("blockdev-add", {"driver": "file", "node-name": "f2"}),
+        ("blockdev-add", {"driver": "file", "node-name": "f2", "filename": img2, "bogus": 1}),
+        ("blockdev-add", {"driver": "file", "node-name": "f2", "filename": 5}),
+        ("blockdev-del", {"node-name": "f0"}),
+        ("blockdev-del", {"node-name": "f1"}),
+        ("blockdev-del", {"node-name": "nope"}),
+        ("blockdev-del", {}),
+        ("blockdev-del", {"node-name": "r1", "x": 1}),
+        ("blockdev-del", {"node-name": True}),
+        ("block-dirty-bitmap-add", bm),
+        ("block-dirty-bitmap-add", bm),
+        ("block-dirty-bitmap-add", {"node": "f0", "name": "b1", "granularity": 1000}),
+        ("block-dirty-bitmap-add", {"node": "f0", "name": "b1", "granularity": 256}),
+        ("block-dirty-bitmap-add", {"node": "f0", "name": ""}),
+        ("block-dirty-bitmap-add", {"node": "nope", "name": "b1"}),
+        ("block-dirty-bitmap-add", {"node": "f0", "name": "b1", "granularity": 4096,
+                                    "disabled": True}),
+        ("block-dirty-bitmap-remove", {"node": "nope", "name": "b0"}),
+        ("block-dirty-bitmap-remove", {"node": "f0", "name": "zz"}),
+        ("block-dirty-bitmap-clear", {"node": "f0", "name": "zz"}),
+        ("block-dirty-bitmap-enable", {"node": "f0", "name": "b1"}),
+        ("block-dirty-bitmap-disable", {"node": "f0", "name": "b1"}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0", "bitmaps": ["zz"]}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0",
+                                      "bitmaps": [{"node": "nope", "name": "b1"}]}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0",
+                                      "bitmaps": ["b1", {"node": "f0", "name": "b1"}]}),
+        ("block-set-write-threshold", {"node-name": "nope", "write-threshold": 1}),
+        ("block-set-write-threshold", {"node-name": "f0", "write-threshold": -1}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("block-set-write-threshold", {"node-name": "f0", "write-threshold": MiB}),
+        ("block_resize", {"node-name": "nope", "size": 1}),
+        ("block_resize", {"device": "f0", "size": 1}),
+        ("block_resize", {"node-name": "f0", "size": -1}),
+        ("block_resize", {"node-name": "f0"}),
+        ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "/nonexistent/x"}}}),
+        ("block-export-del", {"id": "nope"}),
+        ("block-export-del", {"id": "e0", "mode": "bogus"}),
+        ("query-block", None),
+        ("query-blockstats", None),
+        ("nope", None),
+        ("query-named-block-nodes", {"flat": True}),
+        ("THRESHOLD", None),
+        ("query-named-block-nodes", {"flat": True}),
+        ("query-blockstats", {"query-nodes": True}),
+        ("block-dirty-bitmap-remove", bm),
+        ("block-dirty-bitmap-remove", {"node": "f0", "name": "b1"}),
+        ("blockdev-del", {"node-name": "r1"}),
+        ("blockdev-del", {"node-name": "f1"}),
+        ("block-export-del", {"id": "e0"}),
+        ("EVENTS", None),
+        ("nbd-server-stop", None),
+        ("nbd-server-stop", None),
+        ("query-named-block-nodes", {"flat": True}),
+    ]
+
+
+def normalize(cmd, reply, tmp):
+    if cmd == "query-named-block-nodes" and "return" in reply:
+        reply = {"return": [{k: n[k] for k in NODE_FIELDS if k in n} for n in reply["return"]]}
+    if cmd == "query-blockstats" and "return" in reply:
+        # Per-node statistics: QEMU keeps request counts on BlockBackends
+        # (per export), blockwire on the exported node; the highest write
+        # offset is kept on nodes by both.
+        reply = {"return": [{"node-name": s["node-name"],
+                             "wr_highest_offset": s["stats"]["wr_highest_offset"]}
+                            for s in reply["return"]]}
+    # Each daemon runs in its own directory.
+    return json.loads(json.dumps(reply).replace(tmp, "TMP/"))
+
+
+async def transcript(tmp, qsd):
+    img = os.path.join(tmp, "disk.img")
+    img2 = os.path.join(tmp, "disk2.img")
+    for p in (img, img2):
+        with open(p, "wb") as f:
+            f.truncate(4 * MiB)
+    d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={img}",
+               "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
+               "--export", "type=nbd,id=e0,node-name=f0,writable=on,name=disk", qsd=qsd)
+    out = []
+    try:
+        r = Raw(d.qmp)
+        out.append(("greeting-capabilities", sorted(r.greeting["QMP"])))
+        out.append(("before negotiation", r.send(b'{"execute": "query-block"}')))
+        r.send(b'{"execute": "qmp_capabilities"}')
+        out.append(("negotiation again", r.send(b'{"execute": "qmp_capabilities"}')))
+        for data in RAW_INPUT:
+            out.append((data.decode(), r.send(data)))
+        r.s.close()
+        q = await d.client()
+        for cmd, args in diff_script(img2):
+            if cmd == "THRESHOLD":
+                run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
+                continue
+            if cmd == "EVENTS":
+                # Events up to the one the export deletion raised.
+                evs = []
+                while True:
+                    e = await next_event(q)
+                    evs.append({"event": e["event"], "data": e["data"]})
+                    if e["event"] == "BLOCK_EXPORT_DELETED":
+                        break
+                out.append(("events", evs))
+                continue
+            try:
+                rep = {"return": await ok(q, cmd, args)}
+            except ExecuteError as e:
+                rep = {"error": {"class": e.error_class, "desc": e.received["error"]["desc"]}}
+            out.append((f"{cmd} {json.dumps(args)}", normalize(cmd, rep, tmp)))
+        await q.disconnect()
+    finally:
+        d.stop()
+    return out
+
+
+async def test_differential(tmp):
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    theirs = await transcript(os.path.join(tmp, "qsd") + "/", qsd)
+    ours = await transcript(os.path.join(tmp, "bw") + "/", None)
+    assert len(theirs) == len(ours), (len(theirs), len(ours))
+    if os.environ.get("QMP_TRANSCRIPT"):
+        for what, a in theirs:
+            print(f"  {what} -> {json.dumps(a)}")
+    diffs = []
+    for (what, a), (_, b) in zip(theirs, ours):
+        if a != b:
+            diffs.append(f"{what}:\n  qemu-storage-daemon: {json.dumps(a)}\n  blockwire:           {json.dumps(b)}")
+    assert not diffs, f"{len(diffs)} differences:\n" + "\n".join(diffs)
+
+
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_quit]
+         test_copy_from_qemu_nbd, test_quit, test_differential]
 
 
 def main():
@@ -601,6 +778,8 @@ def main():
         if want and t.__name__ not in want:
             continue
         tmp = tempfile.mkdtemp(prefix="bw-qmp-")
+        os.makedirs(os.path.join(tmp, "qsd"))
+        os.makedirs(os.path.join(tmp, "bw"))
         try:
             r = t(tmp)
             if asyncio.iscoroutine(r):

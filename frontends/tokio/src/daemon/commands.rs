@@ -133,6 +133,7 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
             let a = check(&schema::QUERY_NAMED_BLOCK_NODES, args)?;
             let mut v = report::named_block_nodes(&d.graph, a["flat"].as_bool().unwrap_or(false));
             mark_busy(d, &mut v);
+            newest_first(&mut v);
             Ok(v)
         }
         // Only nodes attached to a named BlockBackend (a guest device) are
@@ -302,6 +303,20 @@ fn exported(d: &Daemon, node: &Arc<Node>, name: &str) -> bool {
             matches!(c, ContextKind::DirtyBitmap { node: n, name: b } if Arc::ptr_eq(n, node) && b == name)
         })
     })
+}
+
+/// QEMU 7.2 builds both lists of `query-named-block-nodes` by prepending
+/// (`QAPI_LIST_PREPEND`): the newest node, and on each node the newest
+/// bitmap, come first.
+fn newest_first(v: &mut Value) {
+    if let Some(nodes) = v.as_array_mut() {
+        nodes.reverse();
+        for n in nodes {
+            if let Some(b) = n.get_mut("dirty-bitmaps").and_then(Value::as_array_mut) {
+                b.reverse();
+            }
+        }
+    }
 }
 
 /// `busy` in `query-named-block-nodes`: exported bitmaps are.
