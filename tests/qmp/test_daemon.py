@@ -621,7 +621,11 @@ RAW_INPUT = [
 ]
 
 
-def diff_script(img2):
+def file_opts(name, filename, **more):
+    return {"driver": "file", "node-name": name, "filename": filename, **more}
+
+
+def diff_script(img, img2):
     G = "GenericError"
     bm = {"node": "f0", "name": "b0"}
     return [
@@ -679,6 +683,29 @@ def diff_script(img2):
         ("THRESHOLD", None),
         ("query-named-block-nodes", {"flat": True}),
         ("query-blockstats", {"query-nodes": True}),
+        ("blockdev-reopen", {"options": [file_opts("f1", img2, **{"read-only": True}),
+                                         {"driver": "raw", "node-name": "r1", "file": "f1",
+                                          "read-only": True}]}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "r1", "file": "f1"},
+                                         file_opts("f1", img2)]}),
+        ("blockdev-reopen", {"options": [file_opts("f1", img2, **{"read-only": True}),
+                                         file_opts("f0", img, **{"read-only": True})]}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("blockdev-reopen", {"options": [file_opts("f1", img)]}),
+        ("blockdev-reopen", {"options": [file_opts("nope", img)]}),
+        ("blockdev-reopen", {"options": [{"driver": "file", "filename": img}]}),
+        ("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "f1", "file": "f0"}]}),
+        ("blockdev-reopen", {"options": [file_opts("f0", img, bogus=1)]}),
+        ("blockdev-reopen", {"options": [file_opts("f0", img, **{"detect-zeroes": "unmap"})]}),
+        ("blockdev-reopen", {"options": [file_opts("f0", img, **{"detect-zeroes": "unmap",
+                                                                 "discard": "unmap"})]}),
+        ("blockdev-reopen", {}),
+        ("query-named-block-nodes", {"flat": True}),
+        # Not in qemu-storage-daemon 7.2 (it has no BlockBackends to
+        # throttle), nor in blockwire: throttle nodes do it.
+        ("block_set_io_throttle", {"device": "f0", "bps": 1, "bps_rd": 0, "bps_wr": 0,
+                                   "iops": 0, "iops_rd": 0, "iops_wr": 0}),
         ("block-dirty-bitmap-remove", bm),
         ("block-dirty-bitmap-remove", {"node": "f0", "name": "b1"}),
         ("blockdev-del", {"node-name": "r1"}),
@@ -725,7 +752,7 @@ async def transcript(tmp, qsd):
             out.append((data.decode(), r.send(data)))
         r.s.close()
         q = await d.client()
-        for cmd, args in diff_script(img2):
+        for cmd, args in diff_script(img, img2):
             if cmd == "THRESHOLD":
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
                 continue

@@ -10,6 +10,8 @@ use super::{Daemon, nbd_server_config, schema};
 use crate::block::export_options::ExportOptions;
 use crate::block::graph::GraphError;
 use crate::block::node::Node;
+use crate::block::node::{NodeOptions, lock};
+use crate::block::qapi::block_core::{self, BLOCKDEV_OPTIONS_TYPE};
 use crate::block::qapi::schema::{Struct, Type};
 use crate::block::qapi::{self, visit};
 use crate::block::report;
@@ -67,6 +69,7 @@ pub const COMMANDS: &[&str] = &[
     "quit",
     "blockdev-add",
     "blockdev-del",
+    "blockdev-reopen",
     "query-named-block-nodes",
     "query-block",
     "object-add",
@@ -120,15 +123,20 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
             Ok(json!({}))
         }
         "blockdev-add" => {
-            let opts = qapi::blockdev_options(args, false)?;
-            d.graph.add(opts).await?;
+            let checked = visit::visit(&BLOCKDEV_OPTIONS_TYPE, args, false)?;
+            let opts = block_core::convert(&checked, false)?;
+            let node = d.graph.add(opts).await?;
+            remember(d, node.name(), checked);
             Ok(json!({}))
         }
         "blockdev-del" => {
             let a = check(&schema::BLOCKDEV_DEL, args)?;
-            d.graph.remove(str_of(&a, "node-name"))?;
+            let name = str_of(&a, "node-name");
+            d.graph.remove(name)?;
+            lock(&d.options).remove(name);
             Ok(json!({}))
         }
+        "blockdev-reopen" => blockdev_reopen(d, &check(&schema::BLOCKDEV_REOPEN, args)?),
         "query-named-block-nodes" => {
             let a = check(&schema::QUERY_NAMED_BLOCK_NODES, args)?;
             let mut v = report::named_block_nodes(&d.graph, a["flat"].as_bool().unwrap_or(false));
@@ -477,5 +485,110 @@ async fn block_resize(d: &Daemon, a: &Value) -> Reply {
         n.resize(size as u64).wait().await
     };
     r.map_err(|e| QmpError::generic(e.to_string()))?;
+    Ok(json!({}))
+}
+
+/// Keeps the checked options `name` was added with.
+pub fn remember(d: &Daemon, name: &str, checked: Value) {
+    lock(&d.options).insert(name.to_owned(), checked);
+}
+
+/// The options `blockdev-reopen` changes on a node that is open: its
+/// generic state. Every other option must stay as the node was added.
+const REOPENABLE: &[&str] = &["node-name", "read-only", "detect-zeroes", "discard"];
+
+/// Whether a writable export reaches `node` through children that are
+/// written (every role but `backing`).
+fn written_by_export(d: &Daemon, node: &Arc<Node>) -> bool {
+    fn reaches(from: &Arc<Node>, to: &Arc<Node>) -> bool {
+        Arc::ptr_eq(from, to)
+            || from
+                .children()
+                .iter()
+                .any(|c| c.role != "backing" && reaches(&c.node, to))
+    }
+    d.registry
+        .snapshot()
+        .iter()
+        .any(|e| e.writable && reaches(&e.node, node))
+}
+
+/// `blockdev-reopen`: all the nodes or none. QEMU 7.2 can also swap a
+/// node's children and some drivers' options (raw's offset, a throttle
+/// node's group); here those are refused by name ("Cannot change the
+/// option"), and `read-only`, `detect-zeroes` and `discard` change.
+fn blockdev_reopen(d: &Daemon, a: &Value) -> Reply {
+    let mut plan = Vec::new();
+    for o in a["options"].as_array().into_iter().flatten() {
+        let Some(name) = o["node-name"].as_str() else {
+            return Err(QmpError::generic("node-name not specified"));
+        };
+        let Some(node) = d.graph.get(name) else {
+            return Err(QmpError::generic(format!(
+                "Failed to find node with node-name='{name}'"
+            )));
+        };
+        let Some(old) = lock(&d.options).get(name).cloned() else {
+            return Err(QmpError::generic(format!(
+                "Node '{name}' was created inline: blockwire reopens nodes added by blockdev-add or --blockdev"
+            )));
+        };
+        let (Some(was), Some(now)) = (old.as_object(), o.as_object()) else {
+            return Err(QmpError::generic("internal error: options are not objects"));
+        };
+        let fixed = |k: &String| !REOPENABLE.contains(&k.as_str());
+        // Options dropped first, then options changed or added, as QEMU
+        // reports them for a reopen that changes the driver.
+        if let Some(k) = was.keys().find(|k| fixed(k) && !now.contains_key(*k)) {
+            return Err(QmpError::generic(format!(
+                "Option '{k}' cannot be reset to its default value"
+            )));
+        }
+        if let Some(k) = now
+            .iter()
+            .find(|(k, v)| fixed(k) && was.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+        {
+            return Err(QmpError::generic(format!("Cannot change the option '{k}'")));
+        }
+        let typed = block_core::convert(o, false)?;
+        if typed.read_only && !node.read_only() && written_by_export(d, &node) {
+            return Err(QmpError::generic(format!(
+                "Read-only block node '{name}' cannot support read-write users"
+            )));
+        }
+        let opts = NodeOptions {
+            read_only: typed.read_only,
+            discard: typed.discard,
+            detect_zeroes: typed.detect_zeroes,
+            cache: node.options().cache,
+        };
+        plan.push((node, opts, o.clone()));
+    }
+    // Children before parents (the graph's creation order): a parent
+    // that becomes writable checks that its child already is.
+    let order: Vec<String> = d
+        .graph
+        .nodes()
+        .iter()
+        .map(|n| n.name().to_owned())
+        .collect();
+    plan.sort_by_key(|(n, _, _)| order.iter().position(|o| o == n.name()));
+    let mut done: Vec<(Arc<Node>, NodeOptions)> = Vec::new();
+    for (node, opts, _) in &plan {
+        let before = node.options();
+        if let Err(e) = node.reopen(opts) {
+            // Back to where the nodes were.
+            for (n, o) in done.iter().rev() {
+                let _ = n.reopen(o);
+            }
+            return Err(QmpError::generic(e.to_string()));
+        }
+        done.push((node.clone(), before));
+    }
+    let mut saved = lock(&d.options);
+    for (node, _, o) in plan {
+        saved.insert(node.name().to_owned(), o);
+    }
     Ok(json!({}))
 }

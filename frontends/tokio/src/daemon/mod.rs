@@ -194,6 +194,9 @@ pub struct Daemon {
     pub graph: Arc<Graph>,
     pub registry: Arc<Registry>,
     nbd: Mutex<Option<NbdServer>>,
+    /// The options each node was added with (checked by the visitor), by
+    /// node name, for `blockdev-reopen` to compare against.
+    pub options: std::sync::Mutex<std::collections::HashMap<String, Value>>,
     /// Becomes true on `quit` or a signal.
     pub quit: watch::Sender<bool>,
 }
@@ -211,6 +214,7 @@ impl Daemon {
             graph: Arc::new(Graph::new()),
             registry: Arc::new(Registry::new()),
             nbd: Mutex::new(None),
+            options: Default::default(),
             quit: watch::channel(false).0,
         }
     }
@@ -343,6 +347,23 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         args.export.iter().map(String::as_str),
     )?;
     cfg.build_nodes(&daemon.graph).await?;
+    for b in &args.blockdev {
+        // Parsed once more for the checked value blockdev-reopen compares
+        // with (ServeConfig keeps the typed options only); it parsed
+        // above, so it parses here.
+        let v = if b.starts_with('{') {
+            qapi::json::parse(b).map(|v| (v, false))
+        } else {
+            keyval::parse(b, Some("driver")).map(|v| (v, true))
+        };
+        if let Ok((v, keyval)) = v
+            && let Ok(checked) =
+                qapi::visit::visit(&qapi::block_core::BLOCKDEV_OPTIONS_TYPE, &v, keyval)
+            && let Some(name) = checked["node-name"].as_str()
+        {
+            commands::remember(&daemon, name, checked.clone());
+        }
+    }
     if let Some(s) = &args.nbd_server {
         let fail = |e: &dyn std::fmt::Display| format!("--nbd-server {s}: {e}");
         let v = if s.starts_with('{') {

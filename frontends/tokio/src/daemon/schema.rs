@@ -158,3 +158,9 @@ pub static BLOCK_DIRTY_BITMAP_MERGE: Struct = args(
 );
 
 pub static OBJECT_DEL: Struct = args("q_obj_object-del-arg", &[Member::req("id", Type::Str)]);
+
+static BLOCKDEV_OPTIONS_T: Type = Type::Union(&crate::block::qapi::block_core::BLOCKDEV_OPTIONS);
+pub static BLOCKDEV_REOPEN: Struct = args(
+    "q_obj_blockdev-reopen-arg",
+    &[Member::req("options", Type::List(&BLOCKDEV_OPTIONS_T))],
+);
