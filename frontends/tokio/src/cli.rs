@@ -38,6 +38,9 @@ pub enum Command {
     Info(crate::tools::info::InfoArgs),
     /// Copy between NBD exports and files, sparsely (like nbdcopy).
     Copy(crate::tools::copy::CopyArgs),
+    /// qemu-storage-daemon's QMP monitor over the block graph: add nodes,
+    /// export them over NBD, manage dirty bitmaps, read statistics.
+    Daemon(crate::daemon::DaemonArgs),
 }
 
 /// An image format `serve` opens a file as.

@@ -332,7 +332,11 @@ fn describe(export: &Export) -> String {
 /// `BlockExportOptions` as the registry's export configuration. A bitmap
 /// given as `{node, name}` must be on the exported node or below it,
 /// where the export looks bitmaps up.
-fn qapi_export(e: &ExportOptions, graph: &Graph, args: &ServeArgs) -> Result<ExportConfig, String> {
+pub(crate) fn qapi_export(
+    e: &ExportOptions,
+    graph: &Graph,
+    multi_conn: bool,
+) -> Result<ExportConfig, String> {
     fn below(node: &Arc<Node>, name: &str) -> bool {
         node.name() == name || node.children().iter().any(|c| below(&c.node, name))
     }
@@ -359,7 +363,7 @@ fn qapi_export(e: &ExportOptions, graph: &Graph, args: &ServeArgs) -> Result<Exp
         writable: e.writable,
         bitmaps,
         allocation_depth: e.allocation_depth,
-        multi_conn: args.multi_conn(),
+        multi_conn,
     })
 }
 
@@ -380,7 +384,7 @@ async fn build(args: &ServeArgs, graph: &Arc<Graph>, registry: &Registry) -> Res
     }
     for (i, e) in qapi.exports.iter().enumerate() {
         qapi.check_export(i, graph)?;
-        let cfg = qapi_export(e, graph, args).map_err(|m| qapi.export_error(i, m))?;
+        let cfg = qapi_export(e, graph, args.multi_conn()).map_err(|m| qapi.export_error(i, m))?;
         let export = Export::new(graph, cfg).map_err(|m| qapi.export_error(i, m))?;
         info!("{}", describe(&export));
         registry.add(export).map_err(|m| qapi.export_error(i, m))?;
@@ -491,7 +495,7 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
 
 /// Flushes `node` where its I/O may run (a blocking node on the blocking
 /// pool).
-async fn flush(node: &Arc<Node>) -> io::Result<()> {
+pub(crate) async fn flush(node: &Arc<Node>) -> io::Result<()> {
     if node.blocking() {
         let n = node.clone();
         let handle = tokio::runtime::Handle::current();
@@ -519,10 +523,10 @@ fn report_on_sigusr1(graph: Arc<Graph>) -> io::Result<()> {
 }
 
 /// Removes the pid file on drop.
-struct PidFile(PathBuf);
+pub(crate) struct PidFile(PathBuf);
 
 impl PidFile {
-    fn create(p: &Path) -> Result<Self, Error> {
+    pub(crate) fn create(p: &Path) -> Result<Self, Error> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| format!("{}: cannot write pid file: {e}", p.display()))?;
         Ok(Self(p.to_owned()))
