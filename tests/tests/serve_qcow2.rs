@@ -990,3 +990,68 @@ fn cow_file_overlays_are_qcow2_images_that_survive_a_restart() {
         );
     }
 }
+
+/// Persistent bitmaps recorded by QEMU (qemu-img bitmap, qemu-io writes)
+/// are exported as `qemu:dirty-bitmap:NAME` as qemu-nbd exports them.
+#[test]
+fn stored_bitmaps_are_exported_as_qemu_nbd_exports_them() {
+    require!("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-bitmaps");
+    let img = dir.join("bm.qcow2");
+    create(&img, "cluster_size=64k", "64M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_img(&["bitmap", "--add", "-g", "512k", s(&img), "b1"]);
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["write -P 1 100k 10k", "write -z 5M 3M"]),
+    );
+    qemu_img(&["bitmap", "--disable", s(&img), "b1"]);
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["write -P 2 40M 1M", "discard 63M 64k"]),
+    );
+    let Some(srv) = Server::start(&[
+        "-r",
+        "--dirty-bitmap",
+        "b0",
+        "--dirty-bitmap",
+        "b1",
+        s(&img),
+    ]) else {
+        return;
+    };
+    for b in ["b0", "b1"] {
+        let sock = dir.join(&format!("qn-{b}.sock"));
+        let mut qn = Command::new("qemu-nbd")
+            .args(["-t", "-r", "-f", "qcow2", "-B", b, "-k"])
+            .arg(&sock)
+            .arg(&img)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(qn.try_wait().unwrap().is_none(), "qemu-nbd -B {b} exited");
+            assert!(Instant::now() < deadline, "qemu-nbd not listening");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let ctx = format!("qemu:dirty-bitmap:{b}");
+        let ours = merge_extents(&nbdinfo_map(&srv.uri_unix(""), Some(&ctx)));
+        let theirs = merge_extents(&nbdinfo_map(
+            &format!("nbd+unix:///?socket={}", sock.display()),
+            Some(&ctx),
+        ));
+        let _ = qn.kill();
+        let _ = qn.wait();
+        assert_eq!(ours, theirs, "{ctx}");
+        assert!(
+            ours.iter().any(|e| e.2 == 1),
+            "{ctx}: nothing dirty: {ours:?}"
+        );
+    }
+}
