@@ -824,7 +824,7 @@ fn blockdev_qcow2_nodes_with_every_kind_of_backing() {
 /// `-f` chooses the format; without it the log says what probing chose.
 #[test]
 fn serve_probes_the_format_and_says_so() {
-    require!("qemu-img", "nbdinfo");
+    require!("qemu-img", "nbdinfo", "python3-nbd");
     if is_standin() {
         return;
     }
@@ -862,6 +862,39 @@ fn serve_probes_the_format_and_says_so() {
         "{}",
         srv.stderr()
     );
+
+    // A raw file probed as raw: a write that would make it probe as
+    // qcow2 next time is refused (EPERM), as QEMU's probed raw driver
+    // refuses it; other writes to the first sector are fine. Given
+    // `-f raw`, the same write is allowed.
+    let raw = dir.join("disk.raw");
+    sparse_file(&raw, 4 * MIB);
+    let Some(srv) = Server::start(&[s(&raw)]) else {
+        return;
+    };
+    let py_write = r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for data, off in ((b"QFI\xfb", 0), (b"\xfb", 3), (b"hello", 0), (b"QFI\xfb", 512)):
+    try:
+        h.pwrite(data, off)
+        print("ok", off)
+    except nbd.Error as e:
+        print("refused", off, e.errno)
+"#;
+    let out = stdout_str(&py_ok(py_write, &[&srv.uri_unix("")]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["refused 0 EPERM", "ok 3", "ok 0", "ok 512"],
+        "{out}"
+    );
+    drop(srv);
+    let Some(srv) = Server::start(&["-f", "raw", s(&raw)]) else {
+        return;
+    };
+    let out = stdout_str(&py_ok(py_write, &[&srv.uri_unix("")]));
+    assert!(out.starts_with("ok 0"), "{out}");
 }
 
 /// Hundreds of writes in flight at once over two connections, many into

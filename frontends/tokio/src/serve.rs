@@ -192,6 +192,7 @@ async fn sugar(
                 file: by_name(node.name()),
                 offset,
                 size,
+                probed: format == ImageFormat::Raw && how == "probed",
             });
             node = add(raw.named(format!("raw{i}")).read_only(base_ro))
                 .await

@@ -1010,6 +1010,8 @@ pub fn backing_options(
             file,
             offset: 0,
             size: None,
+            // Read-only: nothing to guard.
+            probed: false,
         },
         other => {
             return Err(invalid(format!(

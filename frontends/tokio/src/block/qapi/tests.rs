@@ -137,6 +137,7 @@ fn every_driver_converts_with_qemus_defaults() {
             file: BlockdevRef::Name("f0".into()),
             offset: 0,
             size: None,
+            probed: false,
         }
     );
     let d = bd(
