@@ -714,6 +714,10 @@ impl Qcow2Driver {
             .max()
             .unwrap_or(0);
         if end > self.file.size() {
+            if self.file.driver_name() == "host_device" {
+                // A device does not grow: the image is full.
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             let end = end.div_ceil(self.cluster) * self.cluster;
             self.file.resize(end).wait().await?;
         }
@@ -850,6 +854,34 @@ impl Qcow2Driver {
             self.flush_locked().await?;
         }
         Ok(())
+    }
+}
+
+/// Closing a node (`blockdev-del`, the end of the program) writes its
+/// dirty metadata back, as QEMU's close does: writes acknowledged but
+/// never flushed are kept too. Only when the file child answers at once
+/// (a file); otherwise, and on failure, the log says what was lost (the
+/// image stays consistent either way).
+impl Drop for Qcow2Driver {
+    fn drop(&mut self) {
+        if self.read_only || !lock(&self.image).has_dirty_metadata() {
+            return;
+        }
+        let mut fut = std::pin::pin!(async {
+            let _alone = self.requests.write().await;
+            self.flush_locked().await
+        });
+        match crate::block::io::poll_once(fut.as_mut()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => error!(
+                "{}: metadata not written back at close: {e}",
+                self.file.filename()
+            ),
+            None => error!(
+                "{}: metadata not written back at close: the file child would wait",
+                self.file.filename()
+            ),
+        }
     }
 }
 
