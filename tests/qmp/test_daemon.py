@@ -576,6 +576,37 @@ def test_copy_from_qemu_nbd(tmp):
     run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, backup)
 
 
+async def test_io_error_event(tmp):
+    """A node that fails (blkdebug's injected EIO on reads) raises
+    BLOCK_IO_ERROR on every QMP client; the NBD client gets the error."""
+    d = Daemon(tmp, "--blockdev", json.dumps(ram("r0")),
+               "--blockdev", json.dumps({"driver": "blkdebug", "node-name": "dbg", "image": "r0",
+                                         "inject-error": [{"event": "read_aio", "errno": 5,
+                                                           "once": True}]}),
+               "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
+               "--export", "type=nbd,id=e0,node-name=dbg,name=disk")
+    try:
+        a = await d.client("a")
+        b = await d.client("b")
+        p = subprocess.run(["qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", uri(d.nbd, "disk")],
+                           capture_output=True, text=True, timeout=LIMIT)
+        assert "Input/output error" in p.stdout + p.stderr, p
+        for q in (a, b):
+            e = await next_event(q)
+            assert e["event"] == "BLOCK_IO_ERROR", e
+            assert e["data"] == {"device": "", "node-name": "dbg", "operation": "read",
+                                 "action": "report", "reason": "Input/output error"}, e
+        # Once: the next read succeeds.
+        run("qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 4k", uri(d.nbd, "disk"))
+        stats = {s["node-name"]: s["stats"] for s in
+                 await ok(a, "query-blockstats", {"query-nodes": True})}
+        assert stats["dbg"]["failed_rd_operations"] == 1, stats["dbg"]
+        await a.disconnect()
+        await b.disconnect()
+    finally:
+        d.stop()
+
+
 async def test_quit(tmp):
     d = Daemon(tmp)
     q = await d.client()
@@ -795,7 +826,7 @@ async def test_differential(tmp):
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_quit, test_differential]
+         test_copy_from_qemu_nbd, test_io_error_event, test_quit, test_differential]
 
 
 def main():
