@@ -607,6 +607,55 @@ async def test_io_error_event(tmp):
         d.stop()
 
 
+def ca_signed_cert(dir):
+    """A test CA and a server certificate it signed for localhost, in
+    QEMU's tls-creds-x509 layout (ca-cert.pem, server-cert.pem,
+    server-key.pem)."""
+    with open(os.path.join(dir, "server.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    j = lambda n: os.path.join(dir, n)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=blockwire test CA", "-keyout", j("ca-key.pem"), "-out", j("ca-cert.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", j("server-key.pem"), "-out", j("server.csr"))
+    run("openssl", "x509", "-req", "-in", j("server.csr"), "-CA", j("ca-cert.pem"),
+        "-CAkey", j("ca-key.pem"), "-set_serial", "2", "-days", "2",
+        "-extfile", j("server.ext"), "-out", j("server-cert.pem"))
+
+
+async def test_tls_server(tmp):
+    """nbd-server-start with tls-creds: clients must use TLS; qemu-io
+    with the CA's certificate reads and writes."""
+    certs = os.path.join(tmp, "pki")
+    os.makedirs(certs)
+    ca_signed_cert(certs)
+    d = Daemon(tmp, "--blockdev", json.dumps(ram("r0")),
+               "--object", f"tls-creds-x509,id=tls0,dir={certs},endpoint=server,verify-peer=off",
+               "--object", f"tls-creds-x509,id=cli0,dir={certs},endpoint=client")
+    try:
+        q = await d.client()
+        addr = {"type": "unix", "data": {"path": d.nbd}}
+        await fails(q, "nbd-server-start", {"addr": addr, "tls-creds": "cli0"}, "GenericError",
+                    "Expected TLS credentials for a server endpoint")
+        await ok(q, "nbd-server-start", {"addr": addr, "tls-creds": "tls0"})
+        await ok(q, "block-export-add", {"type": "nbd", "id": "e0", "node-name": "r0",
+                                         "name": "disk", "writable": True})
+        plain = subprocess.run(["nbdinfo", uri(d.nbd, "disk")], capture_output=True,
+                               text=True, timeout=LIMIT)
+        assert plain.returncode != 0, plain
+        image = (f"driver=nbd,server.type=unix,server.path={d.nbd},export=disk,"
+                 "tls-creds=c0,tls-hostname=localhost")
+        out = run("qemu-io", "--object", f"tls-creds-x509,id=c0,dir={certs},endpoint=client",
+                  "--image-opts", image, "-c", "write -P 0x3c 0 64k", "-c", "read -P 0x3c 0 64k")
+        assert "read 65536/65536" in out, out
+        await ok(q, "nbd-server-stop")
+        await q.disconnect()
+    finally:
+        d.stop()
+
+
 async def test_quit(tmp):
     d = Daemon(tmp)
     q = await d.client()
@@ -826,7 +875,7 @@ async def test_differential(tmp):
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_io_error_event, test_quit, test_differential]
+         test_copy_from_qemu_nbd, test_io_error_event, test_tls_server, test_quit, test_differential]
 
 
 def main():
