@@ -857,6 +857,94 @@ async def transcript(tmp, qsd):
     return out
 
 
+def schema_shape(info, name, depth=0):
+    """A type of a query-qmp-schema answer without its (masked) name:
+    objects as {member: (optional, shape)}, enums as sets of values."""
+    t = info[name]
+    if depth > 6:
+        return "..."
+    mt = t["meta-type"]
+    if mt == "builtin":
+        return t["json-type"]
+    if mt == "enum":
+        return ("enum", frozenset(t["values"]))
+    if mt == "array":
+        return ("array", schema_shape(info, t["element-type"], depth + 1))
+    if mt == "alternate":
+        return ("alternate", tuple(sorted(str(schema_shape(info, m["type"], depth + 1))
+                                          for m in t["members"])))
+    members = {m["name"]: ("default" in m, schema_shape(info, m["type"], depth + 1))
+               for m in t["members"]}
+    for v in t.get("variants", []):
+        members[f"case {v['case']}"] = (False, schema_shape(info, v["type"], depth + 1))
+    return ("object", members)
+
+
+# BlockdevOptions, BlockExportOptions and ObjectOptions: the types of
+# --blockdev/--object/--export, checked against qemu-storage-daemon by
+# tests/tests/serve_qapi.rs; they carry blockwire's own drivers
+# (blockwire-ram, blockwire-cow) and blkdebug's NBD operation events.
+SHARED_TYPES = {"blockdev-add arg-type", "object-add arg-type", "block-export-add arg-type",
+                "blockdev-reopen arg-type.options[]"}
+
+
+def covered(ours, theirs, path):
+    """Every member blockwire declares is QEMU's, equally optional and of
+    the same shape (QEMU has more: members blockwire refuses or does not
+    send)."""
+    if path in SHARED_TYPES:
+        return
+    if isinstance(ours, tuple) and ours and ours[0] == "object":
+        assert isinstance(theirs, tuple) and theirs[0] == "object", (path, theirs)
+        for k, (opt, shape) in ours[1].items():
+            assert k in theirs[1], f"{path}.{k}: not in QEMU's schema"
+            assert opt == theirs[1][k][0], f"{path}.{k}: optional {opt}, QEMU {theirs[1][k][0]}"
+            covered(shape, theirs[1][k][1], f"{path}.{k}")
+    elif isinstance(ours, tuple) and ours and ours[0] == "array":
+        assert isinstance(theirs, tuple) and theirs[0] == "array", (path, theirs)
+        covered(ours[1], theirs[1], path + "[]")
+    elif isinstance(ours, tuple) and ours and ours[0] == "enum":
+        assert isinstance(theirs, tuple) and theirs[0] == "enum", (path, theirs)
+        assert ours[1] <= theirs[1], f"{path}: values {set(ours[1] - theirs[1])} not QEMU's"
+    elif isinstance(ours, tuple) and ours and ours[0] == "alternate":
+        assert isinstance(theirs, tuple) and theirs[0] == "alternate", (path, theirs)
+    else:
+        assert ours == theirs, f"{path}: {ours} vs QEMU's {theirs}"
+
+
+async def schema_of(tmp, qsd):
+    d = Daemon(tmp, qsd=qsd)
+    try:
+        q = await d.client()
+        s = await ok(q, "query-qmp-schema")
+        names = [c["name"] for c in await ok(q, "query-commands")]
+        await q.disconnect()
+    finally:
+        d.stop()
+    return {e["name"]: e for e in s}, names
+
+
+async def test_schema(tmp):
+    """query-qmp-schema lists exactly the commands query-commands does,
+    every type it names is defined, and each command's arguments and
+    return value, and each event's data, are QEMU 7.2's (a subset of its
+    members, same optionality and types)."""
+    ours, names = await schema_of(os.path.join(tmp, "bw") + "/", None)
+    cmds = {n for n, e in ours.items() if e["meta-type"] == "command"}
+    assert cmds == set(names), cmds ^ set(names)
+    events = {n for n, e in ours.items() if e["meta-type"] == "event"}
+    assert events == {"BLOCK_IO_ERROR", "BLOCK_WRITE_THRESHOLD", "BLOCK_EXPORT_DELETED"}, events
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    theirs, _ = await schema_of(os.path.join(tmp, "qsd") + "/", qsd)
+    for n in sorted(cmds | events):
+        assert n in theirs, f"{n} is not in qemu-storage-daemon 7.2"
+        keys = ["arg-type", "ret-type"] if n in cmds else ["arg-type"]
+        for k in keys:
+            covered(schema_shape(ours, ours[n][k]), schema_shape(theirs, theirs[n][k]),
+                    f"{n} {k}")
+
+
 async def test_differential(tmp):
     qsd = os.environ.get("QSD")
     assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
@@ -875,7 +963,7 @@ async def test_differential(tmp):
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_io_error_event, test_tls_server, test_quit, test_differential]
+         test_copy_from_qemu_nbd, test_io_error_event, test_tls_server, test_quit, test_schema, test_differential]
 
 
 def main():

@@ -13,7 +13,7 @@ use crate::block::node::Node;
 use crate::block::node::{NodeOptions, lock};
 use crate::block::qapi::block_core::{self, BLOCKDEV_OPTIONS_TYPE};
 use crate::block::qapi::schema::{Struct, Type};
-use crate::block::qapi::{self, visit};
+use crate::block::qapi::{self, introspect, visit};
 use crate::block::report;
 use crate::registry::{ContextKind, Export};
 use blockwire_core::block::dirty_bitmap::BitmapError;
@@ -61,35 +61,6 @@ impl From<qapi::Error> for QmpError {
 
 type Reply = Result<Value, QmpError>;
 
-/// The commands, in the order `query-commands` lists them.
-pub const COMMANDS: &[&str] = &[
-    "qmp_capabilities",
-    "query-version",
-    "query-commands",
-    "quit",
-    "blockdev-add",
-    "blockdev-del",
-    "blockdev-reopen",
-    "query-named-block-nodes",
-    "query-block",
-    "object-add",
-    "object-del",
-    "nbd-server-start",
-    "nbd-server-stop",
-    "block-export-add",
-    "block-export-del",
-    "query-block-exports",
-    "block-dirty-bitmap-add",
-    "block-dirty-bitmap-remove",
-    "block-dirty-bitmap-clear",
-    "block-dirty-bitmap-enable",
-    "block-dirty-bitmap-disable",
-    "block-dirty-bitmap-merge",
-    "query-blockstats",
-    "block_resize",
-    "block-set-write-threshold",
-];
-
 fn check(s: &'static Struct, args: &Value) -> Result<Value, QmpError> {
     Ok(visit::visit(&Type::Struct(s), args, false)?)
 }
@@ -113,8 +84,20 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
         "query-commands" => {
             check(&schema::EMPTY, args)?;
             Ok(Value::Array(
-                COMMANDS.iter().map(|c| json!({"name": c})).collect(),
+                schema::COMMAND_TABLE
+                    .iter()
+                    .map(|c| json!({"name": c.name}))
+                    .collect(),
             ))
+        }
+        // Type names masked with numbers, as QEMU 7.2 answers.
+        "query-qmp-schema" => {
+            check(&schema::EMPTY, args)?;
+            Ok(Value::Array(introspect::schema_info_with_events(
+                &schema::COMMAND_TABLE,
+                &schema::EVENTS,
+                true,
+            )))
         }
         "quit" => {
             check(&schema::EMPTY, args)?;
