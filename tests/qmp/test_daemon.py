@@ -786,6 +786,9 @@ def diff_script(img, img2):
         # throttle), nor in blockwire: throttle nodes do it.
         ("block_set_io_throttle", {"device": "f0", "bps": 1, "bps_rd": 0, "bps_wr": 0,
                                    "iops": 0, "iops_rd": 0, "iops_wr": 0}),
+        # Neither: timed statistics cannot be configured in
+        # qemu-storage-daemon 7.2 (no devices, no stats-intervals).
+        ("block-latency-histogram-set", {"id": "f0", "boundaries": [10, 100]}),
         ("block-dirty-bitmap-remove", bm),
         ("block-dirty-bitmap-remove", {"node": "f0", "name": "b1"}),
         ("blockdev-del", {"node-name": "r1"}),
