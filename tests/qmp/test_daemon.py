@@ -523,8 +523,10 @@ async def test_incremental_backup(tmp):
                 argv += ["-c", c]
             run(*argv, uri(d.nbd, "src"))
             cur = f"inc{n - 1}"
-            await ok(q, "block-dirty-bitmap-add", {"node": "f0", "name": f"inc{n}"})
-            await ok(q, "block-dirty-bitmap-disable", {"node": "f0", "name": cur})
+            # The next bitmap starts as the current one stops, atomically.
+            await ok(q, "transaction", {"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "f0", "name": f"inc{n}"}},
+                {"type": "block-dirty-bitmap-disable", "data": {"node": "f0", "name": cur}}]})
             await ok(q, "block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0",
                                              "name": "bk", "bitmaps": [cur]})
             if n == 1:
@@ -745,6 +747,31 @@ def diff_script(img, img2):
                                       "bitmaps": [{"node": "nope", "name": "b1"}]}),
         ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0",
                                       "bitmaps": ["b1", {"node": "f0", "name": "b1"}]}),
+        # Transactions: all the actions or none.
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "f0", "name": "t1"}},
+            {"type": "block-dirty-bitmap-disable", "data": {"node": "f0", "name": "b0"}},
+            {"type": "block-dirty-bitmap-clear", "data": {"node": "f0", "name": "b0"}},
+            {"type": "abort", "data": {}}]}),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-remove", "data": {"node": "f0", "name": "b1"}},
+            {"type": "block-dirty-bitmap-merge", "data": {"node": "f0", "target": "b0",
+                                                          "bitmaps": ["zz"]}}]}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "f0", "name": "t1",
+                                                        "granularity": 131072}},
+            {"type": "block-dirty-bitmap-disable", "data": {"node": "f0", "name": "t1"}},
+            {"type": "block-dirty-bitmap-merge", "data": {"node": "f0", "target": "t1",
+                                                          "bitmaps": ["b0"]}}]},
+         ),
+        ("query-named-block-nodes", {"flat": True}),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-remove", "data": {"node": "f0", "name": "t1"}}],
+            "properties": {"completion-mode": "grouped"}}),
+        ("transaction", {"actions": []}),
+        ("transaction", {}),
+        ("transaction", {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "f0"}}]}),
         ("block-set-write-threshold", {"node-name": "nope", "write-threshold": 1}),
         ("block-set-write-threshold", {"node-name": "f0", "write-threshold": -1}),
         ("query-named-block-nodes", {"flat": True}),

@@ -157,6 +157,74 @@ pub static BLOCK_DIRTY_BITMAP_MERGE: Struct = args(
     ],
 );
 
+static ABORT: Struct = args("Abort", &[]);
+macro_rules! wrapper {
+    ($name:literal, $inner:ident) => {{
+        static W: Struct = args($name, &[Member::req("data", Type::Struct(&$inner))]);
+        &W
+    }};
+}
+/// `TransactionAction` for the actions there are: `abort` and the dirty
+/// bitmap commands (no block jobs, no snapshots).
+pub static TRANSACTION_ACTION: Union = Union {
+    name: "TransactionAction",
+    tag: "type",
+    tag_enum: "TransactionActionKind",
+    base: &[],
+    variants: &[
+        Variant {
+            case: "abort",
+            members: wrapper!("q_obj_AbortWrapper-base", ABORT),
+        },
+        Variant {
+            case: "block-dirty-bitmap-add",
+            members: wrapper!(
+                "q_obj_BlockDirtyBitmapAddWrapper-base",
+                BLOCK_DIRTY_BITMAP_ADD
+            ),
+        },
+        Variant {
+            case: "block-dirty-bitmap-remove",
+            members: wrapper!("q_obj_BlockDirtyBitmapWrapper-base", BLOCK_DIRTY_BITMAP),
+        },
+        Variant {
+            case: "block-dirty-bitmap-clear",
+            members: wrapper!("q_obj_BlockDirtyBitmapWrapper-base", BLOCK_DIRTY_BITMAP),
+        },
+        Variant {
+            case: "block-dirty-bitmap-enable",
+            members: wrapper!("q_obj_BlockDirtyBitmapWrapper-base", BLOCK_DIRTY_BITMAP),
+        },
+        Variant {
+            case: "block-dirty-bitmap-disable",
+            members: wrapper!("q_obj_BlockDirtyBitmapWrapper-base", BLOCK_DIRTY_BITMAP),
+        },
+        Variant {
+            case: "block-dirty-bitmap-merge",
+            members: wrapper!(
+                "q_obj_BlockDirtyBitmapMergeWrapper-base",
+                BLOCK_DIRTY_BITMAP_MERGE
+            ),
+        },
+    ],
+};
+static TRANSACTION_ACTION_T: Type = Type::Union(&TRANSACTION_ACTION);
+static COMPLETION_MODE: Enum = Enum {
+    name: "ActionCompletionMode",
+    values: &["individual", "grouped"],
+};
+static TRANSACTION_PROPERTIES: Struct = args(
+    "TransactionProperties",
+    &[Member::opt("completion-mode", Type::Enum(&COMPLETION_MODE))],
+);
+pub static TRANSACTION: Struct = args(
+    "q_obj_transaction-arg",
+    &[
+        Member::req("actions", Type::List(&TRANSACTION_ACTION_T)),
+        Member::opt("properties", Type::Struct(&TRANSACTION_PROPERTIES)),
+    ],
+);
+
 pub static OBJECT_DEL: Struct = args("q_obj_object-del-arg", &[Member::req("id", Type::Str)]);
 
 static BLOCKDEV_OPTIONS_T: Type = Type::Union(&crate::block::qapi::block_core::BLOCKDEV_OPTIONS);
@@ -540,7 +608,7 @@ const fn cmd(
 
 /// Every command the daemon has, with its argument and return types, in
 /// `query-commands` order.
-pub static COMMAND_TABLE: [Command; 26] = [
+pub static COMMAND_TABLE: [Command; 27] = [
     cmd("qmp_capabilities", t!(QMP_CAPABILITIES), None),
     cmd("query-version", t!(EMPTY), Some(&VERSION_INFO_T)),
     cmd("query-commands", t!(EMPTY), Some(&COMMAND_INFO_LIST)),
@@ -576,6 +644,7 @@ pub static COMMAND_TABLE: [Command; 26] = [
         t!(BLOCK_DIRTY_BITMAP_MERGE),
         None,
     ),
+    cmd("transaction", t!(TRANSACTION), None),
     cmd(
         "query-blockstats",
         t!(QUERY_BLOCKSTATS),
