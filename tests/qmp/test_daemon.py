@@ -707,7 +707,7 @@ def file_opts(name, filename, **more):
     return {"driver": "file", "node-name": name, "filename": filename, **more}
 
 
-def diff_script(img, img2):
+def diff_script(img, img2, img3):
     G = "GenericError"
     bm = {"node": "f0", "name": "b0"}
     return [
@@ -723,6 +723,19 @@ def diff_script(img, img2):
         ("blockdev-add", {"driver": "file", "node-name": "f2"}),
         ("blockdev-add", {"driver": "file", "node-name": "f2", "filename": img2, "bogus": 1}),
         ("blockdev-add", {"driver": "file", "node-name": "f2", "filename": 5}),
+        ("object-add", {"qom-type": "throttle-group", "id": "tg0",
+                        "limits": {"iops-total": 1000}}),
+        ("object-add", {"qom-type": "throttle-group", "id": "tg0"}),
+        ("object-add", {"qom-type": "throttle-group", "id": "0tg"}),
+        ("object-add", {"qom-type": "nope", "id": "x"}),
+        ("blockdev-add", {"driver": "throttle", "node-name": "t3", "throttle-group": "tg0",
+                          "file": {"driver": "file", "filename": img3}}),
+        ("blockdev-add", {"driver": "throttle", "node-name": "t4", "throttle-group": "tgX",
+                          "file": "f0"}),
+        ("object-del", {"id": "tg0"}),
+        ("blockdev-del", {"node-name": "t3"}),
+        ("object-del", {"id": "tg0"}),
+        ("object-del", {"id": "tg0"}),
         ("blockdev-del", {"node-name": "f0"}),
         ("blockdev-del", {"node-name": "f1"}),
         ("blockdev-del", {"node-name": "nope"}),
@@ -845,7 +858,8 @@ def normalize(cmd, reply, tmp):
 async def transcript(tmp, qsd):
     img = os.path.join(tmp, "disk.img")
     img2 = os.path.join(tmp, "disk2.img")
-    for p in (img, img2):
+    img3 = os.path.join(tmp, "disk3.img")
+    for p in (img, img2, img3):
         with open(p, "wb") as f:
             f.truncate(4 * MiB)
     d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={img}",
@@ -862,7 +876,7 @@ async def transcript(tmp, qsd):
             out.append((data.decode(), r.send(data)))
         r.s.close()
         q = await d.client()
-        for cmd, args in diff_script(img, img2):
+        for cmd, args in diff_script(img, img2, img3):
             if cmd == "THRESHOLD":
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
                 continue
