@@ -785,6 +785,27 @@ def diff_script(img, img2, img3):
         ("transaction", {"actions": []}),
         ("transaction", {}),
         ("transaction", {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "f0"}}]}),
+        # Exports of bitmaps: an enabled one cannot be offered read-only;
+        # an offered one is busy.
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["b0"]}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["zz"]}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": [{"node": "nope", "name": "b1"}]}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["b1"], "description": "x" * 5000}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["b1"], "description": "backup"}),
+        ("query-block-exports", None),
+        ("query-named-block-nodes", {"flat": True}),
+        ("block-dirty-bitmap-clear", {"node": "f0", "name": "b1"}),
+        ("block-dirty-bitmap-enable", {"node": "f0", "name": "b1"}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b1", "bitmaps": ["b0"]}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0", "bitmaps": ["b1"]}),
+        ("block-export-del", {"id": "bk"}),
+        ("EVENTS", "bk"),
+        ("query-named-block-nodes", {"flat": True}),
         ("block-set-write-threshold", {"node-name": "nope", "write-threshold": 1}),
         ("block-set-write-threshold", {"node-name": "f0", "write-threshold": -1}),
         ("query-named-block-nodes", {"flat": True}),
@@ -834,7 +855,7 @@ def diff_script(img, img2, img3):
         ("blockdev-del", {"node-name": "r1"}),
         ("blockdev-del", {"node-name": "f1"}),
         ("block-export-del", {"id": "e0"}),
-        ("EVENTS", None),
+        ("EVENTS", "e0"),
         ("nbd-server-stop", None),
         ("nbd-server-stop", None),
         ("query-named-block-nodes", {"flat": True}),
@@ -881,12 +902,12 @@ async def transcript(tmp, qsd):
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
                 continue
             if cmd == "EVENTS":
-                # Events up to the one the export deletion raised.
+                # Events up to the one export `args`'s deletion raised.
                 evs = []
                 while True:
                     e = await next_event(q)
                     evs.append({"event": e["event"], "data": e["data"]})
-                    if e["event"] == "BLOCK_EXPORT_DELETED":
+                    if e["event"] == "BLOCK_EXPORT_DELETED" and e["data"]["id"] == args:
                         break
                 out.append(("events", evs))
                 continue

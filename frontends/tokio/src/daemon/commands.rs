@@ -187,10 +187,13 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
         }
         "query-block-exports" => {
             check(&schema::EMPTY, args)?;
+            // Newest first, as QEMU 7.2 lists them.
+            let table = d.registry.snapshot();
+            let exports: Vec<_> = table.iter().collect();
             Ok(Value::Array(
-                d.registry
-                    .snapshot()
-                    .iter()
+                exports
+                    .into_iter()
+                    .rev()
                     .map(|e| {
                         json!({
                             "type": "nbd",
@@ -400,6 +403,10 @@ fn bitmap_merge(d: &Daemon, a: &Value, undo: &mut Vec<Undo>) -> Result<(), QmpEr
             }
             o => lookup_bitmap(d, str_of(o, "node"), str_of(o, "name"))?,
         };
+        // A source may be disabled, not busy (QEMU's BDRV_BITMAP_ALLOW_RO).
+        if exported(d, &node, &name) {
+            return Err(busy(&name));
+        }
         node.with_bitmaps(|set| {
             if let Some(b) = set.get(&name) {
                 b.for_each_dirty(0, b.size(), &mut |off, len| ranges.push((off, len)));
