@@ -40,6 +40,8 @@ pub struct CopyArgs {
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub timeout: super::TimeoutArg,
 }
 
 /// How far ahead block status looks in one request.
@@ -127,9 +129,10 @@ fn items(run: Run, request: u64, out: &mut Vec<Item>) {
 }
 
 pub async fn run(args: CopyArgs) -> Result<(), String> {
-    let src = Endpoint::open_source(&args.source, args.connections).await?;
+    let opts = args.timeout.options();
+    let src = Endpoint::open_source(&args.source, args.connections, &opts).await?;
     let size = src.size();
-    let dst = Endpoint::open_destination(&args.destination, args.connections, size).await?;
+    let dst = Endpoint::open_destination(&args.destination, args.connections, size, &opts).await?;
     let align = src.min_block().max(dst.min_block());
     let request = args
         .request_size

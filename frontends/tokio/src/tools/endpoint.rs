@@ -54,9 +54,13 @@ fn file_size(f: &File) -> std::io::Result<u64> {
 }
 
 impl Endpoint {
-    pub async fn open_source(s: &str, connections: usize) -> Result<Endpoint, String> {
+    pub async fn open_source(
+        s: &str,
+        connections: usize,
+        opts: &Options,
+    ) -> Result<Endpoint, String> {
         if is_uri(s) {
-            return Self::nbd(s, connections).await;
+            return Self::nbd(s, connections, opts).await;
         }
         let path = PathBuf::from(s);
         let file = File::open(&path).map_err(|e| io_err("open", &path, e))?;
@@ -77,12 +81,13 @@ impl Endpoint {
         s: &str,
         connections: usize,
         size: u64,
+        opts: &Options,
     ) -> Result<Endpoint, String> {
         if s == "null:" {
             return Ok(Endpoint::Null);
         }
         if is_uri(s) {
-            let e = Self::nbd(s, connections).await?;
+            let e = Self::nbd(s, connections, opts).await?;
             if let Endpoint::Nbd { pool, .. } = &e {
                 let c = pool.get(0);
                 if c.has(F::READ_ONLY) {
@@ -127,11 +132,11 @@ impl Endpoint {
         })
     }
 
-    async fn nbd(s: &str, connections: usize) -> Result<Endpoint, String> {
+    async fn nbd(s: &str, connections: usize, base: &Options) -> Result<Endpoint, String> {
         let uri = NbdUri::parse(s).map_err(|e| e.to_string())?;
         let opts = Options {
             meta_contexts: vec![context::BASE_ALLOCATION.to_owned()],
-            ..Options::default()
+            ..base.clone()
         };
         let pool = Pool::connect(&uri, &opts, connections)
             .await
