@@ -43,14 +43,7 @@ fn main() -> std::process::ExitCode {
     let mut total = simulation::Stats::default();
     for seed in first..first.saturating_add(count) {
         match simulation::run_seed(seed, steps) {
-            Ok(s) => {
-                total.steps += s.steps;
-                total.requests += s.requests;
-                total.reads_checked += s.reads_checked;
-                total.resets += s.resets;
-                total.crashes += s.crashes;
-                total.flushes += s.flushes;
-            }
+            Ok(s) => total.add(&s),
             Err(e) => {
                 failed += 1;
                 println!("FAIL {e}");

@@ -15,13 +15,7 @@ fn simulated_deployments_keep_every_promise() {
     let mut total = simulation::Stats::default();
     for seed in 0..SEEDS {
         match simulation::run_seed(seed, STEPS) {
-            Ok(s) => {
-                total.requests += s.requests;
-                total.reads_checked += s.reads_checked;
-                total.resets += s.resets;
-                total.crashes += s.crashes;
-                total.flushes += s.flushes;
-            }
+            Ok(s) => total.add(&s),
             Err(e) => failures.push(e),
         }
     }

@@ -37,17 +37,16 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use blockwire_core::block::Extent;
-use blockwire_core::client::{Client, Config, Event as CEvent};
+use blockwire_core::client::{Client, Config, Event as CEvent, MAX_FRAGMENTS, RequestFailure};
 use blockwire_core::server::Event as SEvent;
 use blockwire_core::server::{
-    BlockSizes, Command, ExportInfo, Exports, ReadChunk, ReadReply, Request, Server, ServerConfig,
-    Session,
+    BlockSizes, Command, ExportInfo, Exports, Fault, Request, Server, ServerConfig, Session,
 };
 use blockwire_core::time::Instant;
-use blockwire_core::wire::{CommandFlags, TransmissionFlags};
+use blockwire_core::wire::{CommandFlags, Errno, TransmissionFlags};
 
 pub const BLOCK: usize = 512;
 pub const BLOCKS: usize = 64;
@@ -351,6 +350,20 @@ pub struct Stats {
     pub resets: u64,
     pub crashes: u64,
     pub flushes: u64,
+    /// Reads refused as too scattered (see `MAX_FRAGMENTS`).
+    pub fragmented: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.steps += o.steps;
+        self.requests += o.requests;
+        self.reads_checked += o.reads_checked;
+        self.resets += o.resets;
+        self.crashes += o.crashes;
+        self.flushes += o.flushes;
+        self.fragmented += o.fragmented;
+    }
 }
 
 pub struct Sim {
@@ -372,6 +385,11 @@ pub struct Sim {
     /// check that everything in flight is answered).
     faults: bool,
     violation: Option<String>,
+    /// Requests the server failed on purpose: (link, generation, cookie).
+    injected: BTreeSet<(usize, u64, u64)>,
+    /// Reads whose reply came in more than MAX_FRAGMENTS pieces out of
+    /// order.
+    scattered: BTreeSet<(usize, u64, u64)>,
 }
 
 impl Sim {
@@ -409,6 +427,8 @@ impl Sim {
             stats: Stats::default(),
             faults: true,
             violation: None,
+            injected: BTreeSet::new(),
+            scattered: BTreeSet::new(),
             rng,
         };
         for i in 0..conns {
@@ -427,6 +447,8 @@ impl Sim {
     }
 
     fn connect(&mut self, i: usize) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         let mut config = Config::new("sim").expect("config");
         config.structured_replies = self.client_structured;
         config.extended_headers = self.client_extended;
@@ -641,15 +663,14 @@ impl Sim {
                                 .push(format!("hole for cookie {} not a read in flight", cookie.0)),
                         },
                         CEvent::Completed { cookie, result } => match c.sent.remove(&cookie.0) {
-                            Some(s) => completions.push((s, result.is_ok())),
+                            Some(s) => completions.push((cookie.0, s, result)),
                             None => problems.push(format!(
                                 "completion for cookie {} not in flight (answered twice?)",
                                 cookie.0
                             )),
                         },
-                        CEvent::ReplyError { cookie, error, .. } => {
-                            problems.push(format!("error reply {error:?} for cookie {}", cookie.0))
-                        }
+                        // Only injected failures, checked at completion.
+                        CEvent::ReplyError { .. } => {}
                         other => problems.push(format!("client event {other:?}")),
                     }
                 }
@@ -663,8 +684,8 @@ impl Sim {
                 c.sent.len()
             ));
         }
-        for (s, ok) in completions {
-            self.complete(i, s, ok, now);
+        for (cookie, s, result) in completions {
+            self.complete(i, cookie, s, result, now);
         }
         for p in problems {
             self.fail(format!("link {i}: desynchronised: {p}"));
@@ -673,13 +694,44 @@ impl Sim {
     }
 
     /// A request's reply arrived (`ok`: it succeeded).
-    fn complete(&mut self, link: usize, s: Sent, ok: bool, now: u64) {
-        let Some(w) = s.write else {
-            if !ok {
-                // The simulated disk never fails.
-                self.fail(format!("link {link}: {:?} failed", s.kind));
-                return;
+    fn complete(
+        &mut self,
+        link: usize,
+        cookie: u64,
+        s: Sent,
+        result: Result<(), RequestFailure>,
+        now: u64,
+    ) {
+        let generation = self.links[link].as_ref().map_or(0, |l| l.generation);
+        let key = (link, generation, cookie);
+        let injected = self.injected.remove(&key);
+        let scattered = self.scattered.remove(&key);
+        let ok = result.is_ok();
+        if result == Err(RequestFailure::Fragmented) && scattered {
+            // The client tracks MAX_FRAGMENTS disjoint pieces of a read;
+            // a reply scattered wider fails, visibly, never silently.
+            self.stats.fragmented += 1;
+            return;
+        }
+        if ok == injected {
+            let (kind, said) = (s.kind, if ok { "succeeded" } else { "failed" });
+            let why = if ok {
+                "the server failed it"
+            } else {
+                "the server did not fail it"
+            };
+            self.fail(format!("link {link}: {kind:?} {said}, but {why}"));
+            return;
+        }
+        if !ok {
+            // It may or may not have taken effect, or only in part.
+            if let Some(w) = s.write {
+                self.oracle.writes[w].lost = true;
+                self.oracle.writes[w].durable = None;
             }
+            return;
+        }
+        let Some(w) = s.write else {
             match s.kind {
                 Kind::Flush => {
                     self.stats.flushes += 1;
@@ -694,6 +746,15 @@ impl Sim {
                         match got {
                             Some(v) if allows(&allowed, v) => {}
                             _ => {
+                                if std::env::var_os("SIM_DEBUG").is_some() {
+                                    for w in self.oracle.writes.iter().filter(|w| w.covers(b)) {
+                                        eprintln!("{w:?}");
+                                    }
+                                    eprintln!(
+                                        "now {now} epoch {} base {:?}",
+                                        self.oracle.epoch, self.oracle.base[b]
+                                    );
+                                }
                                 self.fail(format!(
                                     "link {link}: read of block {b} (sent at {}) returned {got:?}; allowed {allowed:?}",
                                     s.at
@@ -707,10 +768,6 @@ impl Sim {
             }
             return;
         };
-        if !ok {
-            self.fail(format!("link {link}: {:?} failed", s.kind));
-            return;
-        }
         let fua = self.oracle.writes[w].durable.is_some();
         let rec = &mut self.oracle.writes[w];
         rec.acked = Some(now);
@@ -722,6 +779,8 @@ impl Sim {
 
     /// Send a random request on link `i`.
     fn submit(&mut self, i: usize) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         let now = self.now;
         let kind = match self.rng.below(20) {
             0..=7 => Kind::Read,
@@ -826,41 +885,35 @@ impl Sim {
         self.stats.requests += 1;
     }
 
-    /// Carry out one waiting request on the disk; queue its reply.
+    /// Carry out one waiting request on the disk; queue its reply. One in
+    /// thirty fails with `EIO` instead (a read after sending part of its
+    /// data).
     fn execute(&mut self, k: usize) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         let job = self.jobs.swap_remove(k);
         let (off, len) = (job.req.offset() as usize, job.req.len() as usize);
         let fua = job.req.flags().contains(CommandFlags::FUA);
-        let mut chunks = Vec::new();
         // An orphan (its connection was reset) is carried out; its reply
         // has nowhere to go.
         let live = self.links[job.link]
             .as_ref()
             .filter(|l| l.alive && l.generation == job.generation)
             .and_then(|l| l.server.session);
+        let fails = live.is_some() && self.rng.odds(1, 30);
+        let mut chunks = Vec::new();
         match job.req.command {
             Command::Read { .. } => {
                 if let Some(session) = live {
-                    let enc = session.encoder();
-                    let mut plan = ReadReply::new(&job.req, enc, true).expect("a read");
-                    let cache = &self.disk.cache;
-                    let status = |pos: u64, max: u64| {
-                        let b = pos as usize / BLOCK;
-                        let end = ((b + 1) * BLOCK) as u64;
-                        let zero = cache[b * BLOCK..(b + 1) * BLOCK].iter().all(|&x| x == 0);
-                        Extent::new((end - pos).min(max), if zero { 3 } else { 0 })
-                    };
-                    let max = self.rng.range(1, 3 * BLOCK) as u64;
-                    while let Some(chunk) = plan.next_chunk(max, status) {
-                        let mut unit = chunk.header().as_bytes().to_vec();
-                        if let ReadChunk::Data { offset, len, .. } = chunk {
-                            let o = offset as usize;
-                            unit.extend_from_slice(&cache[o..o + len as usize]);
-                        }
-                        chunks.push(unit);
+                    let scattered;
+                    (chunks, scattered) = self.read_reply(&job.req, session, fails);
+                    if scattered {
+                        self.scattered
+                            .insert((job.link, job.generation, job.req.cookie));
                     }
                 }
             }
+            _ if fails => {}
             Command::Write { .. } => {
                 self.disk.cache[off..off + len].copy_from_slice(&job.payload);
                 if fua {
@@ -876,18 +929,106 @@ impl Sim {
             Command::Flush => self.disk.stable.copy_from_slice(&self.disk.cache),
             _ => {}
         }
-        if let Some(session) = live {
-            if chunks.is_empty() {
-                let r = session.encoder().result(job.req, Ok(()));
-                chunks.push(r.as_bytes().to_vec());
+        let Some(session) = live else { return };
+        let enc = session.encoder();
+        if fails {
+            self.injected
+                .insert((job.link, job.generation, job.req.cookie));
+            if !matches!(job.req.command, Command::Read { .. }) {
+                let f = Fault::new(Errno::EIO, "simulated I/O error");
+                chunks.push(enc.result(job.req, Err(f)).as_bytes().to_vec());
             }
-            let link = self.links[job.link].as_mut().unwrap();
-            link.server.replies.push(chunks);
+        } else if chunks.is_empty() {
+            chunks.push(enc.result(job.req, Ok(())).as_bytes().to_vec());
         }
+        let link = self.links[job.link].as_mut().unwrap();
+        link.server.replies.push(chunks);
+    }
+
+    /// The chunks of a read's reply, from the cache as it is now. Simple
+    /// replies are one unit; structured ones come in random pieces, data
+    /// or (zero runs) holes, in random order, ended by a `DONE` flag on
+    /// the last piece or a `NONE` chunk. `fails`: some pieces, then an
+    /// error chunk.
+    fn read_reply(&mut self, req: &Request, session: Session, fails: bool) -> (Vec<Vec<u8>>, bool) {
+        let enc = session.encoder();
+        let (off, len) = (req.offset() as usize, req.len() as usize);
+        let cache = &self.disk.cache;
+        if !session.mode.structured() {
+            if fails {
+                let e = enc.error(*req, Errno::EIO, "simulated I/O error");
+                return (vec![e.as_bytes().to_vec()], false);
+            }
+            let mut unit = enc
+                .data(*req, off as u64, len as u32, true)
+                .as_bytes()
+                .to_vec();
+            unit.extend_from_slice(&cache[off..off + len]);
+            return (vec![unit], false);
+        }
+        let mut pieces = Vec::new();
+        let mut at = off;
+        while at < off + len {
+            let n = self.rng.range(1, (off + len - at).min(3 * BLOCK));
+            pieces.push((at, n));
+            at += n;
+        }
+        // In order, reversed (one range either way, as the client's
+        // table merges adjacent pieces), or shuffled.
+        let scattered = match self.rng.below(3) {
+            0 => false,
+            1 => {
+                pieces.reverse();
+                false
+            }
+            _ => {
+                for k in (1..pieces.len()).rev() {
+                    let j = self.rng.below(k as u64 + 1) as usize;
+                    pieces.swap(k, j);
+                }
+                pieces.len() > MAX_FRAGMENTS
+            }
+        };
+        if fails {
+            pieces.truncate(self.rng.below(pieces.len() as u64) as usize);
+        }
+        let done_on_last = !fails && self.rng.odds(1, 2);
+        let mut chunks = Vec::new();
+        let count = pieces.len();
+        for (k, (at, n)) in pieces.into_iter().enumerate() {
+            let done = done_on_last && k + 1 == count;
+            let data = &cache[at..at + n];
+            let hole = data.iter().all(|&b| b == 0) && self.rng.odds(1, 2);
+            let unit = match enc.hole(*req, at as u64, n as u32, done) {
+                Some(h) if hole => h.as_bytes().to_vec(),
+                _ => {
+                    let mut u = enc
+                        .data(*req, at as u64, n as u32, done)
+                        .as_bytes()
+                        .to_vec();
+                    u.extend_from_slice(data);
+                    u
+                }
+            };
+            chunks.push(unit);
+        }
+        if fails {
+            let e = if self.rng.odds(1, 2) {
+                enc.error_at(*req, Errno::EIO, off as u64, "simulated I/O error")
+            } else {
+                enc.error(*req, Errno::EIO, "simulated I/O error")
+            };
+            chunks.push(e.as_bytes().to_vec());
+        } else if !done_on_last {
+            chunks.push(enc.ok(*req).as_bytes().to_vec());
+        }
+        (chunks, scattered)
     }
 
     /// Send the next chunk of one random reply of link `i`.
     fn send_chunk(&mut self, i: usize) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         let pick = self.rng.next();
         let Some(link) = self.links[i].as_mut().filter(|l| l.alive) else {
             return;
@@ -906,6 +1047,8 @@ impl Sim {
 
     /// Deliver a random prefix of what is in flight on link `i`.
     fn deliver(&mut self, i: usize, to_server: bool) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         let small = self.rng.odds(1, 3);
         let n = self.rng.next();
         let Some(link) = self.links[i].as_mut().filter(|l| l.alive) else {
@@ -932,6 +1075,8 @@ impl Sim {
 
     /// The connection breaks: both ends lose what is in flight.
     fn reset(&mut self, i: usize) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         let Some(link) = self.links[i].as_mut().filter(|l| l.alive) else {
             return;
         };
@@ -957,6 +1102,8 @@ impl Sim {
     }
 
     fn crash(&mut self) {
+        // Every event has a time of its own, so "before" is strict.
+        self.now += 1;
         self.stats.crashes += 1;
         for i in 0..self.links.len() {
             self.reset(i);
@@ -990,7 +1137,6 @@ impl Sim {
     /// One random step.
     pub fn step(&mut self) {
         self.stats.steps += 1;
-        self.now += 1;
         let n = self.links.len();
         let i = self.rng.below(n as u64) as usize;
         let roll = self.rng.below(10_000);
