@@ -309,6 +309,8 @@ struct Sent {
     write: Option<usize>,
     /// Read data as it arrives.
     data: Vec<u8>,
+    /// Block status extents as they arrive: offset, length, flags.
+    extents: Vec<(u64, u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +320,8 @@ enum Kind {
     Zero,
     Trim,
     Flush,
+    /// `NBD_CMD_BLOCK_STATUS` on `base:allocation`.
+    Status,
 }
 
 /// The client's end of one connection.
@@ -325,6 +329,10 @@ struct ClientEnd {
     machine: Box<Client<IN_FLIGHT>>,
     input: Vec<u8>,
     ready: bool,
+    /// The export's flags, from `Ready`.
+    flags: TransmissionFlags,
+    /// `base:allocation` was selected.
+    status: bool,
     sent: BTreeMap<u64, Sent>,
     /// Disconnect requested (`NBD_CMD_DISC` queued).
     leaving: bool,
@@ -352,6 +360,7 @@ pub struct Stats {
     pub flushes: u64,
     /// Reads refused as too scattered (see `MAX_FRAGMENTS`).
     pub fragmented: u64,
+    pub statuses: u64,
 }
 
 impl Stats {
@@ -363,6 +372,7 @@ impl Stats {
         self.crashes += o.crashes;
         self.flushes += o.flushes;
         self.fragmented += o.fragmented;
+        self.statuses += o.statuses;
     }
 }
 
@@ -378,6 +388,8 @@ pub struct Sim {
     server_cfg: ServerConfig,
     client_structured: bool,
     client_extended: bool,
+    /// Ask for `base:allocation`.
+    client_status: bool,
     server_up: bool,
     next_id: u64,
     pub stats: Stats,
@@ -422,6 +434,7 @@ impl Sim {
             server_cfg,
             client_structured: rng.odds(3, 4),
             client_extended: rng.odds(1, 2),
+            client_status: rng.odds(2, 3),
             server_up: true,
             next_id: 1,
             stats: Stats::default(),
@@ -452,6 +465,11 @@ impl Sim {
         let mut config = Config::new("sim").expect("config");
         config.structured_replies = self.client_structured;
         config.extended_headers = self.client_extended;
+        if self.client_status {
+            config
+                .add_meta_context("base:allocation")
+                .expect("one context");
+        }
         let generation = self.links[i].as_ref().map_or(0, |l| l.generation + 1);
         let server = Server::new(self.exports, self.server_cfg, Instant(self.now));
         self.links[i] = Some(Link {
@@ -459,6 +477,8 @@ impl Sim {
                 machine: Box::new(Client::new(config, Instant(self.now))),
                 input: Vec::new(),
                 ready: false,
+                flags: TransmissionFlags::empty(),
+                status: false,
                 sent: BTreeMap::new(),
                 leaving: false,
             },
@@ -621,6 +641,8 @@ impl Sim {
                     match ev {
                         CEvent::Ready(e) => {
                             c.ready = true;
+                            c.flags = e.flags;
+                            c.status = c.machine.context_id("base:allocation").is_some();
                             if e.has(TransmissionFlags::CAN_MULTI_CONN) != self.exports.multi_conn {
                                 problems.push("CAN_MULTI_CONN lost in the handshake".to_string());
                             }
@@ -669,6 +691,27 @@ impl Sim {
                                 cookie.0
                             )),
                         },
+                        CEvent::BlockStatus {
+                            cookie,
+                            context_id,
+                            offset,
+                            extents,
+                        } => {
+                            let ours = c.machine.context_id("base:allocation");
+                            match c.sent.get_mut(&cookie.0) {
+                                Some(s) if s.kind == Kind::Status && Some(context_id) == ours => {
+                                    let mut at = offset;
+                                    for e in extents {
+                                        s.extents.push((at, e.length, e.flags));
+                                        at += e.length;
+                                    }
+                                }
+                                _ => problems.push(format!(
+                                    "block status for cookie {} not a block status in flight",
+                                    cookie.0
+                                )),
+                            }
+                        }
                         // Only injected failures, checked at completion.
                         CEvent::ReplyError { .. } => {}
                         other => problems.push(format!("client event {other:?}")),
@@ -733,6 +776,37 @@ impl Sim {
         }
         let Some(w) = s.write else {
             match s.kind {
+                Kind::Status => {
+                    self.stats.statuses += 1;
+                    let mut at = (s.first * BLOCK) as u64;
+                    let end = at + (s.count * BLOCK) as u64;
+                    if s.extents.is_empty() {
+                        self.fail(format!("link {link}: block status without extents"));
+                        return;
+                    }
+                    for &(o, l, f) in &s.extents {
+                        if o != at || l == 0 || at >= end {
+                            self.fail(format!(
+                                "link {link}: block status extents {:?} do not tile from {}",
+                                s.extents,
+                                s.first * BLOCK
+                            ));
+                            return;
+                        }
+                        // A zero claim must be true of every whole block in it.
+                        let (b0, b1) = (o.div_ceil(BLOCK as u64), (o + l).min(end) / BLOCK as u64);
+                        for b in b0 as usize..b1 as usize {
+                            let allowed = self.oracle.readable(b, s.at, now);
+                            if f & 2 != 0 && !allows(&allowed, Val::Zero) {
+                                self.fail(format!(
+                                    "link {link}: block status says block {b} reads as zeroes; allowed {allowed:?}"
+                                ));
+                                return;
+                            }
+                        }
+                        at = o + l;
+                    }
+                }
                 Kind::Flush => {
                     self.stats.flushes += 1;
                     self.oracle.flushed(link, s.at, now);
@@ -782,13 +856,16 @@ impl Sim {
         // Every event has a time of its own, so "before" is strict.
         self.now += 1;
         let now = self.now;
-        let kind = match self.rng.below(20) {
+        let kind = match self.rng.below(22) {
             0..=7 => Kind::Read,
             8..=14 => Kind::Write,
             15..=16 => Kind::Zero,
             17 => Kind::Trim,
+            18..=19 => Kind::Status,
             _ => Kind::Flush,
         };
+        let df = self.rng.odds(1, 4);
+        let req_one = self.rng.odds(1, 4);
         let count = self.rng.range(1, 4);
         let first = self.rng.range(0, BLOCKS - count);
         let fua = self.rng.odds(1, 4);
@@ -806,8 +883,21 @@ impl Sim {
         } else {
             CommandFlags::empty()
         };
+        if kind == Kind::Status && !c.status {
+            return;
+        }
         let cookie = match kind {
+            Kind::Read if df && c.flags.contains(TransmissionFlags::SEND_DF) => {
+                c.machine.read(off, len, CommandFlags::DF)
+            }
             Kind::Read => c.machine.read(off, len, CommandFlags::empty()),
+            Kind::Status if req_one => {
+                c.machine
+                    .block_status(off, len.into(), CommandFlags::REQ_ONE)
+            }
+            Kind::Status => c
+                .machine
+                .block_status(off, len.into(), CommandFlags::empty()),
             Kind::Write => c.machine.write(off, len, flags),
             Kind::Zero => c.machine.write_zeroes(off, len.into(), flags),
             Kind::Trim => c.machine.trim(off, len.into(), flags),
@@ -833,7 +923,7 @@ impl Sim {
             c.machine.transmitted(n);
         }
         let write = match kind {
-            Kind::Read | Kind::Flush => None,
+            Kind::Read | Kind::Flush | Kind::Status => None,
             _ => {
                 let val = match kind {
                     Kind::Write => {
@@ -880,6 +970,7 @@ impl Sim {
                 at: now,
                 write,
                 data,
+                extents: Vec::new(),
             },
         );
         self.stats.requests += 1;
@@ -914,6 +1005,42 @@ impl Sim {
                 }
             }
             _ if fails => {}
+            Command::BlockStatus { .. } => {
+                if let Some(session) = live {
+                    let cache = &self.disk.cache;
+                    let max = self.rng.range(1, 8) as u32;
+                    let mut out: Vec<u8> = Vec::new();
+                    let mut scratch: Vec<Extent> = Vec::new();
+                    let r = session.encoder().block_status(
+                        &job.req,
+                        max,
+                        &mut scratch,
+                        &mut out,
+                        |_, q, push| {
+                            let mut at = q.offset as usize;
+                            let end = (q.offset + q.length) as usize;
+                            while at < end {
+                                let b = at / BLOCK;
+                                let stop = ((b + 1) * BLOCK).min(end);
+                                let zero =
+                                    cache[b * BLOCK..(b + 1) * BLOCK].iter().all(|&x| x == 0);
+                                if !push(Extent::new((stop - at) as u64, if zero { 3 } else { 0 }))
+                                {
+                                    break;
+                                }
+                                at = stop;
+                            }
+                            Ok::<(), ()>(())
+                        },
+                    );
+                    if let Err(e) = r {
+                        let msg = format!("block status reply: {e:?}");
+                        self.fail(msg);
+                        return;
+                    }
+                    chunks.push(out);
+                }
+            }
             Command::Write { .. } => {
                 self.disk.cache[off..off + len].copy_from_slice(&job.payload);
                 if fua {
@@ -968,6 +1095,11 @@ impl Sim {
         }
         let mut pieces = Vec::new();
         let mut at = off;
+        if req.flags().contains(CommandFlags::DF) {
+            // Don't fragment: one data chunk.
+            pieces.push((off, len));
+            at = off + len;
+        }
         while at < off + len {
             let n = self.rng.range(1, (off + len - at).min(3 * BLOCK));
             pieces.push((at, n));
@@ -998,7 +1130,9 @@ impl Sim {
         for (k, (at, n)) in pieces.into_iter().enumerate() {
             let done = done_on_last && k + 1 == count;
             let data = &cache[at..at + n];
-            let hole = data.iter().all(|&b| b == 0) && self.rng.odds(1, 2);
+            let hole = data.iter().all(|&b| b == 0)
+                && !req.flags().contains(CommandFlags::DF)
+                && self.rng.odds(1, 2);
             let unit = match enc.hole(*req, at as u64, n as u32, done) {
                 Some(h) if hole => h.as_bytes().to_vec(),
                 _ => {
