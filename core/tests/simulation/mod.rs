@@ -297,6 +297,9 @@ struct ServerEnd {
     /// Reply chunks not yet sent, per request, in order.
     replies: Vec<Vec<Vec<u8>>>,
     disconnected: bool,
+    /// Take write payloads straight from the input (`skip_payload`), as
+    /// a frontend reading them into its own buffer does.
+    skip: bool,
 }
 
 /// A request the client sent, by cookie.
@@ -472,6 +475,7 @@ impl Sim {
         }
         let generation = self.links[i].as_ref().map_or(0, |l| l.generation + 1);
         let server = Server::new(self.exports, self.server_cfg, Instant(self.now));
+        let skip = self.rng.odds(1, 2);
         self.links[i] = Some(Link {
             client: ClientEnd {
                 machine: Box::new(Client::new(config, Instant(self.now))),
@@ -489,6 +493,7 @@ impl Sim {
                 write: None,
                 replies: Vec::new(),
                 disconnected: false,
+                skip,
             },
             c2s: Vec::new(),
             s2c: Vec::new(),
@@ -523,6 +528,32 @@ impl Sim {
         let mut problem = None;
         let s = &mut link.server;
         loop {
+            if let Some(left) = s.machine.write_payload_remaining().filter(|_| s.skip) {
+                let n = (left as usize).min(s.input.len());
+                if n > 0 {
+                    match &mut s.write {
+                        Some((_, buf)) => buf.extend_from_slice(&s.input[..n]),
+                        None => problem = Some("payload owed without a write".into()),
+                    }
+                    s.input.drain(..n);
+                    s.machine.skip_payload(n as u64);
+                    if n as u64 == left {
+                        if s.machine.write_payload_remaining().is_some() {
+                            problem = Some("payload still owed once taken whole".into());
+                        }
+                        if let Some((req, payload)) = s.write.take() {
+                            jobs.push(Job {
+                                link: i,
+                                generation,
+                                req,
+                                payload,
+                            });
+                        }
+                    }
+                    did = true;
+                    continue;
+                }
+            }
             let out = s.machine.poll_transmit();
             if !out.is_empty() {
                 link.s2c.extend_from_slice(out);
