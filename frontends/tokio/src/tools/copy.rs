@@ -141,13 +141,9 @@ pub async fn run(args: CopyArgs) -> Result<(), String> {
         .dirty_bitmap
         .as_ref()
         .map(|b| format!("{}{b}", blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX));
-    let src = Endpoint::open_source_with(
-        &args.source,
-        args.connections,
-        bitmap_ctx.as_deref(),
-        &opts,
-    )
-    .await?;
+    let src =
+        Endpoint::open_source_with(&args.source, args.connections, bitmap_ctx.as_deref(), &opts)
+            .await?;
     let size = src.size();
     let dst = Endpoint::open_destination_with(
         &args.destination,
