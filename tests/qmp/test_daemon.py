@@ -856,8 +856,27 @@ def diff_script(img, img2, img3):
         ("blockdev-del", {"node-name": "f1"}),
         ("block-export-del", {"id": "e0"}),
         ("EVENTS", "e0"),
+        # An export with a client in transmission: safe deletion is
+        # refused, hard deletion cuts the client off.
+        ("block-export-add", {"type": "nbd", "id": "e2", "node-name": "f0", "name": "d2",
+                              "writable": True}),
+        ("HOLD", "d2"),
+        ("block-export-del", {"id": "e2"}),
+        ("block-export-del", {"id": "e2", "mode": "hard"}),
+        ("EVENTS", "e2"),
+        ("RELEASE", None),
+        ("query-block-exports", None),
+        # nbd-server-stop takes the exports with it.
+        ("block-export-add", {"type": "nbd", "id": "e3", "node-name": "f0"}),
         ("nbd-server-stop", None),
+        ("EVENTS", "e3"),
+        ("query-block-exports", None),
         ("nbd-server-stop", None),
+        # QEMU resizes a node's bitmaps with it; blockwire refuses to
+        # resize a node that has bitmaps (the core's bitmaps have a fixed
+        # size), so the last one goes first.
+        ("block-dirty-bitmap-remove", {"node": "f0", "name": "t1"}),
+        ("block_resize", {"node-name": "f0", "size": 8 * MiB}),
         ("query-named-block-nodes", {"flat": True}),
     ]
 
@@ -900,6 +919,18 @@ async def transcript(tmp, qsd):
         for cmd, args in diff_script(img, img2, img3):
             if cmd == "THRESHOLD":
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
+                continue
+            if cmd == "HOLD":
+                holder = subprocess.Popen(
+                    ["/usr/bin/python3", "-c", HOLDER, uri(d.nbd, args)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert holder.stdout.readline().strip() == "in"
+                continue
+            if cmd == "RELEASE":
+                holder.stdin.write("\n")
+                holder.stdin.flush()
+                out.append(("held client after hard delete", holder.stdout.readline().strip()))
+                holder.wait(LIMIT)
                 continue
             if cmd == "EVENTS":
                 # Events up to the one export `args`'s deletion raised.
