@@ -824,7 +824,7 @@ fn blockdev_qcow2_nodes_with_every_kind_of_backing() {
 /// `-f` chooses the format; without it the log says what probing chose.
 #[test]
 fn serve_probes_the_format_and_says_so() {
-    require!("qemu-img", "nbdinfo");
+    require!("qemu-img", "nbdinfo", "python3-nbd");
     if is_standin() {
         return;
     }
@@ -862,6 +862,39 @@ fn serve_probes_the_format_and_says_so() {
         "{}",
         srv.stderr()
     );
+
+    // A raw file probed as raw: a write that would make it probe as
+    // qcow2 next time is refused (EPERM), as QEMU's probed raw driver
+    // refuses it; other writes to the first sector are fine. Given
+    // `-f raw`, the same write is allowed.
+    let raw = dir.join("disk.raw");
+    sparse_file(&raw, 4 * MIB);
+    let Some(srv) = Server::start(&[s(&raw)]) else {
+        return;
+    };
+    let py_write = r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for data, off in ((b"QFI\xfb", 0), (b"\xfb", 3), (b"hello", 0), (b"QFI\xfb", 512)):
+    try:
+        h.pwrite(data, off)
+        print("ok", off)
+    except nbd.Error as e:
+        print("refused", off, e.errno)
+"#;
+    let out = stdout_str(&py_ok(py_write, &[&srv.uri_unix("")]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["refused 0 EPERM", "ok 3", "ok 0", "ok 512"],
+        "{out}"
+    );
+    drop(srv);
+    let Some(srv) = Server::start(&["-f", "raw", s(&raw)]) else {
+        return;
+    };
+    let out = stdout_str(&py_ok(py_write, &[&srv.uri_unix("")]));
+    assert!(out.starts_with("ok 0"), "{out}");
 }
 
 /// Hundreds of writes in flight at once over two connections, many into
@@ -987,6 +1020,71 @@ fn cow_file_overlays_are_qcow2_images_that_survive_a_restart() {
         assert!(
             info.contains(&format!("\"backing-filename-format\": \"{fmt}\"")),
             "{info}"
+        );
+    }
+}
+
+/// Persistent bitmaps recorded by QEMU (qemu-img bitmap, qemu-io writes)
+/// are exported as `qemu:dirty-bitmap:NAME` as qemu-nbd exports them.
+#[test]
+fn stored_bitmaps_are_exported_as_qemu_nbd_exports_them() {
+    require!("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-bitmaps");
+    let img = dir.join("bm.qcow2");
+    create(&img, "cluster_size=64k", "64M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_img(&["bitmap", "--add", "-g", "512k", s(&img), "b1"]);
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["write -P 1 100k 10k", "write -z 5M 3M"]),
+    );
+    qemu_img(&["bitmap", "--disable", s(&img), "b1"]);
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["write -P 2 40M 1M", "discard 63M 64k"]),
+    );
+    let Some(srv) = Server::start(&[
+        "-r",
+        "--dirty-bitmap",
+        "b0",
+        "--dirty-bitmap",
+        "b1",
+        s(&img),
+    ]) else {
+        return;
+    };
+    for b in ["b0", "b1"] {
+        let sock = dir.join(&format!("qn-{b}.sock"));
+        let mut qn = Command::new("qemu-nbd")
+            .args(["-t", "-r", "-f", "qcow2", "-B", b, "-k"])
+            .arg(&sock)
+            .arg(&img)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(qn.try_wait().unwrap().is_none(), "qemu-nbd -B {b} exited");
+            assert!(Instant::now() < deadline, "qemu-nbd not listening");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let ctx = format!("qemu:dirty-bitmap:{b}");
+        let ours = merge_extents(&nbdinfo_map(&srv.uri_unix(""), Some(&ctx)));
+        let theirs = merge_extents(&nbdinfo_map(
+            &format!("nbd+unix:///?socket={}", sock.display()),
+            Some(&ctx),
+        ));
+        let _ = qn.kill();
+        let _ = qn.wait();
+        assert_eq!(ours, theirs, "{ctx}");
+        assert!(
+            ours.iter().any(|e| e.2 == 1),
+            "{ctx}: nothing dirty: {ours:?}"
         );
     }
 }

@@ -192,6 +192,7 @@ async fn sugar(
                 file: by_name(node.name()),
                 offset,
                 size,
+                probed: format == ImageFormat::Raw && how == "probed",
             });
             node = add(raw.named(format!("raw{i}")).read_only(base_ro))
                 .await
@@ -286,6 +287,11 @@ async fn sugar(
             .map_err(|e| ctx(&e))?;
     }
     for b in &p.bitmaps {
+        // A bitmap the image stores (qcow2) is exported as it is.
+        if has_bitmap_below(&node, b) {
+            info!("export {:?}: dirty bitmap {b:?} from the image", p.name);
+            continue;
+        }
         node.add_bitmap(b, None, false)
             .map_err(|e| ctx(&format!("dirty bitmap {b:?}: {e}")))?;
     }
@@ -299,6 +305,14 @@ async fn sugar(
         allocation_depth: p.allocation_depth,
         multi_conn: args.multi_conn(),
     })
+}
+
+fn has_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
+    node.has_bitmap(name)
+        || node
+            .children()
+            .iter()
+            .any(|c| has_bitmap_below(&c.node, name))
 }
 
 fn is_block_device(p: &Path) -> bool {

@@ -218,6 +218,7 @@ impl Graph {
                 &node_opts,
                 self.events.clone(),
             )?);
+            node.load_stored_bitmaps();
             let mut g = lock(&self.inner);
             if g.nodes.contains_key(&name) {
                 return Err(generic(format!("Duplicate nodes with node-name='{name}'")));

@@ -174,6 +174,23 @@ pub trait Driver: Send + Sync + 'static {
     fn resize(&self, _size: u64) -> Io<'_, ()> {
         Io::errno(libc::ENOTSUP)
     }
+
+    /// Dirty bitmaps the image itself stores (qcow2's persistent
+    /// bitmaps), handed over once when the node is made.
+    fn stored_bitmaps(&self) -> Vec<StoredBitmap> {
+        Vec::new()
+    }
+}
+
+/// A dirty bitmap an image stores, as loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBitmap {
+    pub name: String,
+    pub granularity: u32,
+    /// Not recording (QEMU loads bitmaps without the `auto` flag disabled).
+    pub disabled: bool,
+    /// Dirty runs `(offset, length)`.
+    pub dirty: Vec<(u64, u64)>,
 }
 
 /// The per-node options every driver accepts (`BlockdevOptionsBase`).
@@ -489,6 +506,37 @@ impl Node {
         self.has_bitmaps
             .store(set.iter().next().is_some(), Ordering::Relaxed);
         r
+    }
+
+    /// Loads the bitmaps the driver's image stores into the node's set.
+    /// One the set cannot hold (a granularity above 64 MiB, too many) is
+    /// left out with a warning: the image still opens.
+    pub(crate) fn load_stored_bitmaps(&self) {
+        for b in self.driver.stored_bitmaps() {
+            let loaded = self
+                .add_bitmap(&b.name, Some(b.granularity), false)
+                .and_then(|()| {
+                    self.with_bitmaps(|set| {
+                        if let Some(m) = set.get_mut(&b.name) {
+                            for &(o, l) in &b.dirty {
+                                m.set_dirty(o, l)?;
+                            }
+                        }
+                        if b.disabled {
+                            set.disable(&b.name)?;
+                        }
+                        Ok(())
+                    })
+                });
+            if let Err(e) = loaded {
+                let _ = self.with_bitmaps(|set| set.remove(&b.name));
+                tracing::warn!(
+                    "node {:?}: stored dirty bitmap {:?} not loaded: {e:?}",
+                    self.name,
+                    b.name
+                );
+            }
+        }
     }
 
     pub fn has_bitmap(&self, name: &str) -> bool {
