@@ -501,12 +501,24 @@ async def test_incremental_backup(tmp):
     qemu-storage-daemon: a full copy, then three rounds of writes, bitmap
     rotation (add the next, disable the current, export it, copy what it
     marks into the previous copy, remove it) and a comparison."""
+    await incremental_backup(tmp, None)
+
+
+async def test_incremental_backup_from_qsd(tmp):
+    """The same rounds with qemu-storage-daemon 7.2 as the source: what
+    blockwire copy --dirty-bitmap reads is QEMU's qemu:dirty-bitmap."""
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    await incremental_backup(tmp, qsd)
+
+
+async def incremental_backup(tmp, qsd):
     src = os.path.join(tmp, "src.img")
     with open(src, "wb") as f:
         f.truncate(16 * MiB)
-    d = Daemon(tmp, "--blockdev", f"file,node-name=f0,filename={src}",
+    d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={src}",
                "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
-               "--export", "type=nbd,id=src,node-name=f0,writable=on,name=src")
+               "--export", "type=nbd,id=src,node-name=f0,writable=on,name=src", qsd=qsd)
     try:
         q = await d.client()
         backup = os.path.join(tmp, "backup.img")
@@ -1059,7 +1071,8 @@ async def test_differential(tmp):
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_io_error_event, test_tls_server, test_quit, test_schema, test_differential]
+         test_incremental_backup_from_qsd, test_copy_from_qemu_nbd, test_io_error_event,
+         test_tls_server, test_quit, test_schema, test_differential]
 
 
 def main():
