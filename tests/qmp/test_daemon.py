@@ -878,17 +878,23 @@ def diff_script(img, img2, img3):
         ("EVENTS", "e2"),
         ("RELEASE", None),
         ("query-block-exports", None),
+        # The node's bitmaps follow its size, their bits kept.
+        ("block-dirty-bitmap-add", {"node": "f0", "name": "r0", "granularity": 512}),
+        ("block-export-add", {"type": "nbd", "id": "e4", "node-name": "f0", "name": "d4",
+                              "writable": True}),
+        ("WRITE", ("d4", "write -P 1 2M 4k")),
+        ("block-export-del", {"id": "e4"}),
+        ("EVENTS", "e4"),
+        ("block_resize", {"node-name": "f0", "size": 8 * MiB}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("block_resize", {"node-name": "f0", "size": 2 * MiB + 1024}),
+        ("query-named-block-nodes", {"flat": True}),
         # nbd-server-stop takes the exports with it.
         ("block-export-add", {"type": "nbd", "id": "e3", "node-name": "f0"}),
         ("nbd-server-stop", None),
         ("EVENTS", "e3"),
         ("query-block-exports", None),
         ("nbd-server-stop", None),
-        # QEMU resizes a node's bitmaps with it; blockwire refuses to
-        # resize a node that has bitmaps (the core's bitmaps have a fixed
-        # size), so the last one goes first.
-        ("block-dirty-bitmap-remove", {"node": "f0", "name": "t1"}),
-        ("block_resize", {"node-name": "f0", "size": 8 * MiB}),
         ("query-named-block-nodes", {"flat": True}),
     ]
 
@@ -931,6 +937,9 @@ async def transcript(tmp, qsd):
         for cmd, args in diff_script(img, img2, img3):
             if cmd == "THRESHOLD":
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
+                continue
+            if cmd == "WRITE":
+                run("qemu-io", "-f", "raw", "-c", args[1], uri(d.nbd, args[0]))
                 continue
             if cmd == "HOLD":
                 holder = subprocess.Popen(
