@@ -501,12 +501,24 @@ async def test_incremental_backup(tmp):
     qemu-storage-daemon: a full copy, then three rounds of writes, bitmap
     rotation (add the next, disable the current, export it, copy what it
     marks into the previous copy, remove it) and a comparison."""
+    await incremental_backup(tmp, None)
+
+
+async def test_incremental_backup_from_qsd(tmp):
+    """The same rounds with qemu-storage-daemon 7.2 as the source: what
+    blockwire copy --dirty-bitmap reads is QEMU's qemu:dirty-bitmap."""
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    await incremental_backup(tmp, qsd)
+
+
+async def incremental_backup(tmp, qsd):
     src = os.path.join(tmp, "src.img")
     with open(src, "wb") as f:
         f.truncate(16 * MiB)
-    d = Daemon(tmp, "--blockdev", f"file,node-name=f0,filename={src}",
+    d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={src}",
                "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
-               "--export", "type=nbd,id=src,node-name=f0,writable=on,name=src")
+               "--export", "type=nbd,id=src,node-name=f0,writable=on,name=src", qsd=qsd)
     try:
         q = await d.client()
         backup = os.path.join(tmp, "backup.img")
@@ -856,7 +868,32 @@ def diff_script(img, img2, img3):
         ("blockdev-del", {"node-name": "f1"}),
         ("block-export-del", {"id": "e0"}),
         ("EVENTS", "e0"),
+        # An export with a client in transmission: safe deletion is
+        # refused, hard deletion cuts the client off.
+        ("block-export-add", {"type": "nbd", "id": "e2", "node-name": "f0", "name": "d2",
+                              "writable": True}),
+        ("HOLD", "d2"),
+        ("block-export-del", {"id": "e2"}),
+        ("block-export-del", {"id": "e2", "mode": "hard"}),
+        ("EVENTS", "e2"),
+        ("RELEASE", None),
+        ("query-block-exports", None),
+        # The node's bitmaps follow its size, their bits kept.
+        ("block-dirty-bitmap-add", {"node": "f0", "name": "r0", "granularity": 512}),
+        ("block-export-add", {"type": "nbd", "id": "e4", "node-name": "f0", "name": "d4",
+                              "writable": True}),
+        ("WRITE", ("d4", "write -P 1 2M 4k")),
+        ("block-export-del", {"id": "e4"}),
+        ("EVENTS", "e4"),
+        ("block_resize", {"node-name": "f0", "size": 8 * MiB}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("block_resize", {"node-name": "f0", "size": 2 * MiB + 1024}),
+        ("query-named-block-nodes", {"flat": True}),
+        # nbd-server-stop takes the exports with it.
+        ("block-export-add", {"type": "nbd", "id": "e3", "node-name": "f0"}),
         ("nbd-server-stop", None),
+        ("EVENTS", "e3"),
+        ("query-block-exports", None),
         ("nbd-server-stop", None),
         ("query-named-block-nodes", {"flat": True}),
     ]
@@ -900,6 +937,21 @@ async def transcript(tmp, qsd):
         for cmd, args in diff_script(img, img2, img3):
             if cmd == "THRESHOLD":
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
+                continue
+            if cmd == "WRITE":
+                run("qemu-io", "-f", "raw", "-c", args[1], uri(d.nbd, args[0]))
+                continue
+            if cmd == "HOLD":
+                holder = subprocess.Popen(
+                    ["/usr/bin/python3", "-c", HOLDER, uri(d.nbd, args)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert holder.stdout.readline().strip() == "in"
+                continue
+            if cmd == "RELEASE":
+                holder.stdin.write("\n")
+                holder.stdin.flush()
+                out.append(("held client after hard delete", holder.stdout.readline().strip()))
+                holder.wait(LIMIT)
                 continue
             if cmd == "EVENTS":
                 # Events up to the one export `args`'s deletion raised.
@@ -1028,7 +1080,8 @@ async def test_differential(tmp):
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_io_error_event, test_tls_server, test_quit, test_schema, test_differential]
+         test_incremental_backup_from_qsd, test_copy_from_qemu_nbd, test_io_error_event,
+         test_tls_server, test_quit, test_schema, test_differential]
 
 
 def main():

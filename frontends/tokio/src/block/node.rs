@@ -471,13 +471,56 @@ impl Node {
         if self.read_only() {
             return Io::errno(libc::EPERM);
         }
-        if self.has_bitmaps.load(Ordering::Relaxed) {
+        // Bitmaps follow the node's size, as QEMU's
+        // bdrv_dirty_bitmap_truncate does; one in use by a backup
+        // (frozen) cannot change under it.
+        if lock(&self.bitmaps)
+            .iter()
+            .any(|b| b.status() == DirtyBitmapStatus::Frozen)
+        {
             return Io::err(invalid(format!(
-                "Cannot resize node '{}' with dirty bitmaps",
+                "Cannot resize node '{}': a dirty bitmap is in use",
                 self.name
             )));
         }
-        self.driver.resize(size)
+        self.driver.resize(size).and_then(move |()| {
+            Io::from_result(self.resize_bitmaps(size).map_err(|e| {
+                invalid(format!(
+                    "node '{}' resized, but its dirty bitmaps could not be: {e:?}",
+                    self.name
+                ))
+            }))
+        })
+    }
+
+    /// Rebuilds every bitmap for a node of `size` bytes: bits past the
+    /// new end are dropped, a grown tail starts clean, each keeps its
+    /// name, granularity and recording state.
+    fn resize_bitmaps(&self, size: u64) -> Result<(), BitmapError> {
+        let mut set = lock(&self.bitmaps);
+        if !self.has_bitmaps.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut next: BitmapSet<Vec<u64>, MAX_BITMAPS> = BitmapSet::new();
+        for b in set.iter() {
+            let recording = b.status() == DirtyBitmapStatus::Active;
+            next.add_vec(b.name(), size, Some(b.granularity()))?;
+            if let Some(n) = next.get_mut(b.name()) {
+                let mut err = Ok(());
+                b.for_each_dirty(0, size.min(b.size()), &mut |off, len| {
+                    let len = len.min(size.saturating_sub(off));
+                    if err.is_ok() && len > 0 {
+                        err = n.set_dirty(off, len);
+                    }
+                });
+                err?;
+            }
+            if !recording {
+                next.disable(b.name())?;
+            }
+        }
+        *set = next;
+        Ok(())
     }
 
     // ---- dirty bitmaps ----
