@@ -43,6 +43,9 @@ pub struct Platform {
     pub net: VirtioNet,
     pub iface: Interface,
     pub options: cmdline::Options<'static>,
+    /// The boot information, for a kernel booted from here.
+    #[cfg_attr(not(feature = "netboot"), allow(dead_code))]
+    pub info: BootInfo,
 }
 
 impl Platform {
@@ -107,6 +110,7 @@ fn bring_up(start_info: u32) -> Platform {
         net,
         iface,
         options,
+        info,
     }
 }
 

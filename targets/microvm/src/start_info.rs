@@ -35,6 +35,15 @@ pub struct BootInfo {
     /// RAM ranges `(start, end)`, at most 16.
     pub ram: [(u64, u64); 16],
     pub ram_count: usize,
+    /// The whole memory map `(start, size, type)` (types as in E820),
+    /// at most 32 entries: what a Linux kernel booted from here is given.
+    #[cfg_attr(not(feature = "netboot"), allow(dead_code))]
+    pub map: [(u64, u64, u32); 32],
+    #[cfg_attr(not(feature = "netboot"), allow(dead_code))]
+    pub map_count: usize,
+    /// Physical address of the ACPI RSDP (0: none).
+    #[cfg_attr(not(feature = "netboot"), allow(dead_code))]
+    pub rsdp: u64,
 }
 
 impl BootInfo {
@@ -63,12 +72,19 @@ impl BootInfo {
             cmdline,
             ram: [(0, 0); 16],
             ram_count: 0,
+            map: [(0, 0, 0); 32],
+            map_count: 0,
+            rsdp: si.rsdp_paddr,
         };
         if si.version >= 1 && si.memmap_paddr != 0 {
             for i in 0..si.memmap_entries as usize {
                 // SAFETY: `memmap_entries` entries at `memmap_paddr`, as
                 // the PVH boot ABI (version >= 1) defines them.
                 let e = unsafe { *(si.memmap_paddr as *const MemmapEntry).add(i) };
+                if info.map_count < info.map.len() {
+                    info.map[info.map_count] = (e.addr, e.size, e.kind);
+                    info.map_count += 1;
+                }
                 if e.kind == MEMMAP_RAM && info.ram_count < info.ram.len() {
                     info.ram[info.ram_count] = (e.addr, e.addr + e.size);
                     info.ram_count += 1;
