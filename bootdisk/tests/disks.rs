@@ -174,6 +174,20 @@ fn bad_partition_tables() {
 }
 
 #[test]
+fn xbootldr_before_esp() {
+    // Entry 1 a copy of the ESP typed XBOOTLDR: it is the one used.
+    let mut d = image(FIXTURES[0].0);
+    let (e0, e1) = (1024, 1024 + 128);
+    d.copy_within(e0..e0 + 128, e1);
+    d[e1..e1 + 16].copy_from_slice(&gpt::XBOOTLDR);
+    fix_gpt_crcs(&mut d);
+    let mut disk = d.as_slice();
+    let p = gpt::boot_partition(&mut disk).unwrap();
+    assert_eq!((p.index, p.type_guid), (1, gpt::XBOOTLDR));
+    assert!(boot(&d).is_ok());
+}
+
+#[test]
 fn bad_file_systems() {
     let good = image(FIXTURES[1].0);
     let part = 2048 * 512;
