@@ -64,8 +64,9 @@ boot() {
     sleep 0.05
   done
   status=0
-  # The bound is for a broken build only: the Debian boot takes ~5 s.
-  timeout 120 "$qemu" -L "$qroot/share/qemu" -M microvm -accel tcg -m "$2" \
+  # The bound is for a broken build only: the Debian boot takes 6-8 s on
+  # an idle machine, ~35 s with both cores busy compiling.
+  timeout 300 "$qemu" -L "$qroot/share/qemu" -M microvm -accel tcg -m "$2" \
     -nodefaults -no-user-config -nographic -no-reboot \
     -serial stdio -kernel "$elf" -append "server=10.0.2.2:$PORT" \
     -netdev user,id=n0 -device virtio-net-device,netdev=n0 \
