@@ -76,7 +76,14 @@ impl Disk for NbdDisk<'_, '_, '_, '_> {
         self.size
     }
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
-        self.client.read(self.net, offset, buf)
+        // In pieces of at most 1 MiB: the client's timeout is per request,
+        // and a whole kernel in one request would stretch what it allows
+        // per byte on a slow link.
+        for (i, piece) in buf.chunks_mut(1 << 20).enumerate() {
+            self.client
+                .read(self.net, offset + ((i as u64) << 20), piece)?;
+        }
+        Ok(())
     }
 }
 
