@@ -1088,3 +1088,75 @@ fn stored_bitmaps_are_exported_as_qemu_nbd_exports_them() {
         );
     }
 }
+
+/// Through the QMP daemon: `blockdev-add` of a qcow2 node, an export,
+/// writes, then `block-export-del` and `blockdev-del` without a flush
+/// from the client: closing the node writes its metadata back, so the
+/// image is clean and holds the writes.
+#[test]
+fn qmp_blockdev_add_and_del_of_a_qcow2_node_keeps_its_writes() {
+    require!("qemu-img", "qemu-io");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-qmp");
+    let img = dir.join("d.qcow2");
+    create(&img, "cluster_size=64k", "64M");
+    let qmp = dir.join("qmp.sock");
+    let nbd = dir.join("nbd.sock");
+    let mut daemon = Command::new(blockwire_bin())
+        .arg("daemon")
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp.display()))
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn blockwire daemon");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&qmp).is_err() {
+        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(Instant::now() < deadline, "QMP socket not listening");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let script = r#"
+import json, socket, subprocess, sys
+qmp, img, nbd = sys.argv[1:4]
+s = socket.socket(socket.AF_UNIX)
+s.connect(qmp)
+f = s.makefile("rw")
+def reply():
+    while True:
+        m = json.loads(f.readline())
+        if "event" not in m:
+            return m
+def cmd(c, **a):
+    f.write(json.dumps({"execute": c, "arguments": a}) + "\n")
+    f.flush()
+    r = reply()
+    assert "return" in r, (c, r)
+reply()
+cmd("qmp_capabilities")
+cmd("blockdev-add", **{"driver": "qcow2", "node-name": "q",
+    "file": {"driver": "file", "filename": img}})
+cmd("block-export-add", **{"type": "nbd", "id": "e", "node-name": "q",
+    "name": "d", "writable": True})
+out = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 2M",
+    "-c", "write -P 0x5b 40M 4k", "nbd+unix:///d?socket=" + nbd],
+    capture_output=True, text=True)
+assert out.returncode == 0 and "wrote" in out.stdout, out
+cmd("block-export-del", id="e")
+cmd("blockdev-del", **{"node-name": "q"})
+print("done")
+"#;
+    let out = py_ok(script, &[s(&qmp), s(&img), s(&nbd)]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(stdout_str(&out).contains("done"));
+    assert_check_clean(&img, "after blockdev-del");
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["read -P 0x5a 1M 2M", "read -P 0x5b 40M 4k"]),
+    );
+}
