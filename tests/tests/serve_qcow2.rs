@@ -1160,3 +1160,53 @@ print("done")
         &cmds(&["read -P 0x5a 1M 2M", "read -P 0x5b 40M 4k"]),
     );
 }
+
+/// fio random writes with crc32c verification on qcow2 exports (over a
+/// backing file, and with 512 B clusters), then `qemu-img check`.
+#[test]
+fn fio_verify_on_qcow2_then_check_clean() {
+    require!("fio-nbd", "qemu-img");
+    let dir = TmpDir::new("qcow2-fio");
+    let base = dir.join("base.raw");
+    write_patterned(&base, 64 * MIB);
+    for (name, opts) in [
+        (
+            "over-backing",
+            "cluster_size=64k,backing_file=base.raw,backing_fmt=raw",
+        ),
+        ("c512", "cluster_size=512"),
+        ("extl2", "extended_l2=on,cluster_size=32k"),
+    ] {
+        let img = dir.join(&format!("{name}.qcow2"));
+        create(&img, opts, "64M");
+        let Some(mut srv) = Server::start(&[s(&img)]) else {
+            return;
+        };
+        let uri = format!("--uri={}", srv.uri_unix(""));
+        let args = [
+            "--name=qcow2-randwrite",
+            "--ioengine=nbd",
+            uri.as_str(),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--bsrange=512-64k",
+            "--size=64M",
+            "--io_size=16M",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--randrepeat=0",
+            "--verify_state_save=0",
+        ];
+        let out = run("fio", &args);
+        let text = stdout_str(&out);
+        assert!(
+            out.status.success() && text.contains("err= 0") && !text.contains("verify: bad"),
+            "{name}: {}",
+            explain("fio", &args, &out)
+        );
+        srv.stop();
+        assert_check_clean(&img, name);
+    }
+}
