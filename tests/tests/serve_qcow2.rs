@@ -1210,3 +1210,54 @@ fn fio_verify_on_qcow2_then_check_clean() {
         assert_check_clean(&img, name);
     }
 }
+
+/// A stored bitmap left in use (its writer was killed) is inconsistent:
+/// exporting it is refused, as QEMU refuses it, instead of exporting a
+/// fresh, empty bitmap under its name.
+#[test]
+fn an_inconsistent_stored_bitmap_is_refused() {
+    require!("qemu-img", "qemu-nbd");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-bitmap-in-use");
+    let img = dir.join("bm.qcow2");
+    create(&img, "cluster_size=64k", "16M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    // qemu-nbd opened read-write marks the bitmap in use; SIGKILL leaves it so.
+    let sock = dir.join("rw.sock");
+    let mut qn = Command::new("qemu-nbd")
+        .args(["-t", "-f", "qcow2", "-k"])
+        .arg(&sock)
+        .arg(&img)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "qemu-nbd not listening");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Marking happens as it takes the image for writing: wait for it.
+    loop {
+        let info = stdout_str(&run_ok("qemu-img", &["info", "-U", s(&img)]));
+        if info.contains("in-use") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bitmap never marked in use: {info}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = qn.kill();
+    let _ = qn.wait();
+    let mut cmd = Command::new(blockwire_bin());
+    cmd.args(["serve", "-r", "--dirty-bitmap", "b0", "--listen"])
+        .arg(format!("unix:{}", dir.join("bw.sock").display()))
+        .arg(&img);
+    let out = run_cmd(cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Bitmap 'b0' is inconsistent"), "{err}");
+}
