@@ -288,6 +288,12 @@ async fn sugar(
     }
     for b in &p.bitmaps {
         // A bitmap the image stores (qcow2) is exported as it is.
+        if inconsistent_bitmap_below(&node, b) {
+            return Err(ctx(&format!(
+                "Bitmap '{b}' is inconsistent and cannot be used (stored in the image, in use by a writer that did not close it; remove it with qemu-img bitmap --remove)"
+            ))
+            .into());
+        }
         if has_bitmap_below(&node, b) {
             info!("export {:?}: dirty bitmap {b:?} from the image", p.name);
             continue;
@@ -313,6 +319,14 @@ fn has_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
             .children()
             .iter()
             .any(|c| has_bitmap_below(&c.node, name))
+}
+
+fn inconsistent_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
+    node.has_inconsistent_bitmap(name)
+        || node
+            .children()
+            .iter()
+            .any(|c| inconsistent_bitmap_below(&c.node, name))
 }
 
 fn is_block_device(p: &Path) -> bool {
