@@ -1238,6 +1238,53 @@ impl Sim {
         self.pump(i);
     }
 
+    /// The client disconnects politely (`NBD_CMD_DISC`), requests maybe
+    /// still in flight.
+    fn leave(&mut self, i: usize) {
+        self.now += 1;
+        let Some(link) = self.links[i].as_mut().filter(|l| l.alive && l.client.ready) else {
+            return;
+        };
+        if link.client.leaving {
+            return;
+        }
+        if let Err(e) = link.client.machine.disconnect() {
+            self.fail(format!("link {i}: disconnect refused: {e:?}"));
+            return;
+        }
+        link.client.leaving = true;
+        self.pump(i);
+    }
+
+    /// After `NBD_CMD_DISC` the server answers what it read, then closes;
+    /// the client must find that clean, with nothing left in flight.
+    fn close_if_done(&mut self, i: usize) {
+        let Some(link) = self.links[i].as_ref().filter(|l| l.alive) else {
+            return;
+        };
+        let generation = link.generation;
+        let done = link.server.disconnected
+            && link.server.replies.is_empty()
+            && link.s2c.is_empty()
+            && !self
+                .jobs
+                .iter()
+                .any(|j| j.link == i && j.generation == generation);
+        if !done {
+            return;
+        }
+        self.now += 1;
+        let link = self.links[i].as_mut().unwrap();
+        link.alive = false;
+        let left = link.client.sent.len();
+        let eof = link.client.machine.handle_eof();
+        if left > 0 || eof.is_err() {
+            self.fail(format!(
+                "link {i}: after a polite disconnect {left} requests unanswered, close {eof:?}"
+            ));
+        }
+    }
+
     /// The connection breaks: both ends lose what is in flight.
     fn reset(&mut self, i: usize) {
         // Every event has a time of its own, so "before" is strict.
@@ -1313,10 +1360,14 @@ impl Sim {
                 let k = self.rng.below(self.jobs.len() as u64) as usize;
                 self.execute(k);
             }
-            8700..=9979 => self.send_chunk(i),
+            8700..=9959 => self.send_chunk(i),
+            9960..=9979 => self.leave(i),
             9980..=9994 if self.faults => self.reset(i),
             9995..=9999 if self.faults && self.server_up => self.crash(),
             _ => {}
+        }
+        for k in 0..n {
+            self.close_if_done(k);
         }
         // Recovery: the server restarts, clients reconnect.
         if !self.server_up && self.rng.odds(1, 20) {
@@ -1336,6 +1387,15 @@ impl Sim {
     fn settle(&mut self) {
         self.faults = false;
         self.server_up = true;
+        // Twice: links a polite disconnect closed in the first round
+        // reconnect in the second.
+        for _ in 0..2 {
+            self.settle_round();
+        }
+        self.check_settled();
+    }
+
+    fn settle_round(&mut self) {
         for k in 0..self.links.len() {
             if self.links[k].as_ref().is_none_or(|l| !l.alive) {
                 self.connect(k);
@@ -1344,6 +1404,9 @@ impl Sim {
         for _ in 0..100_000 {
             if self.violation.is_some() {
                 return;
+            }
+            for k in 0..self.links.len() {
+                self.close_if_done(k);
             }
             let mut moved = false;
             while !self.jobs.is_empty() {
@@ -1367,6 +1430,9 @@ impl Sim {
                 break;
             }
         }
+    }
+
+    fn check_settled(&mut self) {
         for i in 0..self.links.len() {
             let Some(l) = self.links[i].as_ref() else {
                 continue;
@@ -1384,7 +1450,7 @@ impl Sim {
     /// Disconnect every client politely: each close must be clean.
     fn goodbye(&mut self) {
         for i in 0..self.links.len() {
-            let Some(link) = self.links[i].as_mut() else {
+            let Some(link) = self.links[i].as_mut().filter(|l| l.alive) else {
                 continue;
             };
             if link.client.machine.disconnect().is_err() {
