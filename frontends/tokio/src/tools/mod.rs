@@ -13,9 +13,9 @@ use crate::client::Options;
 #[derive(Clone, Debug, clap::Args)]
 pub struct TimeoutArg {
     /// Give up, with an error, when the handshake (connecting included)
-    /// takes longer than SECS, or when the server sends nothing for SECS
-    /// while requests wait. Without it the handshake may take 30 s and
-    /// requests as long as the server takes.
+    /// takes longer than SECS, or when the server neither answers nor
+    /// takes anything for SECS while requests wait. Without it the
+    /// handshake may take 30 s and requests as long as the server takes.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
 }
