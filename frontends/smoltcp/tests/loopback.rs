@@ -8,11 +8,12 @@ use blockwire_core::client::Config;
 use blockwire_core::server::ServerConfig;
 use blockwire_core::wire::{HeaderMode, TransmissionFlags};
 use blockwire_smoltcp::{
-    BlockDevice, CONNECTION_STATE_SIZE, ClientError, FlashDisk, NBD_PORT, NbdClient, NbdServer,
-    Network, RamDisk, RamFlash, StaticDisk, add_sockets,
+    BlockDevice, CLOSE_DEADLINE, CONNECTION_STATE_SIZE, ClientError, ConnectionSlot, FlashDisk,
+    KEEPALIVE_INTERVAL, MULTI_CONN_MIN_SLOTS, NBD_PORT, NbdClient, NbdServer, Network,
+    PEER_TIMEOUT, RamDisk, RamFlash, StaticDisk, add_socket,
 };
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Loopback, Medium};
+use smoltcp::phy::{Device, DeviceCapabilities, Loopback, Medium, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -28,20 +29,92 @@ fn leak_words(n: usize) -> &'static mut [u64] {
     Box::leak(vec![0u64; n].into_boxed_slice())
 }
 
-/// Interface, loopback device, sockets and a 2-slot server, moved together
-/// by [`Network::poll`].
+/// The loopback device, losing every packet to or from one TCP port: a
+/// peer that went silent (its host died, or the path to it).
+struct Lossy {
+    inner: Loopback,
+    silent_port: Option<u16>,
+}
+
+struct LossyTx<'a> {
+    inner: <Loopback as Device>::TxToken<'a>,
+    silent_port: Option<u16>,
+}
+
+/// Whether an IPv4 packet (the loopback is `Medium::Ip`) is TCP to or
+/// from `port`.
+fn touches(packet: &[u8], port: u16) -> bool {
+    let ihl = usize::from(packet[0] & 15) * 4;
+    packet.len() >= ihl + 4
+        && packet[9] == 6
+        && (packet[ihl..ihl + 2] == port.to_be_bytes()
+            || packet[ihl + 2..ihl + 4] == port.to_be_bytes())
+}
+
+impl TxToken for LossyTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0u8; len];
+        let r = f(&mut packet);
+        if !self.silent_port.is_some_and(|p| touches(&packet, p)) {
+            self.inner.consume(len, |buf| buf.copy_from_slice(&packet));
+        }
+        r
+    }
+}
+
+impl Device for Lossy {
+    type RxToken<'a> = <Loopback as Device>::RxToken<'a>;
+    type TxToken<'a> = LossyTx<'a>;
+
+    fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let silent_port = self.silent_port;
+        let (rx, tx) = self.inner.receive(now)?;
+        Some((
+            rx,
+            LossyTx {
+                inner: tx,
+                silent_port,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
+        let silent_port = self.silent_port;
+        let tx = self.inner.transmit(now)?;
+        Some(LossyTx {
+            inner: tx,
+            silent_port,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}
+
+/// Interface, loopback device, sockets and a server (4 slots unless said
+/// otherwise), moved together by [`Network::poll`].
 struct Net<D: BlockDevice> {
     iface: Interface,
-    device: Loopback,
+    device: Lossy,
+    /// Simulated microseconds per poll.
+    tick: i64,
     sockets: SocketSet<'static>,
-    server: NbdServer<'static, D, 2>,
+    server: NbdServer<'static, 'static, D>,
     micros: i64,
     next_port: u16,
 }
 
 impl<D: BlockDevice> Net<D> {
     fn new(disk: D, server_buf: usize) -> Self {
-        let mut device = Loopback::new(Medium::Ip);
+        Self::with_slots(disk, server_buf, MULTI_CONN_MIN_SLOTS)
+    }
+
+    fn with_slots(disk: D, server_buf: usize, slots: usize) -> Self {
+        let mut device = Lossy {
+            inner: Loopback::new(Medium::Ip),
+            silent_port: None,
+        };
         let mut iface = Interface::new(
             IfaceConfig::new(HardwareAddress::Ip),
             &mut device,
@@ -51,17 +124,17 @@ impl<D: BlockDevice> Net<D> {
             a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8)).unwrap();
         });
         let mut sockets = SocketSet::new(Vec::new());
-        let handles = add_sockets(
-            &mut sockets,
-            [
-                (leak(server_buf), leak(server_buf)),
-                (leak(server_buf), leak(server_buf)),
-            ],
-        );
-        let server = NbdServer::new(disk, "disk", NBD_PORT, ServerConfig::default(), handles);
+        let slots: Vec<ConnectionSlot<'static>> = (0..slots)
+            .map(|_| {
+                ConnectionSlot::new(add_socket(&mut sockets, leak(server_buf), leak(server_buf)))
+            })
+            .collect();
+        let slots = Box::leak(slots.into_boxed_slice());
+        let server = NbdServer::new(disk, "disk", NBD_PORT, ServerConfig::default(), slots);
         Self {
             iface,
             device,
+            tick: 100,
             sockets,
             server,
             micros: 0,
@@ -108,7 +181,7 @@ impl<D: BlockDevice> Net<D> {
 
 impl<D: BlockDevice> Network<'static> for Net<D> {
     fn poll(&mut self) -> Instant {
-        self.micros += 100;
+        self.micros += self.tick;
         let now = self.now();
         for _ in 0..64 {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
@@ -393,4 +466,191 @@ fn connection_state_is_bounded() {
     // The figure the README quotes; fails loudly if it grows.
     println!("static state per connection: {CONNECTION_STATE_SIZE} bytes");
     const { assert!(CONNECTION_STATE_SIZE < 24 * 1024) };
+}
+
+/// Poll until `done` holds, for at most `limit` of the simulated clock;
+/// returns the simulated time it took, or `None` past the limit.
+fn poll_until<D: BlockDevice>(
+    net: &mut Net<D>,
+    limit: smoltcp::time::Duration,
+    mut done: impl FnMut(&mut Net<D>) -> bool,
+) -> Option<smoltcp::time::Duration> {
+    let start = net.poll();
+    loop {
+        if done(net) {
+            return Some(net.now() - start);
+        }
+        if net.poll() - start > limit {
+            return None;
+        }
+    }
+}
+
+fn tcp_state<D: BlockDevice>(net: &mut Net<D>, h: SocketHandle) -> tcp::State {
+    net.sockets.get_mut::<tcp::Socket>(h).state()
+}
+
+#[test]
+fn multi_conn_is_advertised_only_with_enough_slots() {
+    let mut few = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, MULTI_CONN_MIN_SLOTS - 1);
+    let (_, export) = few.client(HeaderMode::Simple);
+    assert!(!export.has(TransmissionFlags::CAN_MULTI_CONN));
+    let mut enough = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, MULTI_CONN_MIN_SLOTS);
+    let (_, export) = enough.client(HeaderMode::Simple);
+    assert!(export.has(TransmissionFlags::CAN_MULTI_CONN));
+}
+
+#[test]
+fn a_full_server_refuses_before_the_greeting() {
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 2);
+    let (mut a, _) = net.client(HeaderMode::Simple);
+    let (mut b, _) = net.client(HeaderMode::Structured);
+    assert_eq!(net.server.busy(), 2);
+    // A third client: no socket listens, so its SYN is answered with a
+    // reset. It must never reach ESTABLISHED (be accepted, then dropped).
+    let h = net.connect();
+    let refused = poll_until(&mut net, smoltcp::time::Duration::from_secs(1), |n| {
+        let s = tcp_state(n, h);
+        assert_ne!(s, tcp::State::Established, "accepted while full");
+        s == tcp::State::Closed
+    });
+    assert!(refused.is_some(), "neither served nor refused");
+    assert_eq!(net.server.stats().connections, 2);
+    // The connections being served are untouched...
+    let data = pattern(6, 10_000);
+    b.write(&mut net, 0, &data, false).unwrap();
+    // ...and once one leaves, the next client is served.
+    a.disconnect(&mut net).unwrap();
+    let (mut c, _) = net.client(HeaderMode::Simple);
+    let mut got = vec![0u8; data.len()];
+    c.read(&mut net, 0, &mut got).unwrap();
+    assert_eq!(got, data);
+}
+
+#[test]
+fn a_slot_listens_again_as_soon_as_its_client_is_done() {
+    // One slot, many clients in turn: each one's slot must be free within
+    // a few round trips of its NBD_CMD_DISC (never TIME-WAIT's 10 s nor
+    // the close deadline).
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 1);
+    let quick = smoltcp::time::Duration::from_millis(50);
+    assert!(quick < CLOSE_DEADLINE);
+    for i in 0..5u8 {
+        let (mut c, _) = net.client(HeaderMode::Structured);
+        c.write(&mut net, 0, &[i; 512], false).unwrap();
+        c.disconnect(&mut net).unwrap();
+        let t = poll_until(&mut net, quick, |n| n.server.busy() == 0);
+        assert!(t.is_some(), "client {i}: slot still busy after {quick}");
+    }
+    assert_eq!(net.server.stats().connections, 5);
+}
+
+#[test]
+fn a_slot_the_server_closed_first_is_not_held_in_time_wait() {
+    // NBD_OPT_ABORT: the server acknowledges and closes first, while the
+    // client keeps its socket open. The acknowledgement must arrive, and
+    // the slot must listen again at once.
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 1);
+    let h = net.connect();
+    let mut got = Vec::new();
+    let mut sent = false;
+    let limit = smoltcp::time::Duration::from_millis(100);
+    let done = poll_until(&mut net, limit, |n| {
+        let s = n.sockets.get_mut::<tcp::Socket>(h);
+        while let Ok(chunk) = s.recv(|b| (b.len(), b.to_vec())) {
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        if !sent && got.len() >= 18 {
+            let mut msg = vec![0, 0, 0, 3]; // fixed newstyle, no zeroes
+            msg.extend_from_slice(&0x4948_4156_454F_5054u64.to_be_bytes());
+            msg.extend_from_slice(&2u32.to_be_bytes()); // NBD_OPT_ABORT
+            msg.extend_from_slice(&0u32.to_be_bytes());
+            s.send_slice(&msg).unwrap();
+            sent = true;
+        }
+        sent && got.len() >= 18 + 20 && n.server.busy() == 0
+    });
+    assert!(done.is_some(), "slot not free, got {} bytes", got.len());
+    // The reply: option-reply magic, NBD_OPT_ABORT, NBD_REP_ACK.
+    assert_eq!(&got[18..26], &0x0003_e889_0455_65a9u64.to_be_bytes());
+    assert_eq!(&got[26..34], &[0, 0, 0, 2, 0, 0, 0, 1]);
+    // The next client is served on the freed slot.
+    let (_, export) = net.client(HeaderMode::Simple);
+    assert_eq!(export.size, 64 * 1024);
+}
+
+#[test]
+fn a_client_gone_mid_write_frees_its_slot() {
+    // A client that closes its socket halfway through a write's payload
+    // (a killed nbdcopy does this) can never finish the request: the slot
+    // must not wait for the rest of it.
+    let mut net = Net::with_slots(ram_disk(256 * 1024), 16 * 1024, 1);
+    let (c, _) = net.client(HeaderMode::Simple);
+    let h = c.handle();
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes()); // flags
+    req.extend_from_slice(&1u16.to_be_bytes()); // NBD_CMD_WRITE
+    req.extend_from_slice(&7u64.to_be_bytes()); // cookie
+    req.extend_from_slice(&0u64.to_be_bytes()); // offset
+    req.extend_from_slice(&(64 * 1024u32).to_be_bytes());
+    req.extend_from_slice(&[0xab; 1000]); // 1000 of 65536 payload bytes
+    {
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        s.send_slice(&req).unwrap();
+        s.close();
+    }
+    let t = poll_until(&mut net, smoltcp::time::Duration::from_secs(1), |n| {
+        n.server.busy() == 0
+    });
+    assert!(t.is_some(), "slot held by a client that left mid-write");
+    let (_, export) = net.client(HeaderMode::Simple);
+    assert_eq!(export.size, 256 * 1024);
+}
+
+fn client_port<D: BlockDevice>(net: &mut Net<D>, h: SocketHandle) -> u16 {
+    let s = net.sockets.get::<tcp::Socket>(h);
+    s.local_endpoint().unwrap().port
+}
+
+#[test]
+fn a_silent_client_is_reaped_by_keepalive_and_a_live_one_is_not() {
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 2);
+    let (live, _) = net.client(HeaderMode::Simple);
+    let (silent, _) = net.client(HeaderMode::Simple);
+    let port = client_port(&mut net, silent.handle());
+    net.device.silent_port = Some(port);
+    net.tick = 10_000; // 10 ms a poll: minutes of simulated idleness
+    let t = poll_until(&mut net, PEER_TIMEOUT * 2, |n| n.server.busy() == 1);
+    let t = t.expect("a silent client still holds its slot");
+    // Reaped by the peer timeout (keep-alive probes unanswered), not by
+    // some shorter idle rule that would also drop live clients.
+    assert!(t >= PEER_TIMEOUT - KEEPALIVE_INTERVAL, "reaped after {t}");
+    // The idle live client answers the probes and keeps its slot.
+    assert!(
+        poll_until(&mut net, PEER_TIMEOUT * 4, |n| n.server.busy() == 0).is_none(),
+        "an idle live client was dropped"
+    );
+    net.tick = 100;
+    let mut buf = [0u8; 512];
+    let mut live = live;
+    live.read(&mut net, 0, &mut buf).unwrap();
+}
+
+#[test]
+fn a_vanished_client_is_reaped_within_the_peer_timeout() {
+    // The client's socket disappears without a FIN or RST reaching the
+    // server (its host died): keep-alive probes go unanswered... except
+    // that on loopback smoltcp answers a segment for a socket it no longer
+    // has with a reset, which is what a rebooted peer does. Either way
+    // the slot must come back, at the latest after PEER_TIMEOUT.
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 1);
+    let (c, _) = net.client(HeaderMode::Simple);
+    net.sockets.remove(c.handle());
+    let limit = PEER_TIMEOUT + CLOSE_DEADLINE;
+    let t = poll_until(&mut net, limit, |n| n.server.busy() == 0);
+    assert!(t.is_some(), "slot still held after {limit}");
 }

@@ -30,6 +30,11 @@ fn main() -> ExitCode {
                 .block_on(blockwire::serve::run(args, prepared))
         }),
         Command::Info(args) => blockwire::tools::block_on(blockwire::tools::info::run(args)),
+        Command::Daemon(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Into::into)
+            .and_then(|rt| rt.block_on(blockwire::daemon::run(args))),
         Command::Copy(args) => blockwire::tools::block_on(blockwire::tools::copy::run(args)),
     };
     match result {

@@ -218,6 +218,7 @@ impl Graph {
                 &node_opts,
                 self.events.clone(),
             )?);
+            node.load_stored_bitmaps();
             let mut g = lock(&self.inner);
             if g.nodes.contains_key(&name) {
                 return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
@@ -276,8 +277,14 @@ impl Graph {
         if !e.owned {
             return Err(generic(format!("Node {name} is not owned by the monitor")));
         }
-        if g.users.get(name).copied().unwrap_or(0) > 0 || !Self::parents(&g, name).is_empty() {
+        // QEMU 7.2's two messages: a node under a BlockBackend (here: an
+        // export) is "in use"; one referenced by another node is a
+        // "block device in use" (its refcount is above one).
+        if g.users.get(name).copied().unwrap_or(0) > 0 {
             return Err(generic(format!("Node {name} is in use")));
+        }
+        if !Self::parents(&g, name).is_empty() {
+            return Err(generic(format!("Block device {name} is in use")));
         }
         let implicit = e.implicit.clone();
         g.nodes.remove(name);
@@ -376,7 +383,9 @@ impl Graph {
             return Err(generic(format!("object '{id}' not found")));
         };
         if Arc::strong_count(group) > 1 {
-            return Err(generic(format!("object '{id}' can't be deleted")));
+            return Err(generic(format!(
+                "object '{id}' is in use, can not be deleted"
+            )));
         }
         g.throttle_groups.remove(id);
         Ok(())
@@ -411,7 +420,9 @@ impl Graph {
             return Err(generic(format!("object '{id}' not found")));
         };
         if Arc::strong_count(creds) > 1 {
-            return Err(generic(format!("object '{id}' can't be deleted")));
+            return Err(generic(format!(
+                "object '{id}' is in use, can not be deleted"
+            )));
         }
         g.tls_creds.remove(id);
         Ok(())
