@@ -8,6 +8,7 @@ pub mod nbd;
 pub mod null;
 pub mod ram;
 pub mod raw;
+pub mod rbd;
 pub mod throttle;
 
 use std::sync::Arc;
@@ -139,6 +140,27 @@ pub async fn open(
                 }
             };
             Box::new(cow::Cow::new(top, backing, cluster_size)?)
+        }
+        DriverOptions::Rbd(o) => {
+            let key = match &o.key_secret {
+                Some(id) => Some(
+                    children
+                        .graph()
+                        .secret(id)
+                        .ok_or_else(|| GraphError::Generic(format!("No secret with id '{id}'")))?,
+                ),
+                None => None,
+            };
+            Box::new(
+                rbd::Rbd::open(rbd::RbdOpen {
+                    opts: o,
+                    key,
+                    read_only,
+                    auto_read_only: opts.auto_read_only,
+                    cache: opts.cache,
+                })
+                .await?,
+            )
         }
     })
 }

@@ -19,7 +19,7 @@ use super::schema::{Enum, Int, Literal, Member, Struct, Type, Union, Variant};
 use crate::block::options::{Aio, DriverOptions, InjectError, OnOffAuto, SetState, SocketAddress};
 
 /// The drivers, by their `driver` name: the cases of `BlockdevOptions`.
-pub static VARIANTS: [Variant; 9] = [
+pub static VARIANTS: [Variant; 10] = [
     Variant {
         case: "blkdebug",
         members: &BLKDEBUG,
@@ -53,6 +53,10 @@ pub static VARIANTS: [Variant; 9] = [
         members: &RAW,
     },
     Variant {
+        case: "rbd",
+        members: &super::rbd::RBD,
+    },
+    Variant {
         case: "throttle",
         members: &THROTTLE,
     },
@@ -72,6 +76,7 @@ pub fn converter(driver: &str) -> Option<Convert> {
         "nbd" => nbd,
         "null-co" => null_co,
         "raw" => raw,
+        "rbd" => super::rbd::rbd,
         "throttle" => throttle,
         _ => return None,
     })
