@@ -23,12 +23,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
-        Command::Serve(args) => blockwire::serve::prepare().and_then(|prepared| {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(blockwire::serve::run(args, prepared))
-        }),
+        Command::Serve(args) => {
+            let r = blockwire::serve::prepare().and_then(|prepared| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(blockwire::serve::run(args, prepared))
+            });
+            // The runtime and with it the graph are gone: images close.
+            blockwire::block::drivers::rbd::wait_closed();
+            r
+        }
         Command::Info(args) => blockwire::tools::block_on(blockwire::tools::info::run(args)),
         Command::Copy(args) => blockwire::tools::block_on(blockwire::tools::copy::run(args)),
     };

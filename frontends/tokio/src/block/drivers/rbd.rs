@@ -86,6 +86,23 @@ pub fn not_built() -> io::Error {
     )
 }
 
+/// How long a process that is exiting waits for its RBD images to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// For a process about to exit, after its graph is gone: waits until every
+/// RBD image it opened is closed (librbd flushed, the exclusive lock
+/// released and the header watch removed), so that the next client opens
+/// the image at once instead of waiting for the cluster to time out this
+/// process's watch.
+pub fn wait_closed() {
+    if !blockwire_rbd::wait_closed(CLOSE_TIMEOUT) {
+        tracing::warn!(
+            "RBD images still open after {} s; exiting anyway",
+            CLOSE_TIMEOUT.as_secs()
+        );
+    }
+}
+
 /// Seconds as Ceph writes them (`30`, `2.5`).
 fn parse_secs(key: &str, v: &str) -> io::Result<Duration> {
     v.parse::<f64>()
@@ -178,7 +195,13 @@ impl Rbd {
         // `rbd:` file name); every other option goes to librados as it is.
         let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
         let mut osd_op_timeout = None;
-        let mut config = Vec::new();
+        // librados' own messages go to its log (ceph.conf's `log file`), not
+        // to stderr: a failure is the one line the error says; an `rbd:`
+        // file name may turn them back on (`:err_to_stderr=true`).
+        let mut config = vec![
+            ("err_to_stderr".to_owned(), "false".to_owned()),
+            ("log_to_stderr".to_owned(), "false".to_owned()),
+        ];
         for (k, v) in &opts.config {
             match k.as_str() {
                 "client_mount_timeout" => connect_timeout = parse_secs(k, v)?,
