@@ -51,7 +51,10 @@ fn an_osd_killed_and_restarted_under_fio_verify_loses_no_acknowledged_write() {
         wait_until(STEP, || load.is_finished() || c.du_used(&img) >= 16 * MIB),
         "fio never got to 16 MiB"
     );
-    assert!(!load.is_finished(), "fio finished before the OSD was killed");
+    assert!(
+        !load.is_finished(),
+        "fio finished before the OSD was killed"
+    );
     c.cluster("kill-osd", &["1"]);
     // The writes go on with one copy (min_size 1) once the PGs re-peer.
     assert!(
