@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of the smoltcp NBD server on a TAP device, with the real
-# NBD tools as clients: nbdinfo, nbdcopy in and out, qemu-img compare.
+# NBD tools as clients: nbdinfo, nbdcopy in and out, qemu-img compare;
+# then ROUNDS reconnect rounds (nbdcopy --connections=4 in and out), three
+# bursts of 16 connections at once (each served or refused, none cut off
+# after the greeting), and clients killed mid-write, whose slots must all
+# be free again within the reaping bound.
 #
 # Everything lives in a private network namespace (bwtap-test-PID) holding
 # the TAP device: 10.213.0.1/24 is the host side, 10.213.0.2 is smoltcp.
@@ -15,12 +19,17 @@ SERVER_IP=10.213.0.2
 SIZE_MIB=${SIZE_MIB:-64}
 MTU=${MTU:-1500}
 URI="nbd://$SERVER_IP"
+CONNS=${CONNS:-8}
+ROUNDS=${ROUNDS:-5}
+# The server's PEER_TIMEOUT + CLOSE_DEADLINE (frontends/smoltcp), plus slack.
+REAP_S=${REAP_S:-25}
+burst="$PWD/../microvm/scripts/burst.py"
 
 if [ "$(id -u)" != 0 ]; then
   echo "test.sh: needs root (network namespace, TAP device)" >&2
   exit 1
 fi
-for tool in nbdinfo nbdcopy qemu-img ip; do
+for tool in nbdinfo nbdcopy qemu-img ip python3; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool missing" >&2; exit 1; }
 done
 
@@ -48,7 +57,7 @@ ip -n "$NS" link set "$TAP" mtu "$MTU"
 ip -n "$NS" addr add "$HOST_IP/24" dev "$TAP"
 ip -n "$NS" link set "$TAP" up
 
-in_ns "$bin" --tap "$TAP" --ip "$SERVER_IP/24" --size "${SIZE_MIB}M" 2>"$work/server.log" &
+in_ns "$bin" --tap "$TAP" --ip "$SERVER_IP/24" --size "${SIZE_MIB}M" --conns "$CONNS" 2>"$work/server.log" &
 pid=$!
 
 # The server answers once the TAP is attached and ARP resolves.
@@ -112,7 +121,48 @@ cmp "$work/rand.raw" "$work/rand.out" || fail "random data round trip"
 echo "nbdcopy in:  $(rate $bytes "$(echo "$t1 - $t0" | bc)")"
 echo "nbdcopy out: $(rate $bytes "$(echo "$t2 - $t1" | bc)")"
 
+# nbdcopy opens at most one connection per thread (by default one per
+# core): say both, so it opens four on any machine.
+copy4() { in_ns nbdcopy --connections=4 --threads=4 "$@"; }
+
+echo "== $ROUNDS reconnect rounds: nbdcopy x4 in and out, back to back"
+head -c $((4 << 20)) /dev/urandom >"$work/r4"
+t0=$(secs)
+for round in $(seq "$ROUNDS"); do
+  printf 'round %08d' "$round" | dd of="$work/r4" bs=1 seek=$((round * 4099)) conv=notrunc status=none
+  copy4 "$work/r4" "$URI" || fail "round $round: nbdcopy in"
+  rm -f "$work/r4.out"
+  copy4 "$URI" "$work/r4.out" || fail "round $round: nbdcopy out"
+  cmp -n $((4 << 20)) "$work/r4" "$work/r4.out" || fail "round $round: round trip"
+done
+echo "rounds: $ROUNDS in $(echo "$(secs) - $t0" | bc) s"
+
+# Every slot listening again; waits at most REAP_S, fails on any cut.
+all_slots_free() {
+  local until=$(($(date +%s) + REAP_S))
+  while :; do
+    in_ns python3 "$burst" "$SERVER_IP" 10809 -n "$CONNS" --min-served "$CONNS" --timeout 10 >"$work/burst" && return 0
+    cat "$work/burst"
+    grep -q " cut=0 " "$work/burst" || fail "a connection was cut after the greeting"
+    [ "$(date +%s)" -lt "$until" ] || fail "$1: not all $CONNS slots free within ${REAP_S} s"
+    sleep 0.5
+  done
+}
+
+echo "== 16 connections at once (--conns $CONNS): each served or refused before the greeting"
+for b in 1 2 3; do
+  in_ns python3 "$burst" "$SERVER_IP" 10809 -n 16 --timeout 20 || fail "burst $b: a connection was cut, or left hanging"
+  all_slots_free "after burst $b"
+done
+
+echo "== clients killed mid-write free their slots"
+# (In a subshell: bash would report the SIGKILL of a foreground job.)
+(in_ns python3 "$burst" "$SERVER_IP" 10809 -n "$CONNS" --min-served "$CONNS" --die-mid-write --timeout 10 \
+  >"$work/die" || true) 2>/dev/null
+grep -q "dying with $CONNS writes half-sent" "$work/die" || { cat "$work/die"; fail "mid-write clients"; }
+all_slots_free "after $CONNS clients died mid-write"
+
 echo "== server stats"
-grep "active" "$work/server.log" | tail -n 1
+grep "busy" "$work/server.log" | tail -n 1
 ip netns pids "$NS" | xargs -r kill; wait "$pid" 2>/dev/null || true; pid=
 echo "linux-tap: OK"

@@ -18,10 +18,27 @@ if ((${#missing[@]})); then
   exit 0
 fi
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/blockwire-ceph.XXXXXX")
+# Not on a tmpfs: BlueStore's O_DIRECT opens of its block files fail there,
+# and three sparse 10 GiB files would be charged to memory. $TMPDIR is
+# preferred otherwise because its short path keeps the daemons' admin
+# socket paths under the 107-byte limit of a Unix socket address.
+base=${TMPDIR:-/tmp}
+if [ "$(stat -f -c %T "$base")" = tmpfs ]; then
+  mkdir -p target
+  base=$(pwd)/target
+fi
+dir=$(mktemp -d "$base/blockwire-ceph.XXXXXX")
 trap 'tests/ceph/cluster.sh stop "$dir"' EXIT
 t0=$SECONDS
-eval "$(tests/ceph/cluster.sh start "$dir")"
+# Not `eval "$(cluster.sh start ...)"`: eval of a failed command substitution
+# succeeds (its status is eval's, 0 for an empty string), and the tests then
+# ran without a cluster. The assignment carries the substitution's status.
+env_lines=$(tests/ceph/cluster.sh start "$dir") || {
+  echo "ERROR: the Ceph test cluster did not start; its logs:" >&2
+  tail -n 40 "$dir"/log/*.log >&2 2>/dev/null || true
+  exit 1
+}
+eval "$env_lines"
 echo "ceph test cluster in $dir, ready after $((SECONDS - t0)) s"
 cargo test -p blockwire-rbd --features librbd
 # The rbd block driver through `blockwire serve` (a release build with the

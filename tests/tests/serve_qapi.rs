@@ -416,8 +416,16 @@ const CASES: &[Case] = &[
         "Parameter 'server.ipv4' is not supported by blockwire",
     )),
     ours(bd(
-        "qcow2,node-name=q,file=f",
-        "Parameter 'driver' does not accept value 'qcow2'",
+        "vmdk,node-name=q,file=f",
+        "Parameter 'driver' does not accept value 'vmdk'",
+    )),
+    ours(bd(
+        "qcow2,node-name=q,file=f,lazy-refcounts=on",
+        "Parameter 'lazy-refcounts' is not supported by blockwire",
+    )),
+    ours(bd(
+        r#"{"driver":"qcow2","node-name":"q","file":"f","encrypt":{"format":"luks"}}"#,
+        "Parameter 'encrypt' is not supported by blockwire",
     )),
     // ---- --object ----
     obj(

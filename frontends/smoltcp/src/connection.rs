@@ -105,9 +105,13 @@ impl<'n> Connection<'n> {
             }
             progress = true;
         }
-        if !socket.may_recv() && self.replies.idle() {
-            // The client closed its side without NBD_CMD_DISC; nothing is
-            // owed to it.
+        if !socket.may_recv() {
+            // The client closed its side without NBD_CMD_DISC, and its
+            // input is all consumed. Replies already queued still go out
+            // (it may be reading them); a request cut short, such as a
+            // write whose payload stopped, can never complete and gets
+            // none. Waiting for the rest of it would hold the slot forever.
+            self.replies.write = None;
             self.replies.ending = true;
         }
         progress
@@ -184,11 +188,6 @@ impl<'n> Connection<'n> {
 }
 
 impl Replies {
-    /// Nothing owed to the client and no request half-received.
-    fn idle(&self) -> bool {
-        self.slot.is_empty() && self.read.is_none() && self.write.is_none()
-    }
-
     /// A reply is waiting (or the connection is ending): read no more.
     fn busy(&self) -> bool {
         self.ending || !self.slot.is_empty() || self.read.is_some()

@@ -1,9 +1,10 @@
 //! An NBD server and client for bare metal: [smoltcp] TCP sockets driving
 //! the sans-IO machines of `blockwire-core`, with no heap and no `unsafe`.
 //!
-//! * [`NbdServer`]: `N` sockets (a compile-time count) listening on one
-//!   port, each serving one connection at a time from one synchronous
-//!   [`BlockDevice`]. Read data goes from the device straight into the
+//! * [`NbdServer`]: sockets listening on one port (as many as the caller
+//!   gives it [`ConnectionSlot`]s, a run-time count), each serving one
+//!   connection at a time from one synchronous [`BlockDevice`]; a slot
+//!   listens again as soon as its client is done or gone. Read data goes from the device straight into the
 //!   socket's send buffer, in chunks sized to fill it; write payloads go
 //!   from the receive buffer straight to the device.
 //! * Devices: [`RamDisk`] (caller memory, exact `base:allocation`),
@@ -49,7 +50,10 @@ pub use export::Export;
 pub use flash_disk::FlashDisk;
 pub use ram_disk::RamDisk;
 pub use reply_slot::REPLY_SLOT;
-pub use server::{CONNECTION_STATE_SIZE, NBD_PORT, NbdServer, add_sockets};
+pub use server::{
+    CLOSE_DEADLINE, CONNECTION_STATE_SIZE, ConnectionSlot, KEEPALIVE_INTERVAL,
+    MULTI_CONN_MIN_SLOTS, NBD_PORT, NbdServer, PEER_TIMEOUT, add_socket, add_sockets,
+};
 pub use sim_flash::{RamFlash, RamFlashError};
 pub use static_disk::StaticDisk;
 pub use stats::ServerStats;

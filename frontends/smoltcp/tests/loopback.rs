@@ -8,8 +8,9 @@ use blockwire_core::client::Config;
 use blockwire_core::server::ServerConfig;
 use blockwire_core::wire::{HeaderMode, TransmissionFlags};
 use blockwire_smoltcp::{
-    BlockDevice, CONNECTION_STATE_SIZE, ClientError, FlashDisk, NBD_PORT, NbdClient, NbdServer,
-    Network, RamDisk, RamFlash, StaticDisk, add_sockets,
+    BlockDevice, CLOSE_DEADLINE, CONNECTION_STATE_SIZE, ClientError, ConnectionSlot, FlashDisk,
+    MULTI_CONN_MIN_SLOTS, NBD_PORT, NbdClient, NbdServer, Network, PEER_TIMEOUT, RamDisk, RamFlash,
+    StaticDisk, add_socket,
 };
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Loopback, Medium};
@@ -28,19 +29,23 @@ fn leak_words(n: usize) -> &'static mut [u64] {
     Box::leak(vec![0u64; n].into_boxed_slice())
 }
 
-/// Interface, loopback device, sockets and a 2-slot server, moved together
-/// by [`Network::poll`].
+/// Interface, loopback device, sockets and a server (4 slots unless said
+/// otherwise), moved together by [`Network::poll`].
 struct Net<D: BlockDevice> {
     iface: Interface,
     device: Loopback,
     sockets: SocketSet<'static>,
-    server: NbdServer<'static, D, 2>,
+    server: NbdServer<'static, 'static, D>,
     micros: i64,
     next_port: u16,
 }
 
 impl<D: BlockDevice> Net<D> {
     fn new(disk: D, server_buf: usize) -> Self {
+        Self::with_slots(disk, server_buf, MULTI_CONN_MIN_SLOTS)
+    }
+
+    fn with_slots(disk: D, server_buf: usize, slots: usize) -> Self {
         let mut device = Loopback::new(Medium::Ip);
         let mut iface = Interface::new(
             IfaceConfig::new(HardwareAddress::Ip),
@@ -51,14 +56,13 @@ impl<D: BlockDevice> Net<D> {
             a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8)).unwrap();
         });
         let mut sockets = SocketSet::new(Vec::new());
-        let handles = add_sockets(
-            &mut sockets,
-            [
-                (leak(server_buf), leak(server_buf)),
-                (leak(server_buf), leak(server_buf)),
-            ],
-        );
-        let server = NbdServer::new(disk, "disk", NBD_PORT, ServerConfig::default(), handles);
+        let slots: Vec<ConnectionSlot<'static>> = (0..slots)
+            .map(|_| {
+                ConnectionSlot::new(add_socket(&mut sockets, leak(server_buf), leak(server_buf)))
+            })
+            .collect();
+        let slots = Box::leak(slots.into_boxed_slice());
+        let server = NbdServer::new(disk, "disk", NBD_PORT, ServerConfig::default(), slots);
         Self {
             iface,
             device,
@@ -393,4 +397,162 @@ fn connection_state_is_bounded() {
     // The figure the README quotes; fails loudly if it grows.
     println!("static state per connection: {CONNECTION_STATE_SIZE} bytes");
     const { assert!(CONNECTION_STATE_SIZE < 24 * 1024) };
+}
+
+/// Poll until `done` holds, for at most `limit` of the simulated clock;
+/// returns the simulated time it took, or `None` past the limit.
+fn poll_until<D: BlockDevice>(
+    net: &mut Net<D>,
+    limit: smoltcp::time::Duration,
+    mut done: impl FnMut(&mut Net<D>) -> bool,
+) -> Option<smoltcp::time::Duration> {
+    let start = net.poll();
+    loop {
+        if done(net) {
+            return Some(net.now() - start);
+        }
+        if net.poll() - start > limit {
+            return None;
+        }
+    }
+}
+
+fn tcp_state<D: BlockDevice>(net: &mut Net<D>, h: SocketHandle) -> tcp::State {
+    net.sockets.get_mut::<tcp::Socket>(h).state()
+}
+
+#[test]
+fn multi_conn_is_advertised_only_with_enough_slots() {
+    let mut few = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, MULTI_CONN_MIN_SLOTS - 1);
+    let (_, export) = few.client(HeaderMode::Simple);
+    assert!(!export.has(TransmissionFlags::CAN_MULTI_CONN));
+    let mut enough = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, MULTI_CONN_MIN_SLOTS);
+    let (_, export) = enough.client(HeaderMode::Simple);
+    assert!(export.has(TransmissionFlags::CAN_MULTI_CONN));
+}
+
+#[test]
+fn a_full_server_refuses_before_the_greeting() {
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 2);
+    let (mut a, _) = net.client(HeaderMode::Simple);
+    let (mut b, _) = net.client(HeaderMode::Structured);
+    assert_eq!(net.server.busy(), 2);
+    // A third client: no socket listens, so its SYN is answered with a
+    // reset. It must never reach ESTABLISHED (be accepted, then dropped).
+    let h = net.connect();
+    let refused = poll_until(&mut net, smoltcp::time::Duration::from_secs(1), |n| {
+        let s = tcp_state(n, h);
+        assert_ne!(s, tcp::State::Established, "accepted while full");
+        s == tcp::State::Closed
+    });
+    assert!(refused.is_some(), "neither served nor refused");
+    assert_eq!(net.server.stats().connections, 2);
+    // The connections being served are untouched...
+    let data = pattern(6, 10_000);
+    b.write(&mut net, 0, &data, false).unwrap();
+    // ...and once one leaves, the next client is served.
+    a.disconnect(&mut net).unwrap();
+    let (mut c, _) = net.client(HeaderMode::Simple);
+    let mut got = vec![0u8; data.len()];
+    c.read(&mut net, 0, &mut got).unwrap();
+    assert_eq!(got, data);
+}
+
+#[test]
+fn a_slot_listens_again_as_soon_as_its_client_is_done() {
+    // One slot, many clients in turn: each one's slot must be free within
+    // a few round trips of its NBD_CMD_DISC (never TIME-WAIT's 10 s nor
+    // the close deadline).
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 1);
+    let quick = smoltcp::time::Duration::from_millis(50);
+    assert!(quick < CLOSE_DEADLINE);
+    for i in 0..5u8 {
+        let (mut c, _) = net.client(HeaderMode::Structured);
+        c.write(&mut net, 0, &[i; 512], false).unwrap();
+        c.disconnect(&mut net).unwrap();
+        let t = poll_until(&mut net, quick, |n| n.server.busy() == 0);
+        assert!(t.is_some(), "client {i}: slot still busy after {quick}");
+    }
+    assert_eq!(net.server.stats().connections, 5);
+}
+
+#[test]
+fn a_slot_the_server_closed_first_is_not_held_in_time_wait() {
+    // NBD_OPT_ABORT: the server acknowledges and closes first, while the
+    // client keeps its socket open. The acknowledgement must arrive, and
+    // the slot must listen again at once.
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 1);
+    let h = net.connect();
+    let mut got = Vec::new();
+    let mut sent = false;
+    let limit = smoltcp::time::Duration::from_millis(100);
+    let done = poll_until(&mut net, limit, |n| {
+        let s = n.sockets.get_mut::<tcp::Socket>(h);
+        while let Ok(chunk) = s.recv(|b| (b.len(), b.to_vec())) {
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        if !sent && got.len() >= 18 {
+            let mut msg = vec![0, 0, 0, 3]; // fixed newstyle, no zeroes
+            msg.extend_from_slice(&0x4948_4156_454F_5054u64.to_be_bytes());
+            msg.extend_from_slice(&2u32.to_be_bytes()); // NBD_OPT_ABORT
+            msg.extend_from_slice(&0u32.to_be_bytes());
+            s.send_slice(&msg).unwrap();
+            sent = true;
+        }
+        sent && got.len() >= 18 + 20 && n.server.busy() == 0
+    });
+    assert!(done.is_some(), "slot not free, got {} bytes", got.len());
+    // The reply: option-reply magic, NBD_OPT_ABORT, NBD_REP_ACK.
+    assert_eq!(&got[18..26], &0x0003_e889_0455_65a9u64.to_be_bytes());
+    assert_eq!(&got[26..34], &[0, 0, 0, 2, 0, 0, 0, 1]);
+    // The next client is served on the freed slot.
+    let (_, export) = net.client(HeaderMode::Simple);
+    assert_eq!(export.size, 64 * 1024);
+}
+
+#[test]
+fn a_client_gone_mid_write_frees_its_slot() {
+    // A client that closes its socket halfway through a write's payload
+    // (a killed nbdcopy does this) can never finish the request: the slot
+    // must not wait for the rest of it.
+    let mut net = Net::with_slots(ram_disk(256 * 1024), 16 * 1024, 1);
+    let (c, _) = net.client(HeaderMode::Simple);
+    let h = c.handle();
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes()); // flags
+    req.extend_from_slice(&1u16.to_be_bytes()); // NBD_CMD_WRITE
+    req.extend_from_slice(&7u64.to_be_bytes()); // cookie
+    req.extend_from_slice(&0u64.to_be_bytes()); // offset
+    req.extend_from_slice(&(64 * 1024u32).to_be_bytes());
+    req.extend_from_slice(&[0xab; 1000]); // 1000 of 65536 payload bytes
+    {
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        s.send_slice(&req).unwrap();
+        s.close();
+    }
+    let t = poll_until(&mut net, smoltcp::time::Duration::from_secs(1), |n| {
+        n.server.busy() == 0
+    });
+    assert!(t.is_some(), "slot held by a client that left mid-write");
+    let (_, export) = net.client(HeaderMode::Simple);
+    assert_eq!(export.size, 256 * 1024);
+}
+
+#[test]
+fn a_vanished_client_is_reaped_within_the_peer_timeout() {
+    // The client's socket disappears without a FIN or RST reaching the
+    // server (its host died): keep-alive probes go unanswered... except
+    // that on loopback smoltcp answers a segment for a socket it no longer
+    // has with a reset, which is what a rebooted peer does. Either way
+    // the slot must come back, at the latest after PEER_TIMEOUT.
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 1);
+    let (c, _) = net.client(HeaderMode::Simple);
+    net.sockets.remove(c.handle());
+    let limit = PEER_TIMEOUT + CLOSE_DEADLINE;
+    let t = poll_until(&mut net, limit, |n| n.server.busy() == 0);
+    assert!(t.is_some(), "slot still held after {limit}");
 }

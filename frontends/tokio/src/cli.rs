@@ -38,6 +38,16 @@ pub enum Command {
     Info(crate::tools::info::InfoArgs),
     /// Copy between NBD exports and files, sparsely (like nbdcopy).
     Copy(crate::tools::copy::CopyArgs),
+    /// qemu-storage-daemon's QMP monitor over the block graph: add nodes,
+    /// export them over NBD, manage dirty bitmaps, read statistics.
+    Daemon(crate::daemon::DaemonArgs),
+}
+
+/// An image format `serve` opens a file as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
 }
 
 /// How TLS is offered.
@@ -105,8 +115,8 @@ pub struct ServeArgs {
     /// '{"driver":"file","node-name":"f0","filename":"disk.img"}', or as
     /// key=value, file,node-name=f0,filename=disk.img (nested members as
     /// file.driver=..., list elements as inject-error.0.event=...).
-    /// Drivers: file, host_device, null-co, blockwire-ram, nbd, raw, rbd,
-    /// throttle, blkdebug, blockwire-cow.
+    /// Drivers: file, host_device, null-co, blockwire-ram, nbd, raw,
+    /// qcow2, rbd, throttle, blkdebug, blockwire-cow.
     #[arg(long = "blockdev", value_name = "OPTIONS")]
     pub blockdevs: Vec<String>,
 
@@ -121,11 +131,20 @@ pub struct ServeArgs {
     #[arg(short = 'r', long)]
     pub read_only: bool,
 
-    /// Copy-on-write: writes go to an overlay (in memory, or in FILE, a
-    /// scratch file created or truncated at start), the base is opened
-    /// read-only and never changed.
+    /// Copy-on-write: writes go to an overlay, the base is opened
+    /// read-only and never changed. The overlay is in memory, or in FILE:
+    /// for a file export without offset/size a qcow2 image with the base
+    /// as its backing file (kept if FILE already is an overlay of that
+    /// base, so it survives a restart, and QEMU can open it), otherwise a
+    /// scratch file created or truncated at start.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pub cow: Option<Option<PathBuf>>,
+
+    /// Image format of FILE and of file= exports: raw or qcow2. Without
+    /// it the format is probed as qemu-nbd does without -f (a qcow2
+    /// header means qcow2, anything else raw); the log says which.
+    #[arg(short = 'f', long, value_enum, value_name = "FORMAT")]
+    pub format: Option<ImageFormat>,
 
     /// Where to listen: tcp:HOST:PORT or unix:PATH (repeatable). Default
     /// tcp:127.0.0.1:10809 unless sockets are passed by systemd

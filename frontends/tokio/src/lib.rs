@@ -11,6 +11,7 @@ pub mod block;
 pub mod cli;
 pub mod client;
 pub mod connection;
+pub mod daemon;
 pub mod io;
 pub mod listen;
 pub mod registry;

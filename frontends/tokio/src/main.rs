@@ -23,20 +23,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
-        Command::Serve(args) => {
-            let r = blockwire::serve::prepare().and_then(|prepared| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(blockwire::serve::run(args, prepared))
-            });
-            // The runtime and with it the graph are gone: images close.
-            blockwire::block::drivers::rbd::wait_closed();
-            r
-        }
+        Command::Serve(args) => blockwire::serve::prepare().and_then(|prepared| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(blockwire::serve::run(args, prepared))
+        }),
         Command::Info(args) => blockwire::tools::block_on(blockwire::tools::info::run(args)),
+        Command::Daemon(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Into::into)
+            .and_then(|rt| rt.block_on(blockwire::daemon::run(args))),
         Command::Copy(args) => blockwire::tools::block_on(blockwire::tools::copy::run(args)),
     };
+    // The runtime, and with it the graph, is gone: RBD images are closing.
+    blockwire::block::drivers::rbd::wait_closed();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

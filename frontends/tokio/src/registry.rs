@@ -8,7 +8,10 @@
 //! removed later lives on for the connections still using it, and lets go
 //! of its node (raising `BLOCK_EXPORT_DELETED`) when the last one leaves.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
 
 use blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX;
 use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
@@ -87,7 +90,23 @@ pub struct Export {
     /// Offered metadata contexts; position = context id.
     pub contexts: Vec<ContextKind>,
     context_names: Vec<String>,
+    /// Connections in transmission on this export (QEMU's export refcount
+    /// less its own reference: what `block-export-del` in `safe` mode
+    /// refuses to cut off).
+    clients: Arc<AtomicUsize>,
+    /// Set to end every connection on this export (`block-export-del`
+    /// with `mode: hard`, `nbd-server-stop`).
+    disconnect: watch::Sender<bool>,
     _lease: Lease,
+}
+
+/// A connection's hold on an export; counts it as a client until dropped.
+pub struct ClientGuard(Arc<AtomicUsize>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Finds a bitmap on `node` or down its chain of children, as QEMU looks
@@ -177,8 +196,31 @@ impl Export {
             block_size_required: minimum > 1,
             contexts,
             context_names,
+            clients: Arc::new(AtomicUsize::new(0)),
+            disconnect: watch::channel(false).0,
             _lease: lease,
         })
+    }
+
+    /// A connection starts using the export: counted until the guard is
+    /// dropped; the receiver says when it must disconnect.
+    pub fn enter(&self) -> (ClientGuard, watch::Receiver<bool>) {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        (
+            ClientGuard(self.clients.clone()),
+            self.disconnect.subscribe(),
+        )
+    }
+
+    /// Connections now in transmission on this export.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Ends every connection on this export (they finish the requests in
+    /// flight first).
+    pub fn disconnect_all(&self) {
+        self.disconnect.send_replace(true);
     }
 }
 

@@ -16,7 +16,7 @@ use crate::block::drivers::file::FileDriver;
 use crate::block::export_options::{BitmapRef, ExportOptions};
 use crate::block::options::{Aio, BlockdevOptions, BlockdevRef, DriverOptions, OnOffAuto};
 use crate::block::{Graph, Node};
-use crate::cli::{ExportSpec, ServeArgs, SourceSpec, TlsMode};
+use crate::cli::{ExportSpec, ImageFormat, ServeArgs, SourceSpec, TlsMode};
 use crate::connection::ConnContext;
 use crate::listen::{self, Inherited, ListenAddr, Listener, Tracker};
 use crate::registry::{Export, ExportConfig, Registry};
@@ -146,18 +146,101 @@ async fn sugar(
     let mut node = add(protocol.read_only(base_ro))
         .await
         .map_err(|e| ctx(&e))?;
-    if let SourceSpec::File(_) = p.source {
-        let (offset, size) = p.window.unwrap_or((0, None));
-        let raw = BlockdevOptions::new(DriverOptions::Raw {
-            file: by_name(node.name()),
-            offset,
-            size,
+    // The base file and its format, when a qcow2 overlay can name it.
+    let mut base_file: Option<(&Path, &str)> = None;
+    if let SourceSpec::File(path) = &p.source {
+        let (format, how) = match args.format {
+            Some(f) => (f, "given"),
+            None => {
+                let q = crate::block::drivers::qcow2::probe(&node)
+                    .await
+                    .map_err(|e| ctx(&e))?;
+                (
+                    if q {
+                        ImageFormat::Qcow2
+                    } else {
+                        ImageFormat::Raw
+                    },
+                    "probed",
+                )
+            }
+        };
+        let name = match format {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        };
+        info!(
+            "export {:?}: {}: format {name} ({how})",
+            p.name,
+            path.display()
+        );
+        if p.window.is_none() {
+            base_file = Some((path, name));
+        }
+        if format == ImageFormat::Qcow2 {
+            let q = BlockdevOptions::new(DriverOptions::Qcow2 {
+                file: by_name(node.name()),
+                backing: None,
+                cache_size: None,
+                l2_cache_size: None,
+                refcount_cache_size: None,
+                pass_discard_request: None,
+            });
+            node = add(q.named(format!("qcow2{i}")).read_only(base_ro))
+                .await
+                .map_err(|e| ctx(&e))?;
+        }
+        // A window is a raw node over the format node, as qemu-nbd's
+        // --offset is.
+        if format == ImageFormat::Raw || p.window.is_some() {
+            let (offset, size) = p.window.unwrap_or((0, None));
+            let raw = BlockdevOptions::new(DriverOptions::Raw {
+                file: by_name(node.name()),
+                offset,
+                size,
+            });
+            node = add(raw.named(format!("raw{i}")).read_only(base_ro))
+                .await
+                .map_err(|e| ctx(&e))?;
+        }
+    }
+    if let (Some(Some(path)), Some((base, base_format))) = (&p.cow, base_file) {
+        // A file overlay of a file is a qcow2 image with the base as its
+        // backing file, so QEMU can open it and it survives a restart.
+        let size = node.size();
+        let how = crate::block::drivers::qcow2::prepare_overlay(path, base, base_format, size)
+            .map_err(|e| ctx(&e))?;
+        info!(
+            "export {:?}: copy-on-write overlay {} ({})",
+            p.name,
+            path.display(),
+            match how {
+                crate::block::drivers::qcow2::Overlay::Created => "new qcow2 image",
+                crate::block::drivers::qcow2::Overlay::Reopened =>
+                    "existing qcow2 overlay of this base",
+            }
+        );
+        let top = BlockdevOptions::new(DriverOptions::File {
+            host_device: false,
+            filename: path.clone(),
+            aio: Aio::Threads,
+            locking: OnOffAuto::Off,
         });
-        node = add(raw.named(format!("raw{i}")).read_only(base_ro))
+        let top = add(top.named(format!("top{i}")).read_only(p.read_only))
             .await
             .map_err(|e| ctx(&e))?;
-    }
-    if let Some(top) = &p.cow {
+        let cow = BlockdevOptions::new(DriverOptions::Qcow2 {
+            file: by_name(top.name()),
+            backing: Some(Some(by_name(node.name()))),
+            cache_size: None,
+            l2_cache_size: None,
+            refcount_cache_size: None,
+            pass_discard_request: None,
+        });
+        node = add(cow.named(format!("cow{i}")).read_only(p.read_only))
+            .await
+            .map_err(|e| ctx(&e))?;
+    } else if let Some(top) = &p.cow {
         let size = node.size();
         let top_driver = match top {
             None => DriverOptions::Ram { size },
@@ -261,7 +344,11 @@ fn describe(export: &Export) -> String {
 /// `BlockExportOptions` as the registry's export configuration. A bitmap
 /// given as `{node, name}` must be on the exported node or below it,
 /// where the export looks bitmaps up.
-fn qapi_export(e: &ExportOptions, graph: &Graph, args: &ServeArgs) -> Result<ExportConfig, String> {
+pub(crate) fn qapi_export(
+    e: &ExportOptions,
+    graph: &Graph,
+    multi_conn: bool,
+) -> Result<ExportConfig, String> {
     fn below(node: &Arc<Node>, name: &str) -> bool {
         node.name() == name || node.children().iter().any(|c| below(&c.node, name))
     }
@@ -288,7 +375,7 @@ fn qapi_export(e: &ExportOptions, graph: &Graph, args: &ServeArgs) -> Result<Exp
         writable: e.writable,
         bitmaps,
         allocation_depth: e.allocation_depth,
-        multi_conn: args.multi_conn(),
+        multi_conn,
     })
 }
 
@@ -309,7 +396,7 @@ async fn build(args: &ServeArgs, graph: &Arc<Graph>, registry: &Registry) -> Res
     }
     for (i, e) in qapi.exports.iter().enumerate() {
         qapi.check_export(i, graph)?;
-        let cfg = qapi_export(e, graph, args).map_err(|m| qapi.export_error(i, m))?;
+        let cfg = qapi_export(e, graph, args.multi_conn()).map_err(|m| qapi.export_error(i, m))?;
         let export = Export::new(graph, cfg).map_err(|m| qapi.export_error(i, m))?;
         info!("{}", describe(&export));
         registry.add(export).map_err(|m| qapi.export_error(i, m))?;
@@ -420,7 +507,7 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
 
 /// Flushes `node` where its I/O may run (a blocking node on the blocking
 /// pool).
-async fn flush(node: &Arc<Node>) -> io::Result<()> {
+pub(crate) async fn flush(node: &Arc<Node>) -> io::Result<()> {
     if node.blocking() {
         let n = node.clone();
         let handle = tokio::runtime::Handle::current();
@@ -448,10 +535,10 @@ fn report_on_sigusr1(graph: Arc<Graph>) -> io::Result<()> {
 }
 
 /// Removes the pid file on drop.
-struct PidFile(PathBuf);
+pub(crate) struct PidFile(PathBuf);
 
 impl PidFile {
-    fn create(p: &Path) -> Result<Self, Error> {
+    pub(crate) fn create(p: &Path) -> Result<Self, Error> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| format!("{}: cannot write pid file: {e}", p.display()))?;
         Ok(Self(p.to_owned()))

@@ -1,5 +1,5 @@
 //! Command line: `blockwire-linux-tap [--tap NAME] [--ip ADDR/PREFIX]
-//! [--gw ADDR] [--port N] [--size SIZE] [--mac MAC]`.
+//! [--gw ADDR] [--port N] [--size SIZE] [--mac MAC] [--conns N]`.
 
 use std::net::Ipv4Addr;
 
@@ -13,11 +13,13 @@ pub struct Args {
     pub port: u16,
     pub size: usize,
     pub mac: [u8; 6],
+    /// Connections served at once (one socket and slot each).
+    pub conns: usize,
 }
 
 pub const USAGE: &str = "usage: blockwire-linux-tap [--tap NAME] [--ip ADDR/PREFIX] [--gw ADDR] \
-[--port N] [--size SIZE[K|M|G]] [--mac XX:XX:XX:XX:XX:XX]
-defaults: --tap bwtap0 --ip 10.213.0.2/24 --port 10809 --size 64M --mac 02:62:77:00:00:02";
+[--port N] [--size SIZE[K|M|G]] [--mac XX:XX:XX:XX:XX:XX] [--conns N]
+defaults: --tap bwtap0 --ip 10.213.0.2/24 --port 10809 --size 64M --mac 02:62:77:00:00:02 --conns 8";
 
 impl Args {
     pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Self, String> {
@@ -30,6 +32,8 @@ impl Args {
             size: 64 << 20,
             // Locally administered, so it cannot clash with real hardware.
             mac: [0x02, 0x62, 0x77, 0, 0, 2],
+            // Twice what nbdcopy or QEMU open on a multi-conn export.
+            conns: 8,
         };
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -60,6 +64,14 @@ impl Args {
                 "--mac" => {
                     let v = value()?;
                     a.mac = parse_mac(&v).ok_or_else(|| format!("--mac {v}: bad address"))?;
+                }
+                "--conns" => {
+                    let v = value()?;
+                    a.conns = v
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("--conns {v}: not a positive count"))?;
                 }
                 "-h" | "--help" => return Err(USAGE.into()),
                 _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
@@ -112,6 +124,8 @@ mod tests {
                 "1M",
                 "--mac",
                 "02:00:00:00:00:09",
+                "--conns",
+                "3",
             ]
             .into_iter()
             .map(String::from),
@@ -122,5 +136,8 @@ mod tests {
             (Ipv4Addr::new(10, 1, 2, 3), 16, 1 << 20)
         );
         assert_eq!(a.mac[5], 9);
+        assert_eq!(a.conns, 3);
+        let zero = Args::parse(["--conns", "0"].into_iter().map(String::from));
+        assert!(zero.unwrap_err().contains("--conns 0"));
     }
 }

@@ -9,15 +9,12 @@ use std::process::ExitCode;
 use std::time::Instant as StdInstant;
 
 use blockwire_smoltcp::blockwire_core::server::ServerConfig;
-use blockwire_smoltcp::{CONNECTION_STATE_SIZE, NbdServer, RamDisk, add_sockets};
+use blockwire_smoltcp::{CONNECTION_STATE_SIZE, ConnectionSlot, NbdServer, RamDisk, add_socket};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::{Medium, TunTapInterface, wait};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
 
-/// Connections served at once: nbdcopy opens four when the export allows
-/// multi-conn.
-const CONNECTIONS: usize = 4;
 /// TCP buffers per socket and direction: a 256 KiB window keeps a LAN
 /// link busy, and smoltcp scales the window for buffers over 64 KiB.
 const SOCKET_BUFFER: usize = 256 * 1024;
@@ -76,20 +73,26 @@ fn run(args: &args::Args) -> Result<(), String> {
     .map_err(|e| format!("RAM disk: {e:?}"))?;
 
     let storage: &'static mut [SocketStorage<'static>] =
-        Box::leak(Box::new([SocketStorage::EMPTY; CONNECTIONS]));
+        Vec::leak((0..args.conns).map(|_| SocketStorage::EMPTY).collect());
     let mut sockets = SocketSet::new(storage);
-    let buffers = core::array::from_fn(|_| {
-        (
-            &mut Box::leak(vec![0u8; SOCKET_BUFFER].into_boxed_slice())[..],
-            &mut Box::leak(vec![0u8; SOCKET_BUFFER].into_boxed_slice())[..],
-        )
-    });
-    let handles = add_sockets::<CONNECTIONS>(&mut sockets, buffers);
-    let mut server = NbdServer::new(disk, "", args.port, ServerConfig::default(), handles);
+    let slots: Vec<ConnectionSlot<'static>> = (0..args.conns)
+        .map(|_| {
+            let rx = Vec::leak(vec![0u8; SOCKET_BUFFER]);
+            let tx = Vec::leak(vec![0u8; SOCKET_BUFFER]);
+            ConnectionSlot::new(add_socket(&mut sockets, rx, tx))
+        })
+        .collect();
+    let mut server = NbdServer::new(
+        disk,
+        "",
+        args.port,
+        ServerConfig::default(),
+        Vec::leak(slots),
+    );
 
     eprintln!(
         "blockwire-linux-tap: serving {} bytes on {}:{} via {} ({} connections, {} bytes of state each)",
-        args.size, args.ip, args.port, args.tap, CONNECTIONS, CONNECTION_STATE_SIZE
+        args.size, args.ip, args.port, args.tap, args.conns, CONNECTION_STATE_SIZE
     );
     let mut last_report = (0, 0);
     loop {
@@ -99,10 +102,10 @@ fn run(args: &args::Args) -> Result<(), String> {
             iface.poll(t, &mut device, &mut sockets);
         }
         // Report when a client comes or goes, not per request.
-        let report = (server.stats().connections, server.active());
+        let report = (server.stats().connections, server.busy());
         if report != last_report {
             eprintln!(
-                "blockwire-linux-tap: {} active, {:?}",
+                "blockwire-linux-tap: {} busy, {:?}",
                 report.1,
                 server.stats()
             );

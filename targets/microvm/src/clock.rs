@@ -11,6 +11,8 @@ use crate::port::{inb, outb};
 const PIT_HZ: u64 = 1_193_182;
 /// Calibration window: 5 ms of PIT ticks.
 const CALIBRATION_TICKS: u64 = PIT_HZ / 200;
+/// Windows measured; the slowest rate wins (see [`Clock::calibrate`]).
+const CALIBRATION_WINDOWS: usize = 3;
 
 pub struct Clock {
     start: u64,
@@ -29,30 +31,52 @@ fn pit_count() -> u16 {
     u16::from_le_bytes([lo, hi])
 }
 
+/// One window: the TSC at its start and the rate it measured.
+fn window() -> Option<(u64, u64)> {
+    let mut prev = pit_count();
+    let t0 = rdtsc();
+    let mut ticks = 0u64;
+    let mut spins = 0u64;
+    while ticks < CALIBRATION_TICKS {
+        let now = pit_count();
+        ticks += u64::from(prev.wrapping_sub(now));
+        prev = now;
+        spins += 1;
+        if spins > 50_000_000 {
+            return None; // no PIT: the count never moves
+        }
+    }
+    let t1 = rdtsc();
+    Some((
+        t0,
+        ((t1 - t0) as u128 * PIT_HZ as u128 / ticks as u128) as u64,
+    ))
+}
+
 impl Clock {
     /// Measure the TSC rate, if there is a PIT to measure it with.
+    ///
+    /// The PIT wraps every 55 ms, so a stall longer than that between two
+    /// reads (the vCPU thread descheduled on a loaded host) loses whole
+    /// wraps and makes the TSC look faster than it is — once by 12x, which
+    /// stretched every timeout alike. A stall can only err that way, so
+    /// the slowest of a few windows is the rate.
     pub fn calibrate() -> Option<Self> {
         // Channel 0, lobyte/hibyte, mode 2 (rate generator), reload 65536.
         outb(0x43, 0x34);
         outb(0x40, 0);
         outb(0x40, 0);
-        let mut prev = pit_count();
-        let t0 = rdtsc();
-        let mut ticks = 0u64;
-        let mut spins = 0u64;
-        while ticks < CALIBRATION_TICKS {
-            let now = pit_count();
-            ticks += u64::from(prev.wrapping_sub(now));
-            prev = now;
-            spins += 1;
-            if spins > 50_000_000 {
-                return None; // no PIT: the count never moves
+        let mut start = 0;
+        let mut tsc_hz = u64::MAX;
+        for _ in 0..CALIBRATION_WINDOWS {
+            let (t0, hz) = window()?;
+            if start == 0 {
+                start = t0;
             }
+            tsc_hz = tsc_hz.min(hz);
         }
-        let t1 = rdtsc();
-        let tsc_hz = ((t1 - t0) as u128 * PIT_HZ as u128 / ticks as u128) as u64;
         Some(Self {
-            start: t0,
+            start,
             tsc_hz: tsc_hz.max(1),
         })
     }

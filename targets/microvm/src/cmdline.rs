@@ -1,4 +1,4 @@
-//! Kernel command line: `ip=ADDR/PREFIX gw=ADDR port=N size=SIZE`, plus
+//! Kernel command line: `ip=ADDR/PREFIX gw=ADDR port=N size=SIZE conns=N`, plus
 //! (with the `netboot` feature) `server=ADDR:PORT` and `export=NAME`.
 //! Unknown words (QEMU's own `virtio_mmio.device=...`) are ignored.
 
@@ -11,6 +11,8 @@ pub struct Options<'a> {
     pub gateway: Option<Ipv4Address>,
     pub port: u16,
     pub size: u64,
+    /// Connections served at once (`conns=N`, at least 1).
+    pub conns: usize,
     pub server: (Ipv4Address, u16),
     pub export: &'a str,
 }
@@ -24,6 +26,9 @@ impl Default for Options<'_> {
             gateway: None,
             port: 10809,
             size: 64 << 20,
+            // Twice what nbdcopy or QEMU open on a multi-conn export; each
+            // costs its TCP buffers (256 KiB) plus ~10 KiB of state.
+            conns: 8,
             server: (Ipv4Address::new(10, 0, 2, 2), 10809),
             export: "",
         }
@@ -53,6 +58,13 @@ pub fn parse<'a>(cmdline: &'a str, mut bad: impl FnMut(&'a str)) -> Options<'a> 
             "gw" => value.parse().map(|a| o.gateway = Some(a)).is_ok(),
             "port" => value.parse().map(|p| o.port = p).is_ok(),
             "size" => parse_size(value).map(|s| o.size = s).is_some(),
+            "conns" => match value.parse::<usize>() {
+                Ok(n) if n > 0 => {
+                    o.conns = n;
+                    true
+                }
+                _ => false,
+            },
             "server" => {
                 let (addr, port) = value.split_once(':').unwrap_or((value, "10809"));
                 match (addr.parse(), port.parse()) {

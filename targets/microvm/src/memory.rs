@@ -63,4 +63,25 @@ impl Carve {
         // ours; reinterpreting them as initialized u64s is valid.
         Some(unsafe { core::slice::from_raw_parts_mut(ptr, n) })
     }
+
+    /// `n` values of `T`, the `i`-th initialized to `init(i)`: memory for
+    /// what the count of is only known at run time (connection slots and
+    /// their sockets, sized by `conns=N`).
+    pub fn array<T>(
+        &mut self,
+        n: usize,
+        mut init: impl FnMut(usize) -> T,
+    ) -> Option<&'static mut [T]> {
+        let len = n.checked_mul(core::mem::size_of::<T>())?;
+        let b = self.bytes(len, core::mem::align_of::<T>() as u64)?;
+        let ptr = b.as_mut_ptr() as *mut T;
+        for i in 0..n {
+            // SAFETY: `ptr` is aligned for T and `n * size_of::<T>()` bytes
+            // of memory exclusively ours; each element is written once,
+            // without reading (or dropping) the uninitialized old value.
+            unsafe { ptr.add(i).write(init(i)) };
+        }
+        // SAFETY: all `n` elements were just initialized.
+        Some(unsafe { core::slice::from_raw_parts_mut(ptr, n) })
+    }
 }

@@ -3,13 +3,11 @@
 
 use blockwire_smoltcp::blockwire_core::block::alloc_map::AllocState;
 use blockwire_smoltcp::blockwire_core::server::ServerConfig;
-use blockwire_smoltcp::{CONNECTION_STATE_SIZE, NbdServer, RamDisk, add_sockets};
+use blockwire_smoltcp::{CONNECTION_STATE_SIZE, ConnectionSlot, NbdServer, RamDisk, add_socket};
 use smoltcp::iface::{PollResult, SocketSet, SocketStorage};
 
 use crate::{Platform, exit, fail, println, serial};
 
-/// Connections served at once.
-const CONNECTIONS: usize = 2;
 /// TCP buffers per connection and direction.
 const SOCKET_BUFFER: usize = 128 * 1024;
 /// Allocation-map granule of the RAM disk.
@@ -24,20 +22,10 @@ pub fn run(p: &mut Platform) -> ! {
         fail("bad disk size")
     };
     let map = p.carve.words(words);
-    let buffers = core::array::from_fn(|_| {
-        (
-            p.carve.bytes(SOCKET_BUFFER, 64),
-            p.carve.bytes(SOCKET_BUFFER, 64),
-        )
-    });
     let data = p.carve.bytes(size as usize, 4096);
     let (Some(map), Some(data)) = (map, data) else {
         fail("not enough RAM for the disk: give QEMU more with -m")
     };
-    let buffers = buffers.map(|(rx, tx)| match (rx, tx) {
-        (Some(rx), Some(tx)) => (rx, tx),
-        _ => fail("not enough RAM for socket buffers"),
-    });
     // Guest RAM starts zeroed and nothing has written past the image, so
     // the disk is all zeroes without spending boot time clearing it.
     let disk = match RamDisk::with_contents(data, map, GRANULE, AllocState::HoleZero) {
@@ -45,16 +33,35 @@ pub fn run(p: &mut Platform) -> ! {
         Err(_) => fail("RAM disk setup"),
     };
 
-    let mut storage = [SocketStorage::EMPTY; CONNECTIONS];
+    // One socket (two TCP buffers) and one slot per connection, `conns=N`
+    // of each, carved after the disk.
+    let conns = p.options.conns;
+    let buffers = conns
+        .checked_mul(2 * SOCKET_BUFFER)
+        .and_then(|len| p.carve.bytes(len, 64));
+    let storage = p.carve.array(conns, |_| SocketStorage::EMPTY);
+    let (Some(buffers), Some(storage)) = (buffers, storage) else {
+        fail("not enough RAM for conns= connections: give QEMU more with -m or lower conns=")
+    };
     let mut sockets = SocketSet::new(&mut storage[..]);
-    let handles = add_sockets::<CONNECTIONS>(&mut sockets, buffers);
-    let mut server = NbdServer::new(disk, "", p.options.port, ServerConfig::default(), handles);
+    let mut buffers = buffers.chunks_exact_mut(SOCKET_BUFFER);
+    let slots = p.carve.array(conns, |_| {
+        // Two chunks per connection were carved above.
+        let (Some(rx), Some(tx)) = (buffers.next(), buffers.next()) else {
+            fail("socket buffer accounting")
+        };
+        ConnectionSlot::new(add_socket(&mut sockets, rx, tx))
+    });
+    let Some(slots) = slots else {
+        fail("not enough RAM for conns= connections: give QEMU more with -m or lower conns=")
+    };
+    let mut server = NbdServer::new(disk, "", p.options.port, ServerConfig::default(), slots);
     let ready = p.clock.micros();
     println!(
         "blockwire-microvm: serving {} bytes on port {} ({} connections, {} bytes of state each), ready {} us after calibration, TSC at {} us",
         size,
         p.options.port,
-        CONNECTIONS,
+        conns,
         CONNECTION_STATE_SIZE,
         ready,
         p.clock.micros_since_reset()

@@ -276,8 +276,14 @@ impl Graph {
         if !e.owned {
             return Err(generic(format!("Node {name} is not owned by the monitor")));
         }
-        if g.users.get(name).copied().unwrap_or(0) > 0 || !Self::parents(&g, name).is_empty() {
+        // QEMU 7.2's two messages: a node under a BlockBackend (here: an
+        // export) is "in use"; one referenced by another node is a
+        // "block device in use" (its refcount is above one).
+        if g.users.get(name).copied().unwrap_or(0) > 0 {
             return Err(generic(format!("Node {name} is in use")));
+        }
+        if !Self::parents(&g, name).is_empty() {
+            return Err(generic(format!("Block device {name} is in use")));
         }
         let implicit = e.implicit.clone();
         g.nodes.remove(name);

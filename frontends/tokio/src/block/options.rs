@@ -181,6 +181,20 @@ pub enum DriverOptions {
         file: Option<BlockdevRef>,
         cluster_size: u64,
     },
+    /// `qcow2` (`BlockdevOptionsQcow2`): the image on `file`.
+    Qcow2 {
+        file: BlockdevRef,
+        /// `backing`: absent, the image's own backing file (opened
+        /// read-only, format as recorded or probed); `Some(None)` for
+        /// `null`, none; or that node.
+        backing: Option<Option<BlockdevRef>>,
+        /// `cache-size`, `l2-cache-size`, `refcount-cache-size` in bytes.
+        cache_size: Option<u64>,
+        l2_cache_size: Option<u64>,
+        refcount_cache_size: Option<u64>,
+        /// `pass-discard-request` (default: the node's `discard=unmap`).
+        pass_discard_request: Option<bool>,
+    },
     /// `rbd` (`BlockdevOptionsRbd`, QEMU 7.2): an image of a Ceph cluster.
     Rbd(RbdOptions),
 }
@@ -224,6 +238,7 @@ impl DriverOptions {
             DriverOptions::Throttle { .. } => "throttle",
             DriverOptions::Blkdebug { .. } => "blkdebug",
             DriverOptions::Cow { .. } => "blockwire-cow",
+            DriverOptions::Qcow2 { .. } => "qcow2",
             DriverOptions::Rbd(_) => "rbd",
         }
     }

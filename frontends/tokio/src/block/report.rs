@@ -67,7 +67,9 @@ pub fn block_device_info(node: &Node) -> Value {
         "detect_zeroes": detect_zeroes(opts.detect_zeroes),
         "bps": 0, "bps_rd": 0, "bps_wr": 0,
         "iops": 0, "iops_rd": 0, "iops_wr": 0,
-        "write_threshold": node.write_threshold(),
+        // An `int` in the schema: a threshold set as uint64 above
+        // INT64_MAX reads back negative, as in QEMU.
+        "write_threshold": node.write_threshold() as i64,
         "backing_file_depth": depth,
         "cache": {
             "writeback": true,

@@ -73,6 +73,9 @@ pub(super) async fn transmission<S: Socket>(
         ));
     };
     tracing::Span::current().record("export", export.name.as_str());
+    // Counted as the export's client while in transmission, and told to
+    // leave when the export is removed by force.
+    let (_client, mut kicked) = export.enter();
     info!(mode = ?session.mode, contexts = session.contexts.len(), "transmission");
     let job = Arc::new(Job::new(
         export,
@@ -138,6 +141,10 @@ pub(super) async fn transmission<S: Socket>(
                                         server.shutdown();
                                         return Ok(());
                                     }
+                                    _ = kicked.wait_for(|s| *s) => {
+                                        server.shutdown();
+                                        return Ok(());
+                                    }
                                 }
                                 server.skip_payload((payload - have) as u64);
                             }
@@ -169,6 +176,10 @@ pub(super) async fn transmission<S: Socket>(
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => {
+                    server.shutdown();
+                    return Ok(());
+                }
+                _ = kicked.wait_for(|s| *s) => {
                     server.shutdown();
                     return Ok(());
                 }

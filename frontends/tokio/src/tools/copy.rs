@@ -40,6 +40,13 @@ pub struct CopyArgs {
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Incremental copy: only the ranges the NBD source reports dirty in
+    /// qemu:dirty-bitmap:NAME, written in place into DST (the previous
+    /// copy, which must exist with the source's size). Pull-mode backup,
+    /// as virtnbdbackup does it with qemu-nbd -B or a
+    /// qemu-storage-daemon export with bitmaps.
+    #[arg(long, value_name = "NAME")]
+    pub dirty_bitmap: Option<String>,
 }
 
 /// How far ahead block status looks in one request.
@@ -127,16 +134,32 @@ fn items(run: Run, request: u64, out: &mut Vec<Item>) {
 }
 
 pub async fn run(args: CopyArgs) -> Result<(), String> {
-    let src = Endpoint::open_source(&args.source, args.connections).await?;
+    let bitmap_ctx = args
+        .dirty_bitmap
+        .as_ref()
+        .map(|b| format!("{}{b}", blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX));
+    let src =
+        Endpoint::open_source_with(&args.source, args.connections, bitmap_ctx.as_deref()).await?;
     let size = src.size();
-    let dst = Endpoint::open_destination(&args.destination, args.connections, size).await?;
+    let dst = Endpoint::open_destination_with(
+        &args.destination,
+        args.connections,
+        size,
+        bitmap_ctx.is_some(),
+    )
+    .await?;
     let align = src.min_block().max(dst.min_block());
     let request = args
         .request_size
         .min(src.max_request())
         .min(dst.max_request());
     let request = (request - request % align).max(align);
-    let dst_zeroed = dst.prezero(size).await?;
+    // An incremental copy writes over the previous copy: nothing there
+    // reads as zeroes unless written so.
+    let dst_zeroed = match bitmap_ctx {
+        Some(_) => false,
+        None => dst.prezero(size).await?,
+    };
     let width = src.connections().max(dst.connections());
     let job = Arc::new(Job {
         src,
@@ -151,7 +174,27 @@ pub async fn run(args: CopyArgs) -> Result<(), String> {
     let mut at = 0;
     let mut batch = Vec::new();
     'produce: while at < size && !job.failed() {
-        let runs = match job.src.runs(at, (size - at).min(STATUS_WINDOW)).await {
+        let window = (size - at).min(STATUS_WINDOW);
+        let runs = match &bitmap_ctx {
+            // Dirty ranges are copied as data (all-zero reads become
+            // write-zeroes in Job::run); clean ones are left alone.
+            Some(ctx) => match job.src.bitmap_runs(ctx, at, window).await {
+                Ok(r) => Ok(r
+                    .into_iter()
+                    .filter_map(|(offset, len, dirty)| {
+                        at = offset + len;
+                        dirty.then_some(Run {
+                            offset,
+                            len,
+                            zero: false,
+                        })
+                    })
+                    .collect::<Vec<_>>()),
+                Err(e) => Err(e),
+            },
+            None => job.src.runs(at, window).await,
+        };
+        let runs = match runs {
             Ok(r) => r,
             Err(e) => {
                 job.fail(format!("reading the source's allocation: {e}"));
@@ -160,7 +203,7 @@ pub async fn run(args: CopyArgs) -> Result<(), String> {
         };
         batch.clear();
         for r in runs {
-            at = r.offset + r.len;
+            at = at.max(r.offset + r.len);
             items(r, request, &mut batch);
         }
         for &item in &batch {

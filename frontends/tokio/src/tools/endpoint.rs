@@ -54,9 +54,25 @@ fn file_size(f: &File) -> std::io::Result<u64> {
 }
 
 impl Endpoint {
-    pub async fn open_source(s: &str, connections: usize) -> Result<Endpoint, String> {
+    /// The source, also asking an NBD server for metadata context
+    /// `extra` (a dirty bitmap); a server that does not agree to it is an
+    /// error, as is a source that is not NBD.
+    pub async fn open_source_with(
+        s: &str,
+        connections: usize,
+        extra: Option<&str>,
+    ) -> Result<Endpoint, String> {
         if is_uri(s) {
-            return Self::nbd(s, connections).await;
+            let e = Self::nbd(s, connections, extra).await?;
+            if let (Some(ctx), Endpoint::Nbd { pool, .. }) = (extra, &e)
+                && pool.get(0).context_id(ctx).is_none()
+            {
+                return Err(format!("{s}: the server does not offer {ctx}"));
+            }
+            return Ok(e);
+        }
+        if let Some(ctx) = extra {
+            return Err(format!("{s}: {ctx} needs an NBD source"));
         }
         let path = PathBuf::from(s);
         let file = File::open(&path).map_err(|e| io_err("open", &path, e))?;
@@ -71,18 +87,21 @@ impl Endpoint {
     }
 
     /// Open the destination for a source of `size` bytes. A regular file
-    /// is created or truncated to `size`: it then reads as zeroes, so zero
-    /// runs need no writing.
-    pub async fn open_destination(
+    /// is created or truncated to `size` (it then reads as zeroes, so zero
+    /// runs need no writing), unless `keep`: then it must already exist
+    /// with the source's size and is written in place (an incremental
+    /// copy into the previous one).
+    pub async fn open_destination_with(
         s: &str,
         connections: usize,
         size: u64,
+        keep: bool,
     ) -> Result<Endpoint, String> {
         if s == "null:" {
             return Ok(Endpoint::Null);
         }
         if is_uri(s) {
-            let e = Self::nbd(s, connections).await?;
+            let e = Self::nbd(s, connections, None).await?;
             if let Endpoint::Nbd { pool, .. } = &e {
                 let c = pool.get(0);
                 if c.has(F::READ_ONLY) {
@@ -104,11 +123,20 @@ impl Endpoint {
         });
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create(!is_blockdev)
-            .truncate(!is_blockdev)
+            .create(!is_blockdev && !keep)
+            .truncate(!is_blockdev && !keep)
             .open(&path)
             .map_err(|e| io_err("open", &path, e))?;
-        if is_blockdev {
+        if keep && !is_blockdev {
+            let have = file_size(&file).map_err(|e| io_err("size of", &path, e))?;
+            if have != size {
+                return Err(format!(
+                    "{}: the destination ({have} bytes) is not the source's size ({size} bytes): \
+                     an incremental copy goes into the previous full copy",
+                    path.display()
+                ));
+            }
+        } else if is_blockdev {
             let have = file_size(&file).map_err(|e| io_err("size of", &path, e))?;
             if have < size {
                 return Err(format!(
@@ -127,10 +155,12 @@ impl Endpoint {
         })
     }
 
-    async fn nbd(s: &str, connections: usize) -> Result<Endpoint, String> {
+    async fn nbd(s: &str, connections: usize, extra: Option<&str>) -> Result<Endpoint, String> {
         let uri = NbdUri::parse(s).map_err(|e| e.to_string())?;
+        let mut meta_contexts = vec![context::BASE_ALLOCATION.to_owned()];
+        meta_contexts.extend(extra.map(str::to_owned));
         let opts = Options {
-            meta_contexts: vec![context::BASE_ALLOCATION.to_owned()],
+            meta_contexts,
             ..Options::default()
         };
         let pool = Pool::connect(&uri, &opts, connections)
@@ -194,6 +224,39 @@ impl Endpoint {
                 Ok(true)
             }
         }
+    }
+
+    /// The extents of metadata context `ctx` (a `qemu:dirty-bitmap:`)
+    /// from `offset`, at most `len`: `(offset, length, dirty)`.
+    pub async fn bitmap_runs(
+        &self,
+        ctx: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, bool)>, String> {
+        let Endpoint::Nbd { pool, .. } = self else {
+            return Err(format!("{ctx} needs an NBD source"));
+        };
+        let ext = pool
+            .get(0)
+            .block_status(ctx, offset, len)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut at = offset;
+        let mut out = Vec::new();
+        for e in ext {
+            let l = e.length.min(offset + len - at);
+            if l == 0 {
+                break;
+            }
+            // NBD_STATE_DIRTY, bit 0 of a qemu:dirty-bitmap extent.
+            out.push((at, l, e.flags & 1 != 0));
+            at += l;
+        }
+        if out.is_empty() {
+            return Err(format!("{ctx} at offset {offset} described nothing"));
+        }
+        Ok(out)
     }
 
     /// Runs covering at least one byte from `offset` (at most `len`).

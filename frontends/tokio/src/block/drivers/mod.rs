@@ -6,6 +6,7 @@ pub mod cow;
 pub mod file;
 pub mod nbd;
 pub mod null;
+pub mod qcow2;
 pub mod ram;
 pub mod raw;
 pub mod rbd;
@@ -140,6 +141,40 @@ pub async fn open(
                 }
             };
             Box::new(cow::Cow::new(top, backing, cluster_size)?)
+        }
+        DriverOptions::Qcow2 {
+            file,
+            backing,
+            cache_size,
+            l2_cache_size,
+            refcount_cache_size,
+            pass_discard_request,
+        } => {
+            let file = children.open("file", file, true).await?;
+            let how = qcow2::Qcow2Open {
+                read_only: read_only || file.read_only(),
+                cache: qcow2::CacheSizes {
+                    total: cache_size,
+                    l2: l2_cache_size,
+                    refcount: refcount_cache_size,
+                },
+                // QEMU's default: what the node's `discard` option says.
+                pass_discard: pass_discard_request
+                    .unwrap_or(opts.discard == blockwire_core::block::zero_policy::Discard::Unmap),
+            };
+            let image = qcow2::open_image(&file, how).await?;
+            let backing = match backing {
+                Some(Some(r)) => Some(children.open("backing", r, false).await?),
+                Some(None) => None,
+                None => match image.backing_name() {
+                    None => None,
+                    Some(name) => {
+                        let o = qcow2::backing_options(&file, &name, &image.backing_format())?;
+                        Some(children.open("backing", o.into(), false).await?)
+                    }
+                },
+            };
+            Box::new(qcow2::Qcow2Driver::new(file, image, backing))
         }
         DriverOptions::Rbd(o) => {
             let key = match &o.key_secret {

@@ -15,11 +15,11 @@ use blockwire_core::block::blkdebug::BlkdebugEvent;
 use super::Error;
 use super::block_core::{BLOCKDEV_REF, BLOCKDEV_REF_OR_NULL, Children};
 use super::convert::{Obj, non_negative};
-use super::schema::{Enum, Int, Literal, Member, Struct, Type, Union, Variant};
+use super::schema::{Alternate, Enum, Int, Literal, Member, Struct, Type, Union, Variant};
 use crate::block::options::{Aio, DriverOptions, InjectError, OnOffAuto, SetState, SocketAddress};
 
 /// The drivers, by their `driver` name: the cases of `BlockdevOptions`.
-pub static VARIANTS: [Variant; 10] = [
+pub static VARIANTS: [Variant; 11] = [
     Variant {
         case: "blkdebug",
         members: &BLKDEBUG,
@@ -49,6 +49,10 @@ pub static VARIANTS: [Variant; 10] = [
         members: &NULL,
     },
     Variant {
+        case: "qcow2",
+        members: &QCOW2,
+    },
+    Variant {
         case: "raw",
         members: &RAW,
     },
@@ -75,6 +79,7 @@ pub fn converter(driver: &str) -> Option<Convert> {
         "host_device" => host_device,
         "nbd" => nbd,
         "null-co" => null_co,
+        "qcow2" => qcow2,
         "raw" => raw,
         "rbd" => super::rbd::rbd,
         "throttle" => throttle,
@@ -505,6 +510,98 @@ fn cow(o: &Obj, c: &Children) -> Result<DriverOptions, Error> {
     })
 }
 
+// ---- qcow2 ----
+
+pub static QCOW2_OVERLAP_CHECK_MODE: Enum = Enum {
+    name: "Qcow2OverlapCheckMode",
+    values: &["none", "constant", "cached", "all"],
+};
+
+pub static QCOW2_OVERLAP_CHECK_FLAGS: Struct = Struct {
+    name: "Qcow2OverlapCheckFlags",
+    members: &[
+        Member::opt("template", Type::Enum(&QCOW2_OVERLAP_CHECK_MODE)),
+        Member::opt("main-header", Type::Bool),
+        Member::opt("active-l1", Type::Bool),
+        Member::opt("active-l2", Type::Bool),
+        Member::opt("refcount-table", Type::Bool),
+        Member::opt("refcount-block", Type::Bool),
+        Member::opt("snapshot-table", Type::Bool),
+        Member::opt("inactive-l1", Type::Bool),
+        Member::opt("inactive-l2", Type::Bool),
+        Member::opt("bitmap-directory", Type::Bool),
+    ],
+    features: &[],
+};
+
+pub static QCOW2_OVERLAP_CHECKS: Alternate = Alternate {
+    name: "Qcow2OverlapChecks",
+    members: &[
+        Type::Struct(&QCOW2_OVERLAP_CHECK_FLAGS),
+        Type::Enum(&QCOW2_OVERLAP_CHECK_MODE),
+    ],
+};
+
+pub static QCOW2_ENCRYPTION_FORMAT: Enum = Enum {
+    name: "BlockdevQcow2EncryptionFormat",
+    values: &["aes", "luks"],
+};
+
+pub static QCOW2_ENCRYPTION: Struct = Struct {
+    name: "BlockdevQcow2Encryption",
+    members: &[
+        Member::req("format", Type::Enum(&QCOW2_ENCRYPTION_FORMAT)),
+        Member::opt("key-secret", Type::Str),
+    ],
+    features: &[],
+};
+
+/// `BlockdevOptionsQcow2` with its bases `BlockdevOptionsGenericCOWFormat`
+/// (`backing`) and `BlockdevOptionsGenericFormat` (`file`).
+pub static QCOW2: Struct = Struct {
+    name: "BlockdevOptionsQcow2",
+    members: &[
+        Member::req("file", Type::Alternate(&BLOCKDEV_REF)),
+        Member::opt("backing", Type::Alternate(&BLOCKDEV_REF_OR_NULL)),
+        // Refcounts are always kept exact (QEMU's default).
+        Member::unsupported("lazy-refcounts", Type::Bool, Some(Literal::Bool(false))),
+        Member::opt("pass-discard-request", Type::Bool),
+        // No snapshot operation exists to discard for; nor does anything
+        // else free clusters than requests.
+        Member::unsupported(
+            "pass-discard-snapshot",
+            Type::Bool,
+            Some(Literal::Bool(true)),
+        ),
+        Member::unsupported("pass-discard-other", Type::Bool, Some(Literal::Bool(false))),
+        // The core always checks every new metadata location against the
+        // fixed metadata; the choice of checks is not configurable.
+        Member::unsupported("overlap-check", Type::Alternate(&QCOW2_OVERLAP_CHECKS), NO),
+        Member::opt("cache-size", Type::Int(Int::I64)),
+        Member::opt("l2-cache-size", Type::Int(Int::I64)),
+        Member::opt("refcount-cache-size", Type::Int(Int::I64)),
+        // Cache entries are never dropped on a timer: QEMU's 0.
+        Member::unsupported(
+            "cache-clean-interval",
+            Type::Int(Int::I64),
+            Some(Literal::Int(0)),
+        ),
+        Member::unsupported("encrypt", Type::Struct(&QCOW2_ENCRYPTION), NO),
+    ],
+    features: &[],
+};
+
+fn qcow2(o: &Obj, c: &Children) -> Result<DriverOptions, Error> {
+    Ok(DriverOptions::Qcow2 {
+        file: c.req(o, "file", false)?,
+        backing: c.get_or_null(o, "backing", true)?,
+        cache_size: o.non_negative("cache-size")?,
+        l2_cache_size: o.non_negative("l2-cache-size")?,
+        refcount_cache_size: o.non_negative("refcount-cache-size")?,
+        pass_discard_request: o.bool("pass-discard-request")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +611,6 @@ mod tests {
         for v in &VARIANTS {
             assert!(converter(v.case).is_some(), "{} has no conversion", v.case);
         }
-        assert!(converter("qcow2").is_none());
+        assert!(converter("qcow").is_none());
     }
 }

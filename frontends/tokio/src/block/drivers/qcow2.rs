@@ -1,0 +1,995 @@
+//! `qcow2`: QEMU's image format (`BlockdevOptionsQcow2`) over a `file`
+//! child, with an optional `backing` node of any driver. The sans-IO core
+//! ([`blockwire_core::qcow2`]) answers every lookup and plans every change;
+//! this driver only performs the I/O the core names, in the core's order.
+//!
+//! # Concurrency
+//!
+//! The core's rules (its module docs): calls take `&mut self`, so the image
+//! sits behind a `std` mutex held only for planning, `map`, `install` and
+//! `commit`, never across I/O. Requests touching the same guest cluster
+//! must be serialised, and nothing may plan between a flush plan and its
+//! commit. This driver meets both with one reader-writer lock over
+//! requests: reads and block status share it (they only map and read, and
+//! loads that race a flush are refused by the core's epoch check and asked
+//! for again), while writes, write-zeroes, discards and flushes hold it
+//! alone, so a write's copy-on-write source and the mapping it replaces
+//! cannot change under it, and a cluster freed by one request cannot be
+//! reused while a read still reads it. A read that finds every cache slot
+//! dirty (`Need::Flush`) lets go of the shared lock and flushes under the
+//! exclusive one.
+//!
+//! # Durability
+//!
+//! L2, L1 and refcount changes stay in memory until a flush plan writes
+//! them in the crash-safe order; an NBD flush (or a FUA write) runs flush
+//! plans until no metadata is dirty, so every acknowledged flush covers
+//! every write completed before it. The steps a plan marks as barriers are
+//! flushes of the file child.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use blockwire_core::block::contract::{STATE_HOLE, STATE_ZERO};
+use blockwire_core::qcow2::chain::{ChainGuard, DEFAULT_MAX_DEPTH};
+use blockwire_core::qcow2::layout::MAX_L1_BYTES;
+use blockwire_core::qcow2::{
+    Config, HeaderArea, Inflater, Load, MapResult, Mapping, Need, Plan, Qcow2, Qcow2Error, Source,
+    Step,
+};
+use tracing::error;
+
+use crate::block::io::Io;
+use crate::block::node::{Child, Driver, DriverInfo, Node, Status, Zeroes, invalid, lock};
+
+/// Magic of a qcow2 image, for probing.
+pub const MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// QEMU's upper bound for the L2 cache when no size is given
+/// (`DEFAULT_L2_CACHE_MAX_SIZE`).
+const DEFAULT_L2_CACHE_MAX: u64 = 32 << 20;
+/// Slots the default L2 cache never exceeds: the core's cache is searched
+/// linearly, so a huge slot count for tiny clusters would cost more per
+/// lookup than the misses it saves.
+const DEFAULT_L2_SLOTS_MAX: u64 = 512;
+/// QEMU's minimums: two L2 tables, four refcount blocks.
+const MIN_L2_SLOTS: u64 = 2;
+const MIN_REFBLOCK_SLOTS: u64 = 4;
+/// Blocks in a status answer before it stops (the caller asks again).
+const STATUS_RUNS: usize = 1024;
+
+/// The cache sizes of `BlockdevOptionsQcow2` in bytes (`cache-size`,
+/// `l2-cache-size`, `refcount-cache-size`), as given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSizes {
+    pub total: Option<u64>,
+    pub l2: Option<u64>,
+    pub refcount: Option<u64>,
+}
+
+/// How an image is opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Qcow2Open {
+    pub read_only: bool,
+    pub cache: CacheSizes,
+    /// `pass-discard-request`: clusters freed by a discard or an unmapping
+    /// write-zeroes are discarded in the file too.
+    pub pass_discard: bool,
+}
+
+/// Where the backing node comes from (`backing` of `BlockdevOptionsQcow2`).
+pub enum BackingChoice {
+    /// Absent: the one the image names, if any.
+    FromImage,
+    /// `null`: none, whatever the image says.
+    None,
+}
+
+/// An image whose tables are loaded, before its backing node is known.
+pub struct Opened {
+    q: Qcow2<Vec<u64>>,
+    how: Qcow2Open,
+    metadata_preallocation: bool,
+}
+
+impl Opened {
+    /// The backing file name recorded in the image.
+    pub fn backing_name(&self) -> Option<String> {
+        self.q
+            .backing_name()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+    }
+
+    /// The backing format recorded in the image (empty: not recorded).
+    pub fn backing_format(&self) -> String {
+        String::from_utf8_lossy(self.q.backing_format()).into_owned()
+    }
+}
+
+/// A core error on a request: the errno the block layer gives it, the
+/// message in the log (the client only sees the errno).
+fn qerr(e: Qcow2Error) -> io::Error {
+    if matches!(
+        e.block_error(),
+        blockwire_core::block::contract::BlockError::Io(_)
+    ) {
+        error!("{e}");
+    }
+    io::Error::from_raw_os_error(e.block_error().nbd_errno() as i32)
+}
+
+/// Reads `buf` from `node` at `off`; what lies past the node's end reads
+/// as zeroes. Returns the bytes that were inside.
+async fn read_clamped(node: &Node, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let size = node.size();
+    if off >= size {
+        buf.fill(0);
+        return Ok(0);
+    }
+    let n = ((size - off) as usize).min(buf.len());
+    node.read(off, &mut buf[..n]).wait().await?;
+    buf[n..].fill(0);
+    Ok(n)
+}
+
+fn cache_slots(q_cluster: u64, l2_tables: u64, c: CacheSizes) -> io::Result<(usize, usize)> {
+    let per = |bytes: u64| bytes / q_cluster;
+    let (l2, rb) = match (c.total, c.l2, c.refcount) {
+        (Some(_), Some(_), Some(_)) => {
+            return Err(invalid(
+                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time",
+            ));
+        }
+        (Some(t), Some(l), None) => {
+            if l > t {
+                return Err(invalid("l2-cache-size may not exceed cache-size"));
+            }
+            (per(l), per(t - l))
+        }
+        (Some(t), None, Some(r)) => {
+            if r > t {
+                return Err(invalid("refcount-cache-size may not exceed cache-size"));
+            }
+            (per(t - r), per(r))
+        }
+        (Some(t), None, None) => {
+            // QEMU gives the L2 cache what covers the image, the rest to
+            // refcounts.
+            let l2 = per(t).saturating_sub(MIN_REFBLOCK_SLOTS).min(l2_tables);
+            (l2, per(t) - l2)
+        }
+        (None, l, r) => {
+            let l2 = match l {
+                Some(l) => per(l),
+                None => l2_tables
+                    .min(per(DEFAULT_L2_CACHE_MAX))
+                    .min(DEFAULT_L2_SLOTS_MAX),
+            };
+            (l2, r.map(per).unwrap_or(l2 / 4))
+        }
+    };
+    Ok((
+        l2.max(MIN_L2_SLOTS) as usize,
+        rb.max(MIN_REFBLOCK_SLOTS) as usize,
+    ))
+}
+
+/// Opens the image on `file`: header, then the L1, refcount and snapshot
+/// tables, with every hostile-image check the core makes.
+pub async fn open_image(file: &Node, how: Qcow2Open) -> io::Result<Opened> {
+    let name = file.filename();
+    let bad = |e: Qcow2Error| invalid(format!("Could not open '{name}': {e}"));
+    let size = file.size();
+    let mut first = vec![0u8; 4096.min(size) as usize];
+    file.read(0, &mut first).wait().await?;
+    let need = HeaderArea::needed_len(&first, size).map_err(bad)?;
+    let mut hdr = vec![0u8; need.min(size) as usize];
+    file.read(0, &mut hdr).wait().await?;
+    let area = HeaderArea::parse(&hdr).map_err(bad)?;
+    let lay = blockwire_core::qcow2::layout::Layout::new(&area.header);
+    let cluster = lay.cluster_size();
+    let l2_tables = area.header.size.div_ceil(cluster * lay.l2_entries());
+    let (l2_slots, refblock_slots) = cache_slots(cluster, l2_tables, how.cache)?;
+    let cfg = Config {
+        read_only: how.read_only,
+        l2_slots,
+        refblock_slots,
+        max_l1_bytes: MAX_L1_BYTES,
+        ..Config::default()
+    };
+    let words = Qcow2::words_needed(&area, &cfg).map_err(bad)?;
+    let mut q = Qcow2::open(area, size, &cfg, vec![0u64; words]).map_err(bad)?;
+    while let Some(load) = q.open_need() {
+        let mut buf = vec![0u8; load.len as usize];
+        let n = read_clamped(file, load.offset, &mut buf).await?;
+        q.install(load, &buf[..n]).map_err(bad)?;
+    }
+    let metadata_preallocation = detect_metadata_preallocation(file, &q).await?;
+    Ok(Opened {
+        q,
+        how,
+        metadata_preallocation,
+    })
+}
+
+/// QEMU's `qcow2_detect_metadata_preallocation`: the image has clearly
+/// more clusters in use (refcount above 0) than the file has storage
+/// allocated, so its data clusters may be holes in the file. Only then
+/// does QEMU's block status ask the file whether a data cluster reads as
+/// zeroes (`BDRV_BLOCK_RECURSE`); block status follows it exactly.
+async fn detect_metadata_preallocation(file: &Node, q: &Qcow2<Vec<u64>>) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    if !matches!(file.driver_name(), "file" | "host_device") {
+        return Ok(false);
+    }
+    let Ok(meta) = std::fs::metadata(file.filename()) else {
+        return Ok(false);
+    };
+    let lay = q.layout();
+    let c = lay.cluster_size();
+    let real_clusters = meta.blocks() * 512 / c;
+    let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+    let end_cluster = file.size().div_ceil(c);
+    let h = &q.header_area().header;
+    let per_block = 1u64 << lay.refblock_bits();
+    let mut table = vec![0u8; h.refcount_table_clusters as usize * c as usize];
+    read_clamped(file, h.refcount_table_offset, &mut table).await?;
+    let mut block = vec![0u8; c as usize];
+    let mut words = vec![0u64; c as usize / 8];
+    let mut count = 0u64;
+    for (ti, e) in table.chunks_exact(8).enumerate() {
+        let first = ti as u64 * per_block;
+        if first >= end_cluster || count >= threshold {
+            break;
+        }
+        let off = u64::from_be_bytes(e.try_into().expect("8 bytes")) & !0x1ff;
+        if off == 0 {
+            continue;
+        }
+        read_clamped(file, off, &mut block).await?;
+        for (w, b) in words.iter_mut().zip(block.chunks_exact(8)) {
+            *w = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        }
+        for i in 0..per_block.min(end_cluster - first) {
+            count += u64::from(lay.refcount_get(&words, i) != 0);
+            if count >= threshold {
+                break;
+            }
+        }
+    }
+    Ok(count >= threshold)
+}
+
+/// Whether the first bytes of `node` are a qcow2 header's magic (what
+/// qemu-nbd's probing looks at, without `-f`).
+pub async fn probe(node: &Node) -> io::Result<bool> {
+    if node.size() < 4 {
+        return Ok(false);
+    }
+    let mut m = [0u8; 4];
+    node.read(0, &mut m).wait().await?;
+    Ok(&m == MAGIC)
+}
+
+fn file_id(p: &Path) -> io::Result<u128> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p)?;
+    Ok(((m.dev() as u128) << 64) | m.ino() as u128)
+}
+
+/// Resolves a backing file name as QEMU does: absolute as it is, relative
+/// to the directory of the image that names it. Only images that are
+/// files have a directory.
+pub fn resolve_backing(image: &Node, name: &str) -> io::Result<PathBuf> {
+    if name.starts_with("json:") {
+        return Err(invalid(format!(
+            "backing file name '{name}' of '{}': json: backing names are not supported",
+            image.filename()
+        )));
+    }
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    if !matches!(image.driver_name(), "file" | "host_device") {
+        return Err(invalid(format!(
+            "Cannot use relative backing file names for '{}'",
+            image.filename()
+        )));
+    }
+    let dir = Path::new(&image.filename())
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok(dir.join(p))
+}
+
+/// Walks the chain below `top` by file names before any of it is opened:
+/// a chain that loops or runs deeper than the core's limit is refused
+/// here, so that opening it (one node per layer, each opening the next)
+/// never recurses without end. Layers that are not qcow2 end the walk.
+pub fn check_chain(top: &Path, first: &Path) -> io::Result<()> {
+    let mut ids = [0u128; DEFAULT_MAX_DEPTH];
+    let mut guard = ChainGuard::new(&mut ids);
+    let refuse = |e| invalid(format!("{}: {e}", top.display()));
+    guard.enter(file_id(top)?).map_err(refuse)?;
+    let mut path = first.to_path_buf();
+    loop {
+        let id = file_id(&path).map_err(|e| {
+            invalid(format!(
+                "Could not open backing file '{}': {e}",
+                path.display()
+            ))
+        })?;
+        guard.enter(id).map_err(refuse)?;
+        let Some(next) = backing_of(&path)? else {
+            return Ok(());
+        };
+        let n = Path::new(&next);
+        path = if n.is_absolute() {
+            n.to_path_buf()
+        } else {
+            path.parent().unwrap_or(Path::new("")).join(n)
+        };
+    }
+}
+
+/// The backing name a file on disk records, if it is a qcow2 image that
+/// names one (a header that does not parse names none: opening that layer
+/// will report why).
+fn backing_of(path: &Path) -> io::Result<Option<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; 4096.min(len) as usize];
+    f.read_exact(&mut buf)?;
+    if !buf.starts_with(MAGIC) {
+        return Ok(None);
+    }
+    let Ok(need) = HeaderArea::needed_len(&buf, len) else {
+        return Ok(None);
+    };
+    let mut hdr = vec![0u8; need.min(len) as usize];
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(&mut hdr, 0)?;
+    Ok(HeaderArea::parse(&hdr).ok().and_then(|a| {
+        a.has_backing()
+            .then(|| String::from_utf8_lossy(a.backing_name.as_bytes()).into_owned())
+    }))
+}
+
+/// The `qcow2` driver.
+pub struct Qcow2Driver {
+    file: Arc<Node>,
+    backing: Option<Arc<Node>>,
+    image: Mutex<Qcow2<Vec<u64>>>,
+    inflater: Mutex<Box<Inflater>>,
+    requests: tokio::sync::RwLock<()>,
+    size: u64,
+    cluster: u64,
+    read_only: bool,
+    pass_discard: bool,
+    /// Data clusters may be file holes: block status asks the file.
+    metadata_preallocation: bool,
+}
+
+/// What a write-like request plans.
+#[derive(Clone, Copy)]
+enum Change {
+    Write,
+    Zeroes { unmap: bool },
+    Discard,
+}
+
+/// Whether a shared-lock pass got through, or must flush first.
+enum Pass {
+    Done,
+    Flush,
+}
+
+impl Qcow2Driver {
+    pub fn new(file: Arc<Node>, image: Opened, backing: Option<Arc<Node>>) -> Self {
+        let q = image.q;
+        Self {
+            size: q.size(),
+            cluster: q.layout().cluster_size(),
+            read_only: q.read_only(),
+            pass_discard: image.how.pass_discard,
+            metadata_preallocation: image.metadata_preallocation,
+            file,
+            backing,
+            image: Mutex::new(q),
+            inflater: Mutex::new(Box::new(Inflater::new())),
+            requests: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    async fn load(&self, l: Load) -> io::Result<()> {
+        let mut buf = vec![0u8; l.len as usize];
+        let n = read_clamped(&self.file, l.offset, &mut buf).await?;
+        // A load that crossed a flush is ignored by the core; the caller
+        // maps again and is asked again.
+        lock(&self.image).install(l, &buf[..n]).map_err(qerr)
+    }
+
+    /// Guest bytes `[guest, guest + dst.len())` of a compressed cluster.
+    async fn read_compressed(
+        &self,
+        host: u64,
+        len: u64,
+        cluster_start: u64,
+        guest: u64,
+        dst: &mut [u8],
+    ) -> io::Result<()> {
+        let mut input = vec![0u8; len as usize];
+        read_clamped(&self.file, host, &mut input).await?;
+        let mut out = vec![0u8; self.cluster as usize];
+        lock(&self.inflater)
+            .inflate_cluster(&input, &mut out, cluster_start)
+            .map_err(qerr)?;
+        let s = (guest - cluster_start) as usize;
+        dst.copy_from_slice(&out[s..s + dst.len()]);
+        Ok(())
+    }
+
+    /// The backing node's bytes at the same guest offset: zeroes past its
+    /// end or without one.
+    async fn read_backing(&self, guest: u64, dst: &mut [u8]) -> io::Result<()> {
+        match &self.backing {
+            Some(b) => read_clamped(b, guest, dst).await.map(|_| ()),
+            None => {
+                dst.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads what it can under the shared lock; `pos` advances.
+    async fn read_pass(&self, offset: u64, buf: &mut [u8], pos: &mut usize) -> io::Result<Pass> {
+        while *pos < buf.len() {
+            let g = offset + *pos as u64;
+            let m = lock(&self.image)
+                .map(g, (buf.len() - *pos) as u64)
+                .map_err(qerr)?;
+            let r = match m {
+                MapResult::Need(Need::Load(l)) => {
+                    self.load(l).await?;
+                    continue;
+                }
+                MapResult::Need(Need::Flush) => return Ok(Pass::Flush),
+                MapResult::Run(r) => r,
+            };
+            let dst = &mut buf[*pos..*pos + r.length as usize];
+            match r.mapping {
+                Mapping::Data { host } => {
+                    read_clamped(&self.file, host, dst).await?;
+                }
+                Mapping::Zero => dst.fill(0),
+                Mapping::Unallocated => self.read_backing(g, dst).await?,
+                Mapping::Compressed {
+                    host,
+                    len,
+                    cluster_start,
+                } => {
+                    self.read_compressed(host, len, cluster_start, g, dst)
+                        .await?
+                }
+            }
+            *pos += r.length as usize;
+        }
+        Ok(Pass::Done)
+    }
+
+    /// Block status under the shared lock.
+    async fn status_pass(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Status>,
+        pos: &mut u64,
+    ) -> io::Result<Pass> {
+        let start = out.len();
+        while *pos < len && out.len() - start < STATUS_RUNS {
+            let g = offset + *pos;
+            let m = lock(&self.image).map(g, len - *pos).map_err(qerr)?;
+            let r = match m {
+                MapResult::Need(Need::Load(l)) => {
+                    self.load(l).await?;
+                    continue;
+                }
+                MapResult::Need(Need::Flush) => return Ok(Pass::Flush),
+                MapResult::Run(r) => r,
+            };
+            let done = match r.mapping {
+                Mapping::Data { .. } | Mapping::Compressed { .. }
+                    if !self.metadata_preallocation =>
+                {
+                    out.push(Status::data(r.length));
+                    r.length
+                }
+                Mapping::Data { host } => {
+                    // As QEMU's block layer does for data clusters: ask the
+                    // file whether the host range reads as zeroes (a
+                    // preallocated cluster over a hole), past its end it
+                    // does.
+                    let conv = |s: Status| Status {
+                        len: s.len,
+                        flags: s.flags & STATE_ZERO,
+                        depth: 1,
+                    };
+                    let past = Status {
+                        len: 0,
+                        flags: STATE_ZERO,
+                        depth: 1,
+                    };
+                    self.below(&self.file, host, r.length, out, conv, past)
+                        .await?
+                }
+                Mapping::Compressed { .. } => {
+                    out.push(Status::data(r.length));
+                    r.length
+                }
+                Mapping::Zero => {
+                    out.push(Status {
+                        len: r.length,
+                        flags: STATE_HOLE | STATE_ZERO,
+                        depth: 1,
+                    });
+                    r.length
+                }
+                Mapping::Unallocated => match &self.backing {
+                    None => {
+                        out.push(Status {
+                            len: r.length,
+                            flags: STATE_HOLE | STATE_ZERO,
+                            depth: 0,
+                        });
+                        r.length
+                    }
+                    // The backing node's answer, one layer deeper.
+                    Some(b) => {
+                        let conv = |s: Status| Status {
+                            depth: if s.depth == 0 { 0 } else { s.depth + 1 },
+                            ..s
+                        };
+                        // Past the end of a shorter backing node QEMU
+                        // counts the range as allocated in that node (it
+                        // reads as zeroes from there), one layer down.
+                        let past = Status {
+                            len: 0,
+                            flags: STATE_HOLE | STATE_ZERO,
+                            depth: 2,
+                        };
+                        self.below(b, g, r.length, out, conv, past).await?
+                    }
+                },
+            };
+            *pos += done;
+            if done < r.length {
+                // The layer below stopped early: so does this answer.
+                break;
+            }
+        }
+        Ok(Pass::Done)
+    }
+
+    /// Status of `[off, off + len)` of `node`, converted by `conv`; what
+    /// lies past the node's end is `past`. Returns the bytes answered
+    /// (less than `len` when the node stopped early).
+    async fn below(
+        &self,
+        node: &Node,
+        off: u64,
+        len: u64,
+        out: &mut Vec<Status>,
+        conv: impl Fn(Status) -> Status,
+        past: Status,
+    ) -> io::Result<u64> {
+        let inside = node.size().saturating_sub(off).min(len);
+        let mut got = 0;
+        if inside > 0 {
+            let mut v = Vec::new();
+            node.block_status(off, inside, &mut v).wait().await?;
+            for s in v {
+                let s = Status {
+                    len: s.len.min(inside - got),
+                    ..s
+                };
+                if s.len == 0 {
+                    break;
+                }
+                got += s.len;
+                out.push(conv(s));
+            }
+            if got == 0 {
+                // A node that answers nothing: call it data.
+                out.push(conv(Status::data(inside)));
+                got = inside;
+            }
+            if got < inside {
+                return Ok(got);
+            }
+        }
+        if got < len {
+            out.push(Status {
+                len: len - got,
+                ..past
+            });
+        }
+        Ok(len)
+    }
+
+    /// Carries out one plan's steps in order.
+    async fn run_steps(&self, steps: &[Step], payload: &[u8]) -> io::Result<()> {
+        // The file node refuses writes past its end: grow it first, to
+        // whole clusters (what QEMU's allocation leaves behind too).
+        let end = steps
+            .iter()
+            .map(|s| match *s {
+                Step::Data { host, length, .. }
+                | Step::Fill { host, length, .. }
+                | Step::Meta { host, length, .. } => host + length,
+                Step::Flush | Step::Discard { .. } => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        if end > self.file.size() {
+            let end = end.div_ceil(self.cluster) * self.cluster;
+            self.file.resize(end).wait().await?;
+        }
+        for s in steps {
+            match *s {
+                Step::Data {
+                    host,
+                    length,
+                    buf_offset,
+                } => {
+                    let b = &payload[buf_offset as usize..(buf_offset + length) as usize];
+                    self.file.write(host, b, false).wait().await?;
+                }
+                Step::Fill {
+                    host,
+                    guest,
+                    length,
+                    source,
+                } => {
+                    let mut b = vec![0u8; length as usize];
+                    match source {
+                        Source::Zeroes => {}
+                        Source::Backing => self.read_backing(guest, &mut b).await?,
+                        Source::Host(h) => {
+                            read_clamped(&self.file, h, &mut b).await?;
+                        }
+                        Source::Compressed {
+                            host,
+                            len,
+                            cluster_start,
+                        } => {
+                            self.read_compressed(host, len, cluster_start, guest, &mut b)
+                                .await?
+                        }
+                    }
+                    self.file.write(host, &b, false).wait().await?;
+                }
+                Step::Meta {
+                    host, length, src, ..
+                } => {
+                    let mut b = vec![0u8; length as usize];
+                    lock(&self.image).meta_bytes(&src, &mut b).map_err(qerr)?;
+                    self.file.write(host, &b, false).wait().await?;
+                }
+                Step::Flush => self.file.flush().wait().await?,
+                Step::Discard { host, length } => {
+                    if self.pass_discard {
+                        let size = self.file.size();
+                        let l = size.saturating_sub(host).min(length);
+                        // Optional: a failure only costs space.
+                        if l > 0 {
+                            let _ = self.file.discard(host, l).wait().await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs flush plans until no metadata is dirty. The caller holds the
+    /// request lock alone.
+    async fn flush_locked(&self) -> io::Result<()> {
+        loop {
+            let mut steps = Vec::new();
+            let plan = lock(&self.image)
+                .plan_flush(&mut |s| steps.push(s))
+                .map_err(qerr)?;
+            match plan {
+                Plan::Need(Need::Load(l)) => self.load(l).await?,
+                Plan::Need(Need::Flush) => return Err(qerr(Qcow2Error::Protocol)),
+                Plan::Planned(p) => {
+                    match self.run_steps(&steps, &[]).await {
+                        Ok(()) => lock(&self.image).commit(p.ticket).map_err(qerr)?,
+                        Err(e) => {
+                            lock(&self.image).abort(p.ticket);
+                            return Err(e);
+                        }
+                    }
+                    if !lock(&self.image).has_dirty_metadata() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One write-like request, alone: planned run by run, each run's steps
+    /// carried out and then committed (or aborted on failure).
+    async fn modify(
+        &self,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+        change: Change,
+        fua: bool,
+    ) -> io::Result<()> {
+        let _alone = self.requests.write().await;
+        let mut pos = 0u64;
+        while pos < len {
+            let mut steps = Vec::new();
+            let plan = {
+                let mut q = lock(&self.image);
+                let mut sink = |s| steps.push(s);
+                let (o, l) = (offset + pos, len - pos);
+                match change {
+                    Change::Write => q.plan_write(o, l, &mut sink),
+                    Change::Zeroes { unmap } => q.plan_write_zeroes(o, l, unmap, &mut sink),
+                    Change::Discard => q.plan_discard(o, l, &mut sink),
+                }
+                .map_err(qerr)?
+            };
+            match plan {
+                Plan::Need(Need::Load(l)) => self.load(l).await?,
+                Plan::Need(Need::Flush) => self.flush_locked().await?,
+                Plan::Planned(p) => {
+                    let pl = if payload.is_empty() {
+                        payload
+                    } else {
+                        &payload[pos as usize..]
+                    };
+                    match self.run_steps(&steps, pl).await {
+                        Ok(()) => lock(&self.image).commit(p.ticket).map_err(qerr)?,
+                        Err(e) => {
+                            lock(&self.image).abort(p.ticket);
+                            return Err(e);
+                        }
+                    }
+                    pos += p.covered;
+                }
+            }
+        }
+        if fua {
+            self.flush_locked().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Driver for Qcow2Driver {
+    fn driver_name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn info(&self) -> DriverInfo {
+        let f = self.file.info();
+        let b = self.backing.as_ref().map(|b| b.info());
+        DriverInfo {
+            read_only: self.read_only || f.read_only,
+            blocking: f.blocking || b.is_some_and(|b| b.blocking),
+            // Requests wait for each other (the request lock).
+            waits: true,
+            // Partial clusters and version 2 images write zeroes.
+            fast_zero: false,
+            sparse: true,
+            // One image state behind every connection.
+            multi_conn: true,
+            preferred_block: f.preferred_block,
+            align: 1,
+            max_transfer: 0,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn children(&self) -> Vec<Child> {
+        let mut v = vec![Child {
+            role: "file",
+            node: self.file.clone(),
+        }];
+        if let Some(b) = &self.backing {
+            v.push(Child {
+                role: "backing",
+                node: b.clone(),
+            });
+        }
+        v
+    }
+
+    fn filename(&self) -> String {
+        self.file.filename()
+    }
+
+    fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> Io<'a, ()> {
+        Io::pending(async move {
+            let mut pos = 0;
+            loop {
+                let shared = self.requests.read().await;
+                match self.read_pass(offset, buf, &mut pos).await? {
+                    Pass::Done => return Ok(()),
+                    Pass::Flush => {
+                        drop(shared);
+                        let _alone = self.requests.write().await;
+                        self.flush_locked().await?;
+                    }
+                }
+            }
+        })
+    }
+
+    fn write<'a>(&'a self, offset: u64, data: &'a [u8], fua: bool) -> Io<'a, ()> {
+        Io::pending(self.modify(offset, data.len() as u64, data, Change::Write, fua))
+    }
+
+    fn flush(&self) -> Io<'_, ()> {
+        Io::pending(async move {
+            let _alone = self.requests.write().await;
+            self.flush_locked().await
+        })
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Io<'_, ()> {
+        Io::pending(self.modify(offset, len, &[], Change::Discard, false))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, z: Zeroes) -> Io<'_, ()> {
+        if z.fast {
+            return Io::errno(libc::ENOTSUP);
+        }
+        Io::pending(self.modify(
+            offset,
+            len,
+            &[],
+            Change::Zeroes { unmap: z.may_unmap },
+            z.fua,
+        ))
+    }
+
+    fn block_status<'a>(&'a self, offset: u64, len: u64, out: &'a mut Vec<Status>) -> Io<'a, ()> {
+        Io::pending(async move {
+            let mut pos = 0;
+            loop {
+                let shared = self.requests.read().await;
+                match self.status_pass(offset, len, out, &mut pos).await? {
+                    Pass::Done => return Ok(()),
+                    Pass::Flush => {
+                        drop(shared);
+                        let _alone = self.requests.write().await;
+                        self.flush_locked().await?;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The node for the backing file an image names, as QEMU opens it: the
+/// file resolved against the image's directory, read-only, in the format
+/// the image records (`qcow2` or `raw`), probed when it records none.
+/// The whole chain below is checked for loops and depth first.
+pub fn backing_options(
+    image: &Node,
+    name: &str,
+    format: &str,
+) -> io::Result<crate::block::options::BlockdevOptions> {
+    use crate::block::options::{Aio, BlockdevOptions, BlockdevRef, DriverOptions, OnOffAuto};
+    let path = resolve_backing(image, name)?;
+    check_chain(Path::new(&image.filename()), &path)?;
+    let format = match format {
+        "" => {
+            let mut m = [0u8; 4];
+            let probed = std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut m))
+                .is_ok()
+                && &m == MAGIC;
+            if probed { "qcow2" } else { "raw" }
+        }
+        f => f,
+    };
+    let file = BlockdevOptions::new(DriverOptions::File {
+        host_device: false,
+        filename: path,
+        aio: Aio::Threads,
+        locking: OnOffAuto::Off,
+    })
+    .read_only(true);
+    let file = BlockdevRef::Inline(Box::new(file));
+    let driver = match format {
+        "qcow2" => DriverOptions::Qcow2 {
+            file,
+            backing: None,
+            cache_size: None,
+            l2_cache_size: None,
+            refcount_cache_size: None,
+            pass_discard_request: None,
+        },
+        "raw" => DriverOptions::Raw {
+            file,
+            offset: 0,
+            size: None,
+        },
+        other => {
+            return Err(invalid(format!(
+                "backing file '{name}' of '{}': format '{other}' is not supported (qcow2 and raw are)",
+                image.filename()
+            )));
+        }
+    };
+    Ok(BlockdevOptions::new(driver).read_only(true))
+}
+
+/// What a `--cow FILE` overlay is after [`prepare_overlay`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlay {
+    /// A new, empty image was made.
+    Created,
+    /// The file already was an overlay of this base: it is kept, with
+    /// every write it holds (an overlay survives a restart).
+    Reopened,
+}
+
+/// Makes `path` a qcow2 overlay of `base` (format `base_format`, size
+/// `size`) unless it already is one: an image QEMU opens as it is, with
+/// the base as its backing file (by absolute path). Written to a
+/// temporary name, flushed and renamed, so a crash never leaves half an
+/// image under the name.
+pub fn prepare_overlay(
+    path: &Path,
+    base: &Path,
+    base_format: &str,
+    size: u64,
+) -> io::Result<Overlay> {
+    use blockwire_core::qcow2::create::{Create, Options};
+    use std::io::Write;
+    let ctx = |e: &dyn std::fmt::Display| invalid(format!("{}: {e}", path.display()));
+    let base = std::fs::canonicalize(base).map_err(|e| ctx(&e))?;
+    let base_name = base.to_string_lossy().into_owned();
+    if path.exists() {
+        let same_base = backing_of(path)
+            .ok()
+            .flatten()
+            .is_some_and(|b| std::fs::canonicalize(b).is_ok_and(|b| b == base));
+        if same_base {
+            return Ok(Overlay::Reopened);
+        }
+    }
+    let c = Create::new(&Options {
+        size,
+        backing_file: base_name.as_bytes(),
+        backing_format: base_format.as_bytes(),
+        ..Options::default()
+    })
+    .map_err(|e| ctx(&e))?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ctx(&e))?;
+    let mut buf = vec![0u8; c.cluster_size() as usize];
+    for i in 0..c.clusters() {
+        c.cluster(i, &mut buf).map_err(|e| ctx(&e))?;
+        f.write_all(&buf).map_err(|e| ctx(&e))?;
+    }
+    f.sync_all().map_err(|e| ctx(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ctx(&e))?;
+    Ok(Overlay::Created)
+}
