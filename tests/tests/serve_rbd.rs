@@ -3,8 +3,9 @@
 //! nbdcopy with four connections and fio write what they write, and `rbd
 //! export` then holds exactly that; a trim shows as a hole in `nbdinfo
 //! --map` and in `rbd du`; two servers serve two images of one pool at
-//! once; snapshots are read-only; start-up failures are one line and exit
-//! status 1.
+//! once; snapshots are read-only; `block_resize` through `blockwire
+//! daemon`'s QMP resizes the image; start-up failures are one line and
+//! exit status 1.
 //!
 //! Needs the `rbd` feature of this crate and a `blockwire` built with
 //! `--features rbd` (`BLOCKWIRE_BIN`); tests/ceph/test.sh arranges both.
@@ -414,4 +415,97 @@ fn start_up_failures_are_one_line_and_exit_1() {
         &start_failure(&["--blockdev", &bd]),
         "No secret with id 'nokey'",
     );
+}
+
+#[test]
+fn block_resize_through_qmp_resizes_the_image() {
+    let Some(c) = ceph() else { return };
+    let img = c.create("resize", 64, &[]);
+    let dir = TmpDir::new("rbd-resize");
+    let (nbd, qmp) = (dir.join("nbd.sock"), dir.join("qmp.sock"));
+    let blockdev = serde_json::json!({
+        "driver": "rbd", "node-name": "r0", "pool": c.pool, "image": img,
+        "conf": c.conf, "user": c.user,
+    })
+    .to_string();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let mut daemon = Command::new(blockwire_bin())
+        .arg("daemon")
+        .args(["--blockdev", &blockdev])
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
+        .args(["--export", "type=nbd,id=e0,node-name=r0,writable=on"])
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp.display()))
+        .stderr(log)
+        .spawn()
+        .expect("blockwire daemon");
+    let up = wait_until(START_TIMEOUT, || {
+        qmp.exists() && nbd.exists() || daemon.try_wait().unwrap().is_some()
+    });
+    let log_text = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        up && daemon.try_wait().unwrap().is_none(),
+        "daemon did not start: {}",
+        log_text()
+    );
+    let uri = format!("nbd+unix:///r0?socket={}", nbd.display());
+    qemu_io(&uri, false, &["write -P 0x21 60M 4M"]);
+
+    let out = py_ok(
+        r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+for cmd in [{"execute": "qmp_capabilities"},
+            {"execute": "block_resize", "arguments": {"node-name": "r0", "size": 96 << 20}}]:
+    f.write(json.dumps(cmd) + "\n")
+    f.flush()
+    print(f.readline().strip())
+"#,
+        &[qmp.to_str().unwrap()],
+    );
+    assert_eq!(
+        stdout_str(&out).trim(),
+        "{\"return\":{}}\n{\"return\":{}}",
+        "{}",
+        log_text()
+    );
+    let info = json(&run_ok("nbdinfo", &["--json", &uri]));
+    assert_eq!(info["exports"][0]["export-size"], 96 * MIB, "{info}");
+    let rbd_info: serde_json::Value =
+        serde_json::from_slice(&c.rbd(&["info", "--format", "json", &c.spec(&img)]).stdout)
+            .unwrap();
+    assert_eq!(rbd_info["size"], 96 * MIB, "{rbd_info}");
+    // The old data stays, the new end reads as zeroes and takes writes.
+    qemu_io(
+        &uri,
+        false,
+        &[
+            "read -P 0x21 60M 4M",
+            "read -P 0 64M 32M",
+            "write -P 0x22 95M 1M",
+        ],
+    );
+    // SAFETY: kill(2) on the pid of our own child, not yet waited for.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    let stopped = wait_until(STOP_TIMEOUT, || {
+        status = daemon.try_wait().unwrap();
+        status.is_some()
+    });
+    if !stopped {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "daemon exit {status:?}: {}",
+        log_text()
+    );
+    let data = c.export(&img);
+    assert_eq!(data.len() as u64, 96 * MIB);
+    assert!(data[95 << 20..].iter().all(|&b| b == 0x22));
 }
