@@ -71,6 +71,37 @@ impl Ceph {
         check(&format!("rbd {args:?}"), run_cmd(cmd, CMD_TIMEOUT))
     }
 
+    /// The `ceph` CLI as client.admin.
+    pub fn ceph(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ceph");
+        cmd.arg("--conf")
+            .arg(&self.conf)
+            .args(["--name", "client.admin", "--connect-timeout", "30"])
+            .args(args);
+        check(&format!("ceph {args:?}"), run_cmd(cmd, CMD_TIMEOUT))
+    }
+
+    /// The OSDs holding RADOS object `object` of the pool (`ceph osd map`),
+    /// sorted.
+    pub fn acting(&self, object: &str) -> Vec<u64> {
+        let out = self.ceph(&["osd", "map", &self.pool, object, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut osds: Vec<u64> = v["acting"]
+            .as_array()
+            .unwrap_or_else(|| panic!("ceph osd map: {v}"))
+            .iter()
+            .map(|o| o.as_u64().unwrap())
+            .collect();
+        osds.sort();
+        osds
+    }
+
+    /// `rbd info --format json` of `image`.
+    pub fn info(&self, image: &str) -> serde_json::Value {
+        let out = self.rbd(&["info", "--format", "json", &self.spec(image)]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// `tests/ceph/cluster.sh CMD DIR ARGS`.
     pub fn cluster(&self, cmd: &str, args: &[&str]) {
         let mut c = Command::new(workspace_root().join("tests/ceph/cluster.sh"));

@@ -16,6 +16,8 @@
 //!   followed by `rbd_aio_flush`, which makes every completed write
 //!   durable (librbd's cache included).
 //! * flush: `rbd_aio_flush` (nothing with `cache.no-flush`, as QEMU).
+//!   After one failed, every later one fails: librbd's cache reports
+//!   writes it could not write back only once.
 //! * trim: `rbd_aio_discard`.
 //! * write-zeroes: `rbd_aio_write_zeroes`; with `NO_HOLE` as a thick
 //!   write of zeroes, which is no faster than the client's own write, so
@@ -35,7 +37,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use blockwire_core::block::contract::{STATE_HOLE, STATE_ZERO};
@@ -71,6 +73,11 @@ pub struct Rbd {
     read_only: bool,
     object_size: u64,
     no_flush: bool,
+    /// A flush failed: writes acknowledged from librbd's write-back cache
+    /// may never have reached the cluster, and librbd reports that only
+    /// once (a later flush succeeds). Every later flush fails, as the file
+    /// driver's do after a failed fdatasync, until the node is reopened.
+    writes_lost: AtomicBool,
     filename: String,
 }
 
@@ -257,6 +264,7 @@ impl Rbd {
             read_only: info.read_only,
             object_size: info.object_size,
             no_flush: o.cache.no_flush,
+            writes_lost: AtomicBool::new(false),
             filename: qemu_filename(opts),
             image,
         })
@@ -278,7 +286,19 @@ impl Rbd {
         if self.no_flush {
             return Ok(());
         }
-        self.image.flush().await.0.map(drop)
+        if self.writes_lost.load(Ordering::Relaxed) {
+            return Err(errno(libc::EIO));
+        }
+        let r = self.image.flush().await.0.map(drop);
+        if let Err(e) = &r {
+            if !self.writes_lost.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "{}: a flush failed ({e}): writes acknowledged before it may be lost; every later flush fails until the node is reopened",
+                    self.filename
+                );
+            }
+        }
+        r
     }
 
     async fn write_from(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
