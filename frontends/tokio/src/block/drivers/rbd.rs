@@ -290,13 +290,13 @@ impl Rbd {
             return Err(errno(libc::EIO));
         }
         let r = self.image.flush().await.0.map(drop);
-        if let Err(e) = &r {
-            if !self.writes_lost.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    "{}: a flush failed ({e}): writes acknowledged before it may be lost; every later flush fails until the node is reopened",
-                    self.filename
-                );
-            }
+        if let Err(e) = &r
+            && !self.writes_lost.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                "{}: a flush failed ({e}): writes acknowledged before it may be lost; every later flush fails until the node is reopened",
+                self.filename
+            );
         }
         r
     }
