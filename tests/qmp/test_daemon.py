@@ -501,12 +501,24 @@ async def test_incremental_backup(tmp):
     qemu-storage-daemon: a full copy, then three rounds of writes, bitmap
     rotation (add the next, disable the current, export it, copy what it
     marks into the previous copy, remove it) and a comparison."""
+    await incremental_backup(tmp, None)
+
+
+async def test_incremental_backup_from_qsd(tmp):
+    """The same rounds with qemu-storage-daemon 7.2 as the source: what
+    blockwire copy --dirty-bitmap reads is QEMU's qemu:dirty-bitmap."""
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    await incremental_backup(tmp, qsd)
+
+
+async def incremental_backup(tmp, qsd):
     src = os.path.join(tmp, "src.img")
     with open(src, "wb") as f:
         f.truncate(16 * MiB)
-    d = Daemon(tmp, "--blockdev", f"file,node-name=f0,filename={src}",
+    d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={src}",
                "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
-               "--export", "type=nbd,id=src,node-name=f0,writable=on,name=src")
+               "--export", "type=nbd,id=src,node-name=f0,writable=on,name=src", qsd=qsd)
     try:
         q = await d.client()
         backup = os.path.join(tmp, "backup.img")
@@ -523,8 +535,10 @@ async def test_incremental_backup(tmp):
                 argv += ["-c", c]
             run(*argv, uri(d.nbd, "src"))
             cur = f"inc{n - 1}"
-            await ok(q, "block-dirty-bitmap-add", {"node": "f0", "name": f"inc{n}"})
-            await ok(q, "block-dirty-bitmap-disable", {"node": "f0", "name": cur})
+            # The next bitmap starts as the current one stops, atomically.
+            await ok(q, "transaction", {"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "f0", "name": f"inc{n}"}},
+                {"type": "block-dirty-bitmap-disable", "data": {"node": "f0", "name": cur}}]})
             await ok(q, "block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0",
                                              "name": "bk", "bitmaps": [cur]})
             if n == 1:
@@ -576,6 +590,86 @@ def test_copy_from_qemu_nbd(tmp):
     run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, backup)
 
 
+async def test_io_error_event(tmp):
+    """A node that fails (blkdebug's injected EIO on reads) raises
+    BLOCK_IO_ERROR on every QMP client; the NBD client gets the error."""
+    d = Daemon(tmp, "--blockdev", json.dumps(ram("r0")),
+               "--blockdev", json.dumps({"driver": "blkdebug", "node-name": "dbg", "image": "r0",
+                                         "inject-error": [{"event": "read_aio", "errno": 5,
+                                                           "once": True}]}),
+               "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
+               "--export", "type=nbd,id=e0,node-name=dbg,name=disk")
+    try:
+        a = await d.client("a")
+        b = await d.client("b")
+        p = subprocess.run(["qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", uri(d.nbd, "disk")],
+                           capture_output=True, text=True, timeout=LIMIT)
+        assert "Input/output error" in p.stdout + p.stderr, p
+        for q in (a, b):
+            e = await next_event(q)
+            assert e["event"] == "BLOCK_IO_ERROR", e
+            assert e["data"] == {"device": "", "node-name": "dbg", "operation": "read",
+                                 "action": "report", "reason": "Input/output error"}, e
+        # Once: the next read succeeds.
+        run("qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 4k", uri(d.nbd, "disk"))
+        stats = {s["node-name"]: s["stats"] for s in
+                 await ok(a, "query-blockstats", {"query-nodes": True})}
+        assert stats["dbg"]["failed_rd_operations"] == 1, stats["dbg"]
+        await a.disconnect()
+        await b.disconnect()
+    finally:
+        d.stop()
+
+
+def ca_signed_cert(dir):
+    """A test CA and a server certificate it signed for localhost, in
+    QEMU's tls-creds-x509 layout (ca-cert.pem, server-cert.pem,
+    server-key.pem)."""
+    with open(os.path.join(dir, "server.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    j = lambda n: os.path.join(dir, n)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=blockwire test CA", "-keyout", j("ca-key.pem"), "-out", j("ca-cert.pem"))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", j("server-key.pem"), "-out", j("server.csr"))
+    run("openssl", "x509", "-req", "-in", j("server.csr"), "-CA", j("ca-cert.pem"),
+        "-CAkey", j("ca-key.pem"), "-set_serial", "2", "-days", "2",
+        "-extfile", j("server.ext"), "-out", j("server-cert.pem"))
+
+
+async def test_tls_server(tmp):
+    """nbd-server-start with tls-creds: clients must use TLS; qemu-io
+    with the CA's certificate reads and writes."""
+    certs = os.path.join(tmp, "pki")
+    os.makedirs(certs)
+    ca_signed_cert(certs)
+    d = Daemon(tmp, "--blockdev", json.dumps(ram("r0")),
+               "--object", f"tls-creds-x509,id=tls0,dir={certs},endpoint=server,verify-peer=off",
+               "--object", f"tls-creds-x509,id=cli0,dir={certs},endpoint=client")
+    try:
+        q = await d.client()
+        addr = {"type": "unix", "data": {"path": d.nbd}}
+        await fails(q, "nbd-server-start", {"addr": addr, "tls-creds": "cli0"}, "GenericError",
+                    "Expected TLS credentials for a server endpoint")
+        await ok(q, "nbd-server-start", {"addr": addr, "tls-creds": "tls0"})
+        await ok(q, "block-export-add", {"type": "nbd", "id": "e0", "node-name": "r0",
+                                         "name": "disk", "writable": True})
+        plain = subprocess.run(["nbdinfo", uri(d.nbd, "disk")], capture_output=True,
+                               text=True, timeout=LIMIT)
+        assert plain.returncode != 0, plain
+        image = (f"driver=nbd,server.type=unix,server.path={d.nbd},export=disk,"
+                 "tls-creds=c0,tls-hostname=localhost")
+        out = run("qemu-io", "--object", f"tls-creds-x509,id=c0,dir={certs},endpoint=client",
+                  "--image-opts", image, "-c", "write -P 0x3c 0 64k", "-c", "read -P 0x3c 0 64k")
+        assert "read 65536/65536" in out, out
+        await ok(q, "nbd-server-stop")
+        await q.disconnect()
+    finally:
+        d.stop()
+
+
 async def test_quit(tmp):
     d = Daemon(tmp)
     q = await d.client()
@@ -625,7 +719,7 @@ def file_opts(name, filename, **more):
     return {"driver": "file", "node-name": name, "filename": filename, **more}
 
 
-def diff_script(img, img2):
+def diff_script(img, img2, img3):
     G = "GenericError"
     bm = {"node": "f0", "name": "b0"}
     return [
@@ -641,6 +735,19 @@ def diff_script(img, img2):
         ("blockdev-add", {"driver": "file", "node-name": "f2"}),
         ("blockdev-add", {"driver": "file", "node-name": "f2", "filename": img2, "bogus": 1}),
         ("blockdev-add", {"driver": "file", "node-name": "f2", "filename": 5}),
+        ("object-add", {"qom-type": "throttle-group", "id": "tg0",
+                        "limits": {"iops-total": 1000}}),
+        ("object-add", {"qom-type": "throttle-group", "id": "tg0"}),
+        ("object-add", {"qom-type": "throttle-group", "id": "0tg"}),
+        ("object-add", {"qom-type": "nope", "id": "x"}),
+        ("blockdev-add", {"driver": "throttle", "node-name": "t3", "throttle-group": "tg0",
+                          "file": {"driver": "file", "filename": img3}}),
+        ("blockdev-add", {"driver": "throttle", "node-name": "t4", "throttle-group": "tgX",
+                          "file": "f0"}),
+        ("object-del", {"id": "tg0"}),
+        ("blockdev-del", {"node-name": "t3"}),
+        ("object-del", {"id": "tg0"}),
+        ("object-del", {"id": "tg0"}),
         ("blockdev-del", {"node-name": "f0"}),
         ("blockdev-del", {"node-name": "f1"}),
         ("blockdev-del", {"node-name": "nope"}),
@@ -665,6 +772,52 @@ def diff_script(img, img2):
                                       "bitmaps": [{"node": "nope", "name": "b1"}]}),
         ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0",
                                       "bitmaps": ["b1", {"node": "f0", "name": "b1"}]}),
+        # Transactions: all the actions or none.
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "f0", "name": "t1"}},
+            {"type": "block-dirty-bitmap-disable", "data": {"node": "f0", "name": "b0"}},
+            {"type": "block-dirty-bitmap-clear", "data": {"node": "f0", "name": "b0"}},
+            {"type": "abort", "data": {}}]}),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-remove", "data": {"node": "f0", "name": "b1"}},
+            {"type": "block-dirty-bitmap-merge", "data": {"node": "f0", "target": "b0",
+                                                          "bitmaps": ["zz"]}}]}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "f0", "name": "t1",
+                                                        "granularity": 131072}},
+            {"type": "block-dirty-bitmap-disable", "data": {"node": "f0", "name": "t1"}},
+            {"type": "block-dirty-bitmap-merge", "data": {"node": "f0", "target": "t1",
+                                                          "bitmaps": ["b0"]}}]},
+         ),
+        ("query-named-block-nodes", {"flat": True}),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-remove", "data": {"node": "f0", "name": "t1"}}],
+            "properties": {"completion-mode": "grouped"}}),
+        ("transaction", {"actions": []}),
+        ("transaction", {}),
+        ("transaction", {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "f0"}}]}),
+        # Exports of bitmaps: an enabled one cannot be offered read-only;
+        # an offered one is busy.
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["b0"]}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["zz"]}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": [{"node": "nope", "name": "b1"}]}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["b1"], "description": "x" * 5000}),
+        ("block-export-add", {"type": "nbd", "id": "bk", "node-name": "f0", "name": "bk",
+                              "bitmaps": ["b1"], "description": "backup"}),
+        ("query-block-exports", None),
+        ("query-named-block-nodes", {"flat": True}),
+        ("block-dirty-bitmap-clear", {"node": "f0", "name": "b1"}),
+        ("block-dirty-bitmap-enable", {"node": "f0", "name": "b1"}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b1", "bitmaps": ["b0"]}),
+        ("block-dirty-bitmap-merge", {"node": "f0", "target": "b0", "bitmaps": ["b1"]}),
+        ("block-export-del", {"id": "bk"}),
+        ("EVENTS", "bk"),
+        ("query-named-block-nodes", {"flat": True}),
         ("block-set-write-threshold", {"node-name": "nope", "write-threshold": 1}),
         ("block-set-write-threshold", {"node-name": "f0", "write-threshold": -1}),
         ("query-named-block-nodes", {"flat": True}),
@@ -706,13 +859,41 @@ def diff_script(img, img2):
         # throttle), nor in blockwire: throttle nodes do it.
         ("block_set_io_throttle", {"device": "f0", "bps": 1, "bps_rd": 0, "bps_wr": 0,
                                    "iops": 0, "iops_rd": 0, "iops_wr": 0}),
+        # Neither: timed statistics cannot be configured in
+        # qemu-storage-daemon 7.2 (no devices, no stats-intervals).
+        ("block-latency-histogram-set", {"id": "f0", "boundaries": [10, 100]}),
         ("block-dirty-bitmap-remove", bm),
         ("block-dirty-bitmap-remove", {"node": "f0", "name": "b1"}),
         ("blockdev-del", {"node-name": "r1"}),
         ("blockdev-del", {"node-name": "f1"}),
         ("block-export-del", {"id": "e0"}),
-        ("EVENTS", None),
+        ("EVENTS", "e0"),
+        # An export with a client in transmission: safe deletion is
+        # refused, hard deletion cuts the client off.
+        ("block-export-add", {"type": "nbd", "id": "e2", "node-name": "f0", "name": "d2",
+                              "writable": True}),
+        ("HOLD", "d2"),
+        ("block-export-del", {"id": "e2"}),
+        ("block-export-del", {"id": "e2", "mode": "hard"}),
+        ("EVENTS", "e2"),
+        ("RELEASE", None),
+        ("query-block-exports", None),
+        # The node's bitmaps follow its size, their bits kept.
+        ("block-dirty-bitmap-add", {"node": "f0", "name": "r0", "granularity": 512}),
+        ("block-export-add", {"type": "nbd", "id": "e4", "node-name": "f0", "name": "d4",
+                              "writable": True}),
+        ("WRITE", ("d4", "write -P 1 2M 4k")),
+        ("block-export-del", {"id": "e4"}),
+        ("EVENTS", "e4"),
+        ("block_resize", {"node-name": "f0", "size": 8 * MiB}),
+        ("query-named-block-nodes", {"flat": True}),
+        ("block_resize", {"node-name": "f0", "size": 2 * MiB + 1024}),
+        ("query-named-block-nodes", {"flat": True}),
+        # nbd-server-stop takes the exports with it.
+        ("block-export-add", {"type": "nbd", "id": "e3", "node-name": "f0"}),
         ("nbd-server-stop", None),
+        ("EVENTS", "e3"),
+        ("query-block-exports", None),
         ("nbd-server-stop", None),
         ("query-named-block-nodes", {"flat": True}),
     ]
@@ -735,7 +916,8 @@ def normalize(cmd, reply, tmp):
 async def transcript(tmp, qsd):
     img = os.path.join(tmp, "disk.img")
     img2 = os.path.join(tmp, "disk2.img")
-    for p in (img, img2):
+    img3 = os.path.join(tmp, "disk3.img")
+    for p in (img, img2, img3):
         with open(p, "wb") as f:
             f.truncate(4 * MiB)
     d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={img}",
@@ -752,17 +934,32 @@ async def transcript(tmp, qsd):
             out.append((data.decode(), r.send(data)))
         r.s.close()
         q = await d.client()
-        for cmd, args in diff_script(img, img2):
+        for cmd, args in diff_script(img, img2, img3):
             if cmd == "THRESHOLD":
                 run("qemu-io", "-f", "raw", "-c", "write -P 1 2M 4k", uri(d.nbd, "disk"))
                 continue
+            if cmd == "WRITE":
+                run("qemu-io", "-f", "raw", "-c", args[1], uri(d.nbd, args[0]))
+                continue
+            if cmd == "HOLD":
+                holder = subprocess.Popen(
+                    ["/usr/bin/python3", "-c", HOLDER, uri(d.nbd, args)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert holder.stdout.readline().strip() == "in"
+                continue
+            if cmd == "RELEASE":
+                holder.stdin.write("\n")
+                holder.stdin.flush()
+                out.append(("held client after hard delete", holder.stdout.readline().strip()))
+                holder.wait(LIMIT)
+                continue
             if cmd == "EVENTS":
-                # Events up to the one the export deletion raised.
+                # Events up to the one export `args`'s deletion raised.
                 evs = []
                 while True:
                     e = await next_event(q)
                     evs.append({"event": e["event"], "data": e["data"]})
-                    if e["event"] == "BLOCK_EXPORT_DELETED":
+                    if e["event"] == "BLOCK_EXPORT_DELETED" and e["data"]["id"] == args:
                         break
                 out.append(("events", evs))
                 continue
@@ -775,6 +972,94 @@ async def transcript(tmp, qsd):
     finally:
         d.stop()
     return out
+
+
+def schema_shape(info, name, depth=0):
+    """A type of a query-qmp-schema answer without its (masked) name:
+    objects as {member: (optional, shape)}, enums as sets of values."""
+    t = info[name]
+    if depth > 6:
+        return "..."
+    mt = t["meta-type"]
+    if mt == "builtin":
+        return t["json-type"]
+    if mt == "enum":
+        return ("enum", frozenset(t["values"]))
+    if mt == "array":
+        return ("array", schema_shape(info, t["element-type"], depth + 1))
+    if mt == "alternate":
+        return ("alternate", tuple(sorted(str(schema_shape(info, m["type"], depth + 1))
+                                          for m in t["members"])))
+    members = {m["name"]: ("default" in m, schema_shape(info, m["type"], depth + 1))
+               for m in t["members"]}
+    for v in t.get("variants", []):
+        members[f"case {v['case']}"] = (False, schema_shape(info, v["type"], depth + 1))
+    return ("object", members)
+
+
+# BlockdevOptions, BlockExportOptions and ObjectOptions: the types of
+# --blockdev/--object/--export, checked against qemu-storage-daemon by
+# tests/tests/serve_qapi.rs; they carry blockwire's own drivers
+# (blockwire-ram, blockwire-cow) and blkdebug's NBD operation events.
+SHARED_TYPES = {"blockdev-add arg-type", "object-add arg-type", "block-export-add arg-type",
+                "blockdev-reopen arg-type.options[]"}
+
+
+def covered(ours, theirs, path):
+    """Every member blockwire declares is QEMU's, equally optional and of
+    the same shape (QEMU has more: members blockwire refuses or does not
+    send)."""
+    if path in SHARED_TYPES:
+        return
+    if isinstance(ours, tuple) and ours and ours[0] == "object":
+        assert isinstance(theirs, tuple) and theirs[0] == "object", (path, theirs)
+        for k, (opt, shape) in ours[1].items():
+            assert k in theirs[1], f"{path}.{k}: not in QEMU's schema"
+            assert opt == theirs[1][k][0], f"{path}.{k}: optional {opt}, QEMU {theirs[1][k][0]}"
+            covered(shape, theirs[1][k][1], f"{path}.{k}")
+    elif isinstance(ours, tuple) and ours and ours[0] == "array":
+        assert isinstance(theirs, tuple) and theirs[0] == "array", (path, theirs)
+        covered(ours[1], theirs[1], path + "[]")
+    elif isinstance(ours, tuple) and ours and ours[0] == "enum":
+        assert isinstance(theirs, tuple) and theirs[0] == "enum", (path, theirs)
+        assert ours[1] <= theirs[1], f"{path}: values {set(ours[1] - theirs[1])} not QEMU's"
+    elif isinstance(ours, tuple) and ours and ours[0] == "alternate":
+        assert isinstance(theirs, tuple) and theirs[0] == "alternate", (path, theirs)
+    else:
+        assert ours == theirs, f"{path}: {ours} vs QEMU's {theirs}"
+
+
+async def schema_of(tmp, qsd):
+    d = Daemon(tmp, qsd=qsd)
+    try:
+        q = await d.client()
+        s = await ok(q, "query-qmp-schema")
+        names = [c["name"] for c in await ok(q, "query-commands")]
+        await q.disconnect()
+    finally:
+        d.stop()
+    return {e["name"]: e for e in s}, names
+
+
+async def test_schema(tmp):
+    """query-qmp-schema lists exactly the commands query-commands does,
+    every type it names is defined, and each command's arguments and
+    return value, and each event's data, are QEMU 7.2's (a subset of its
+    members, same optionality and types)."""
+    ours, names = await schema_of(os.path.join(tmp, "bw") + "/", None)
+    cmds = {n for n, e in ours.items() if e["meta-type"] == "command"}
+    assert cmds == set(names), cmds ^ set(names)
+    events = {n for n, e in ours.items() if e["meta-type"] == "event"}
+    assert events == {"BLOCK_IO_ERROR", "BLOCK_WRITE_THRESHOLD", "BLOCK_EXPORT_DELETED"}, events
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    theirs, _ = await schema_of(os.path.join(tmp, "qsd") + "/", qsd)
+    for n in sorted(cmds | events):
+        assert n in theirs, f"{n} is not in qemu-storage-daemon 7.2"
+        keys = ["arg-type", "ret-type"] if n in cmds else ["arg-type"]
+        for k in keys:
+            covered(schema_shape(ours, ours[n][k]), schema_shape(theirs, theirs[n][k]),
+                    f"{n} {k}")
 
 
 async def test_differential(tmp):
@@ -795,7 +1080,8 @@ async def test_differential(tmp):
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
-         test_copy_from_qemu_nbd, test_quit, test_differential]
+         test_incremental_backup_from_qsd, test_copy_from_qemu_nbd, test_io_error_event,
+         test_tls_server, test_quit, test_schema, test_differential]
 
 
 def main():

@@ -9,11 +9,11 @@ use blockwire_core::server::ServerConfig;
 use blockwire_core::wire::{HeaderMode, TransmissionFlags};
 use blockwire_smoltcp::{
     BlockDevice, CLOSE_DEADLINE, CONNECTION_STATE_SIZE, ClientError, ConnectionSlot, FlashDisk,
-    MULTI_CONN_MIN_SLOTS, NBD_PORT, NbdClient, NbdServer, Network, PEER_TIMEOUT, RamDisk, RamFlash,
-    StaticDisk, add_socket,
+    KEEPALIVE_INTERVAL, MULTI_CONN_MIN_SLOTS, NBD_PORT, NbdClient, NbdServer, Network,
+    PEER_TIMEOUT, RamDisk, RamFlash, StaticDisk, add_socket,
 };
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Loopback, Medium};
+use smoltcp::phy::{Device, DeviceCapabilities, Loopback, Medium, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -29,11 +29,76 @@ fn leak_words(n: usize) -> &'static mut [u64] {
     Box::leak(vec![0u64; n].into_boxed_slice())
 }
 
+/// The loopback device, losing every packet to or from one TCP port: a
+/// peer that went silent (its host died, or the path to it).
+struct Lossy {
+    inner: Loopback,
+    silent_port: Option<u16>,
+}
+
+struct LossyTx<'a> {
+    inner: <Loopback as Device>::TxToken<'a>,
+    silent_port: Option<u16>,
+}
+
+/// Whether an IPv4 packet (the loopback is `Medium::Ip`) is TCP to or
+/// from `port`.
+fn touches(packet: &[u8], port: u16) -> bool {
+    let ihl = usize::from(packet[0] & 15) * 4;
+    packet.len() >= ihl + 4
+        && packet[9] == 6
+        && (packet[ihl..ihl + 2] == port.to_be_bytes()
+            || packet[ihl + 2..ihl + 4] == port.to_be_bytes())
+}
+
+impl TxToken for LossyTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0u8; len];
+        let r = f(&mut packet);
+        if !self.silent_port.is_some_and(|p| touches(&packet, p)) {
+            self.inner.consume(len, |buf| buf.copy_from_slice(&packet));
+        }
+        r
+    }
+}
+
+impl Device for Lossy {
+    type RxToken<'a> = <Loopback as Device>::RxToken<'a>;
+    type TxToken<'a> = LossyTx<'a>;
+
+    fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let silent_port = self.silent_port;
+        let (rx, tx) = self.inner.receive(now)?;
+        Some((
+            rx,
+            LossyTx {
+                inner: tx,
+                silent_port,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
+        let silent_port = self.silent_port;
+        let tx = self.inner.transmit(now)?;
+        Some(LossyTx {
+            inner: tx,
+            silent_port,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}
+
 /// Interface, loopback device, sockets and a server (4 slots unless said
 /// otherwise), moved together by [`Network::poll`].
 struct Net<D: BlockDevice> {
     iface: Interface,
-    device: Loopback,
+    device: Lossy,
+    /// Simulated microseconds per poll.
+    tick: i64,
     sockets: SocketSet<'static>,
     server: NbdServer<'static, 'static, D>,
     micros: i64,
@@ -46,7 +111,10 @@ impl<D: BlockDevice> Net<D> {
     }
 
     fn with_slots(disk: D, server_buf: usize, slots: usize) -> Self {
-        let mut device = Loopback::new(Medium::Ip);
+        let mut device = Lossy {
+            inner: Loopback::new(Medium::Ip),
+            silent_port: None,
+        };
         let mut iface = Interface::new(
             IfaceConfig::new(HardwareAddress::Ip),
             &mut device,
@@ -66,6 +134,7 @@ impl<D: BlockDevice> Net<D> {
         Self {
             iface,
             device,
+            tick: 100,
             sockets,
             server,
             micros: 0,
@@ -112,7 +181,7 @@ impl<D: BlockDevice> Net<D> {
 
 impl<D: BlockDevice> Network<'static> for Net<D> {
     fn poll(&mut self) -> Instant {
-        self.micros += 100;
+        self.micros += self.tick;
         let now = self.now();
         for _ in 0..64 {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
@@ -540,6 +609,35 @@ fn a_client_gone_mid_write_frees_its_slot() {
     assert!(t.is_some(), "slot held by a client that left mid-write");
     let (_, export) = net.client(HeaderMode::Simple);
     assert_eq!(export.size, 256 * 1024);
+}
+
+fn client_port<D: BlockDevice>(net: &mut Net<D>, h: SocketHandle) -> u16 {
+    let s = net.sockets.get::<tcp::Socket>(h);
+    s.local_endpoint().unwrap().port
+}
+
+#[test]
+fn a_silent_client_is_reaped_by_keepalive_and_a_live_one_is_not() {
+    let mut net = Net::with_slots(ram_disk(64 * 1024), 16 * 1024, 2);
+    let (live, _) = net.client(HeaderMode::Simple);
+    let (silent, _) = net.client(HeaderMode::Simple);
+    let port = client_port(&mut net, silent.handle());
+    net.device.silent_port = Some(port);
+    net.tick = 10_000; // 10 ms a poll: minutes of simulated idleness
+    let t = poll_until(&mut net, PEER_TIMEOUT * 2, |n| n.server.busy() == 1);
+    let t = t.expect("a silent client still holds its slot");
+    // Reaped by the peer timeout (keep-alive probes unanswered), not by
+    // some shorter idle rule that would also drop live clients.
+    assert!(t >= PEER_TIMEOUT - KEEPALIVE_INTERVAL, "reaped after {t}");
+    // The idle live client answers the probes and keeps its slot.
+    assert!(
+        poll_until(&mut net, PEER_TIMEOUT * 4, |n| n.server.busy() == 0).is_none(),
+        "an idle live client was dropped"
+    );
+    net.tick = 100;
+    let mut buf = [0u8; 512];
+    let mut live = live;
+    live.read(&mut net, 0, &mut buf).unwrap();
 }
 
 #[test]

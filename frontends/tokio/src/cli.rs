@@ -190,7 +190,8 @@ pub struct ServeArgs {
     pub no_multi_conn: bool,
 
     /// Track writes in a dirty bitmap, exported as the metadata context
-    /// qemu:dirty-bitmap:NAME (repeatable; 64 KiB granularity).
+    /// qemu:dirty-bitmap:NAME (repeatable; 64 KiB granularity). A qcow2
+    /// image's stored bitmap of that name is exported as it is.
     #[arg(long = "dirty-bitmap", value_name = "NAME")]
     pub dirty_bitmaps: Vec<String>,
 

@@ -64,14 +64,19 @@ struct Lease {
     graph: Arc<Graph>,
     node: String,
     id: String,
+    /// The export was made: its end is an event. (One that failed to be
+    /// made never existed, and QEMU says nothing of it.)
+    made: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.graph.detach(&self.node);
-        self.graph.events().send(Event::ExportDeleted {
-            id: self.id.clone(),
-        });
+        if self.made {
+            self.graph.events().send(Event::ExportDeleted {
+                id: self.id.clone(),
+            });
+        }
     }
 }
 
@@ -131,10 +136,11 @@ impl Export {
     pub fn new(graph: &Arc<Graph>, cfg: ExportConfig) -> Result<Self, GraphError> {
         let node = graph.attach(&cfg.node_name, cfg.writable)?;
         // Taken at once, so an error below lets go of the node again.
-        let lease = Lease {
+        let mut lease = Lease {
             graph: graph.clone(),
             node: cfg.node_name.clone(),
             id: cfg.id.clone(),
+            made: false,
         };
         let mut contexts = vec![ContextKind::Allocation];
         if cfg.allocation_depth {
@@ -181,6 +187,7 @@ impl Export {
         }
         .max(preferred);
         let context_names = contexts.iter().map(ContextKind::name).collect();
+        lease.made = true;
         Ok(Self {
             id: cfg.id,
             name: cfg.name,

@@ -198,6 +198,7 @@ async fn sugar(
                 file: by_name(node.name()),
                 offset,
                 size,
+                probed: format == ImageFormat::Raw && how == "probed",
             });
             node = add(raw.named(format!("raw{i}")).read_only(base_ro))
                 .await
@@ -292,6 +293,17 @@ async fn sugar(
             .map_err(|e| ctx(&e))?;
     }
     for b in &p.bitmaps {
+        // A bitmap the image stores (qcow2) is exported as it is.
+        if inconsistent_bitmap_below(&node, b) {
+            return Err(ctx(&format!(
+                "Bitmap '{b}' is inconsistent and cannot be used (stored in the image, in use by a writer that did not close it; remove it with qemu-img bitmap --remove)"
+            ))
+            .into());
+        }
+        if has_bitmap_below(&node, b) {
+            info!("export {:?}: dirty bitmap {b:?} from the image", p.name);
+            continue;
+        }
         node.add_bitmap(b, None, false)
             .map_err(|e| ctx(&format!("dirty bitmap {b:?}: {e}")))?;
     }
@@ -305,6 +317,22 @@ async fn sugar(
         allocation_depth: p.allocation_depth,
         multi_conn: args.multi_conn(),
     })
+}
+
+fn has_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
+    node.has_bitmap(name)
+        || node
+            .children()
+            .iter()
+            .any(|c| has_bitmap_below(&c.node, name))
+}
+
+fn inconsistent_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
+    node.has_inconsistent_bitmap(name)
+        || node
+            .children()
+            .iter()
+            .any(|c| inconsistent_bitmap_below(&c.node, name))
 }
 
 /// A file name that names an RBD image, as qemu-nbd reads it (a local

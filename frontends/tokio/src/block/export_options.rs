@@ -77,8 +77,11 @@ impl ExportOptions {
                 BitmapRef::Name(n) if !node.has_bitmap(n) => {
                     return Err(format!("Bitmap '{n}' is not found"));
                 }
+                // QEMU looks these up as block-dirty-bitmap-* do.
                 BitmapRef::Node { node, name } => {
-                    let owner = graph.get(node).ok_or_else(|| not_found(node))?;
+                    let owner = graph
+                        .get(node)
+                        .ok_or_else(|| format!("Node '{node}' not found"))?;
                     if !owner.has_bitmap(name) {
                         return Err(format!("Dirty bitmap '{name}' not found"));
                     }

@@ -218,6 +218,7 @@ impl Graph {
                 &node_opts,
                 self.events.clone(),
             )?);
+            node.load_stored_bitmaps();
             let mut g = lock(&self.inner);
             if g.nodes.contains_key(&name) {
                 return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
@@ -382,7 +383,9 @@ impl Graph {
             return Err(generic(format!("object '{id}' not found")));
         };
         if Arc::strong_count(group) > 1 {
-            return Err(generic(format!("object '{id}' can't be deleted")));
+            return Err(generic(format!(
+                "object '{id}' is in use, can not be deleted"
+            )));
         }
         g.throttle_groups.remove(id);
         Ok(())
@@ -417,7 +420,9 @@ impl Graph {
             return Err(generic(format!("object '{id}' not found")));
         };
         if Arc::strong_count(creds) > 1 {
-            return Err(generic(format!("object '{id}' can't be deleted")));
+            return Err(generic(format!(
+                "object '{id}' is in use, can not be deleted"
+            )));
         }
         g.tls_creds.remove(id);
         Ok(())

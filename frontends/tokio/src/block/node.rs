@@ -174,6 +174,27 @@ pub trait Driver: Send + Sync + 'static {
     fn resize(&self, _size: u64) -> Io<'_, ()> {
         Io::errno(libc::ENOTSUP)
     }
+
+    /// Dirty bitmaps the image itself stores (qcow2's persistent
+    /// bitmaps), handed over once when the node is made.
+    fn stored_bitmaps(&self) -> Vec<StoredBitmap> {
+        Vec::new()
+    }
+}
+
+/// A dirty bitmap an image stores, as loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBitmap {
+    pub name: String,
+    pub granularity: u32,
+    /// Not recording (QEMU loads bitmaps without the `auto` flag disabled).
+    pub disabled: bool,
+    /// Dirty runs `(offset, length)`.
+    pub dirty: Vec<(u64, u64)>,
+    /// Marked in use (its writer never closed it) or with extra data it
+    /// does not declare compatible: not loaded, its name only remembered
+    /// so that nothing else takes its place unnoticed.
+    pub inconsistent: bool,
 }
 
 /// The per-node options every driver accepts (`BlockdevOptionsBase`).
@@ -211,6 +232,8 @@ pub struct Node {
     policy: Mutex<ZeroPolicy>,
     bitmaps: Mutex<BitmapSet<Vec<u64>, MAX_BITMAPS>>,
     has_bitmaps: AtomicBool,
+    /// Names of stored bitmaps that could not be loaded (inconsistent).
+    inconsistent_bitmaps: Mutex<Vec<String>>,
     threshold: Mutex<WriteThreshold>,
     threshold_armed: AtomicBool,
     wr_highest_offset: AtomicU64,
@@ -254,6 +277,7 @@ impl Node {
             policy: Mutex::new(policy),
             bitmaps: Mutex::new(BitmapSet::new()),
             has_bitmaps: AtomicBool::new(false),
+            inconsistent_bitmaps: Mutex::new(Vec::new()),
             threshold: Mutex::new(threshold),
             threshold_armed: AtomicBool::new(false),
             wr_highest_offset: AtomicU64::new(0),
@@ -454,13 +478,56 @@ impl Node {
         if self.read_only() {
             return Io::errno(libc::EPERM);
         }
-        if self.has_bitmaps.load(Ordering::Relaxed) {
+        // Bitmaps follow the node's size, as QEMU's
+        // bdrv_dirty_bitmap_truncate does; one in use by a backup
+        // (frozen) cannot change under it.
+        if lock(&self.bitmaps)
+            .iter()
+            .any(|b| b.status() == DirtyBitmapStatus::Frozen)
+        {
             return Io::err(invalid(format!(
-                "Cannot resize node '{}' with dirty bitmaps",
+                "Cannot resize node '{}': a dirty bitmap is in use",
                 self.name
             )));
         }
-        self.driver.resize(size)
+        self.driver.resize(size).and_then(move |()| {
+            Io::from_result(self.resize_bitmaps(size).map_err(|e| {
+                invalid(format!(
+                    "node '{}' resized, but its dirty bitmaps could not be: {e:?}",
+                    self.name
+                ))
+            }))
+        })
+    }
+
+    /// Rebuilds every bitmap for a node of `size` bytes: bits past the
+    /// new end are dropped, a grown tail starts clean, each keeps its
+    /// name, granularity and recording state.
+    fn resize_bitmaps(&self, size: u64) -> Result<(), BitmapError> {
+        let mut set = lock(&self.bitmaps);
+        if !self.has_bitmaps.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut next: BitmapSet<Vec<u64>, MAX_BITMAPS> = BitmapSet::new();
+        for b in set.iter() {
+            let recording = b.status() == DirtyBitmapStatus::Active;
+            next.add_vec(b.name(), size, Some(b.granularity()))?;
+            if let Some(n) = next.get_mut(b.name()) {
+                let mut err = Ok(());
+                b.for_each_dirty(0, size.min(b.size()), &mut |off, len| {
+                    let len = len.min(size.saturating_sub(off));
+                    if err.is_ok() && len > 0 {
+                        err = n.set_dirty(off, len);
+                    }
+                });
+                err?;
+            }
+            if !recording {
+                next.disable(b.name())?;
+            }
+        }
+        *set = next;
+        Ok(())
     }
 
     // ---- dirty bitmaps ----
@@ -489,6 +556,46 @@ impl Node {
         self.has_bitmaps
             .store(set.iter().next().is_some(), Ordering::Relaxed);
         r
+    }
+
+    /// Loads the bitmaps the driver's image stores into the node's set.
+    /// One the set cannot hold (a granularity above 64 MiB, too many) is
+    /// left out with a warning: the image still opens.
+    pub(crate) fn load_stored_bitmaps(&self) {
+        for b in self.driver.stored_bitmaps() {
+            if b.inconsistent {
+                lock(&self.inconsistent_bitmaps).push(b.name);
+                continue;
+            }
+            let loaded = self
+                .add_bitmap(&b.name, Some(b.granularity), false)
+                .and_then(|()| {
+                    self.with_bitmaps(|set| {
+                        if let Some(m) = set.get_mut(&b.name) {
+                            for &(o, l) in &b.dirty {
+                                m.set_dirty(o, l)?;
+                            }
+                        }
+                        if b.disabled {
+                            set.disable(&b.name)?;
+                        }
+                        Ok(())
+                    })
+                });
+            if let Err(e) = loaded {
+                let _ = self.with_bitmaps(|set| set.remove(&b.name));
+                tracing::warn!(
+                    "node {:?}: stored dirty bitmap {:?} not loaded: {e:?}",
+                    self.name,
+                    b.name
+                );
+            }
+        }
+    }
+
+    /// The image stores a bitmap of this name that cannot be used.
+    pub fn has_inconsistent_bitmap(&self, name: &str) -> bool {
+        lock(&self.inconsistent_bitmaps).iter().any(|n| n == name)
     }
 
     pub fn has_bitmap(&self, name: &str) -> bool {

@@ -159,6 +159,11 @@ pub enum DriverOptions {
         file: BlockdevRef,
         offset: u64,
         size: Option<u64>,
+        /// Not in the schema: the format was probed, not given (`serve
+        /// FILE` without `-f`). As QEMU's raw driver then does, writes
+        /// that would make the first sector probe as another format are
+        /// refused.
+        probed: bool,
     },
     /// `throttle` (`BlockdevOptionsThrottle`).
     Throttle {

@@ -14,7 +14,8 @@ use blockwire_core::block::Extent;
 use blockwire_core::client::{Cookie, Event, Export, Mode, RequestError};
 use blockwire_core::wire::{CommandFlags, TransmissionFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::time::{Duration, Instant};
 
 use super::error::{ClientError, Result};
 use super::handshake::{self, Details, MAX_IN_FLIGHT, Machine, Options, Stream};
@@ -80,6 +81,10 @@ struct State {
     pending: HashMap<u64, Pending>,
     /// Why new requests fail, once the connection cannot take them.
     closed: Option<ClientError>,
+    /// When the server last showed life while requests were in flight:
+    /// its last byte, or the first request after an idle spell. The
+    /// request timeout counts from here.
+    progress: Instant,
 }
 
 impl State {
@@ -101,6 +106,14 @@ struct Inner {
     /// Becomes true when the writer task has ended (after `NBD_CMD_DISC`,
     /// or on an error).
     writer_done: watch::Receiver<bool>,
+    /// [`Options::request_timeout`].
+    request_timeout: Option<Duration>,
+    /// Set when the connection fails on the reader's side (a timeout), so
+    /// that a writer stuck on a server that stopped reading ends too.
+    abort: watch::Sender<bool>,
+    /// Wakes the reader when requests go in flight on an idle
+    /// connection, so that it arms the request timeout.
+    armed: Notify,
 }
 
 impl Inner {
@@ -133,7 +146,12 @@ impl Connection {
             .export
             .ok_or(ClientError::Closed("no export".into()))?;
         Ok(Self::start(
-            s.machine, s.stream, s.leftover, export, details,
+            s.machine,
+            s.stream,
+            s.leftover,
+            export,
+            details,
+            opts.request_timeout,
         ))
     }
 
@@ -143,6 +161,7 @@ impl Connection {
         leftover: Vec<u8>,
         export: Export,
         details: Details,
+        request_timeout: Option<Duration>,
     ) -> Connection {
         let (done_tx, writer_done) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -150,11 +169,15 @@ impl Connection {
                 machine,
                 pending: HashMap::new(),
                 closed: None,
+                progress: Instant::now(),
             }),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             export,
             details,
             writer_done,
+            request_timeout,
+            abort: watch::Sender::new(false),
+            armed: Notify::new(),
         });
         let (r, w) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -235,11 +258,22 @@ impl Connection {
             reply,
             permit,
         };
-        self.tx
-            .send(req)
-            .map_err(|_| ClientError::Closed("connection closed".into()))?;
-        rx.await
-            .map_err(|_| ClientError::Closed("connection task ended".into()))?
+        if self.tx.send(req).is_err() {
+            return Err(self.gone("connection closed"));
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.gone("connection task ended")),
+        }
+    }
+
+    /// The error that ended the connection (`fallback` if none was kept).
+    fn gone(&self, fallback: &str) -> ClientError {
+        self.inner
+            .lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| ClientError::Closed(fallback.into()))
     }
 
     /// Read `len` bytes at `offset` into a new buffer (one request: `len`
@@ -405,7 +439,13 @@ fn refused(kind: Kind, error: RequestError) -> ClientError {
 }
 
 /// Queue one request in the machine; returns its header bytes.
-fn enqueue(state: &mut State, req: Request, header: &mut Vec<u8>) -> Result<Option<Vec<u8>>> {
+/// `woke`: set if the table was empty (the reader must arm its timeout).
+fn enqueue(
+    state: &mut State,
+    req: Request,
+    header: &mut Vec<u8>,
+    woke: &mut bool,
+) -> Result<Option<Vec<u8>>> {
     let m = &mut state.machine;
     let cookie: std::result::Result<Cookie, RequestError> = match req.kind {
         Kind::Read => u32::try_from(req.len)
@@ -447,6 +487,10 @@ fn enqueue(state: &mut State, req: Request, header: &mut Vec<u8>) -> Result<Opti
     } else {
         Vec::new()
     };
+    if state.pending.is_empty() {
+        state.progress = Instant::now();
+        *woke = true;
+    }
     state.pending.insert(
         cookie.0,
         Pending {
@@ -464,7 +508,21 @@ fn enqueue(state: &mut State, req: Request, header: &mut Vec<u8>) -> Result<Opti
     Ok(req.payload)
 }
 
-async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, mut rx: mpsc::UnboundedReceiver<Request>) {
+async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, rx: mpsc::UnboundedReceiver<Request>) {
+    let mut abort = inner.abort.subscribe();
+    tokio::select! {
+        () = write_requests(&inner, w, rx) => {}
+        // The reader failed the connection (every request has its error):
+        // a write blocked on a server that stopped reading ends here.
+        _ = abort.wait_for(|a| *a) => {}
+    }
+}
+
+async fn write_requests(
+    inner: &Inner,
+    w: WriteHalf<Stream>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
     let mut header = Vec::with_capacity(64);
     let result: Result<()> = async {
@@ -473,15 +531,19 @@ async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, mut rx: mpsc::Unbounded
             // Batch whatever is queued into one flush.
             while let Some(req) = next {
                 header.clear();
+                let mut woke = false;
                 let payload = {
                     let mut st = inner.lock();
                     if let Some(e) = &st.closed {
                         let _ = req.reply.send(Err(e.clone()));
                         None
                     } else {
-                        enqueue(&mut st, req, &mut header)?
+                        enqueue(&mut st, req, &mut header, &mut woke)?
                     }
                 };
+                if woke && inner.request_timeout.is_some() {
+                    inner.armed.notify_one();
+                }
                 w.write_all(&header).await?;
                 if let Some(p) = payload {
                     w.write_all(&p).await?;
@@ -540,7 +602,14 @@ async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
             buf.copy_within(start..end, 0);
             (start, end) = (0, end - start);
         }
-        match r.read(&mut buf[end..]).await {
+        let read = match inner.request_timeout {
+            None => r.read(&mut buf[end..]).await,
+            Some(limit) => match read_or_time_out(&inner, &mut r, &mut buf[end..], limit).await {
+                Some(read) => read,
+                None => return,
+            },
+        };
+        match read {
             Ok(0) => {
                 let mut st = inner.lock();
                 let e = match st.machine.handle_eof() {
@@ -550,11 +619,52 @@ async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
                 st.fail_all(&e);
                 return;
             }
-            Ok(n) => end += n,
+            Ok(n) => {
+                end += n;
+                inner.lock().progress = Instant::now();
+            }
             Err(e) => {
                 inner.lock().fail_all(&e.into());
                 return;
             }
+        }
+    }
+}
+
+/// One read under the request timeout: `None` once the connection has
+/// failed on it (the server sent nothing for `limit` with requests in
+/// flight).
+async fn read_or_time_out(
+    inner: &Inner,
+    r: &mut ReadHalf<Stream>,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Option<std::io::Result<usize>> {
+    loop {
+        let deadline = {
+            let mut st = inner.lock();
+            if st.pending.is_empty() {
+                None
+            } else if Instant::now() >= st.progress + limit {
+                let waiting = st.pending.len();
+                let e = ClientError::Closed(format!(
+                    "the server sent nothing for {} with {waiting} request{} waiting (timeout)",
+                    super::handshake::seconds(limit),
+                    if waiting == 1 { "" } else { "s" },
+                ));
+                st.fail_all(&e);
+                drop(st);
+                inner.abort.send_replace(true);
+                return None;
+            } else {
+                Some(st.progress + limit)
+            }
+        };
+        tokio::select! {
+            read = r.read(buf) => return Some(read),
+            // Requests went in flight: arm the deadline.
+            () = inner.armed.notified(), if deadline.is_none() => {}
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
         }
     }
 }

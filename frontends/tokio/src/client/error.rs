@@ -90,7 +90,8 @@ impl fmt::Display for ClientError {
                     RequestFailure::Fragmented => write!(f, "reply in too many fragments")?,
                 }
                 match message {
-                    Some(m) if !m.is_empty() => write!(f, " ({m})"),
+                    // The server's words: shown, never obeyed by the terminal.
+                    Some(m) if !m.is_empty() => write!(f, " ({})", super::text::escape(m)),
                     _ => Ok(()),
                 }
             }

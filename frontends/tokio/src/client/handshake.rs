@@ -37,8 +37,29 @@ pub struct Options {
     pub structured_replies: bool,
     pub extended_headers: bool,
     /// The whole handshake, connecting included, must finish within this.
+    /// nbdinfo and qemu's client wait forever; the default, 30 s, is three
+    /// times the handshake limit qemu-nbd and `blockwire serve` give their
+    /// clients (10 s), so an honest server on a slow link (TLS included)
+    /// is never cut off, and a silent one fails in bounded time.
     pub handshake_timeout: Duration,
+    /// While requests are in flight, the server must send something within
+    /// this, or the connection fails (every request on it with the same
+    /// error). `None` (the default, as nbdinfo, nbdcopy and qemu): wait
+    /// for as long as the server takes. An idle connection never times
+    /// out; the clock restarts with every byte received, so a slow server
+    /// that keeps answering is not cut off.
+    pub request_timeout: Option<Duration>,
 }
+
+/// `NBD_OPT_LIST` (and listed metadata contexts) ends with a clear error
+/// past this many entries: a server may list forever. qemu-nbd serves
+/// at most a few hundred exports in practice.
+pub const MAX_LISTED: usize = 10_000;
+
+/// ... or past this many bytes of names and descriptions (the byte bound
+/// trips first when entries are large: 2,048 of the largest, 8 KiB
+/// each).
+pub const MAX_LISTED_BYTES: usize = 16 << 20;
 
 impl Default for Options {
     fn default() -> Self {
@@ -47,6 +68,7 @@ impl Default for Options {
             structured_replies: true,
             extended_headers: true,
             handshake_timeout: Duration::from_secs(30),
+            request_timeout: None,
         }
     }
 }
@@ -64,6 +86,9 @@ pub struct Details {
     pub tls: bool,
     /// The last option refusal the server explained, for error messages.
     pub last_refusal: Option<String>,
+    /// Bytes of names and descriptions listed so far (bounded by
+    /// [`MAX_LISTED_BYTES`]).
+    pub listed_bytes: usize,
 }
 
 impl Details {
@@ -81,6 +106,11 @@ pub struct Session {
     /// Bytes received past the end of the handshake.
     pub leftover: Vec<u8>,
     pub details: Details,
+}
+
+/// A duration for a message: "30 s", "0.5 s".
+pub fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// Nanoseconds since the first call: the machine only compares instants.
@@ -168,6 +198,8 @@ enum Step {
     StartTls,
     Done,
     Failed(blockwire_core::client::Error),
+    /// The server sent more than the client takes.
+    TooMuch(String),
 }
 
 /// Connect and negotiate per `mode`: `Go` ends in transmission, `Info` and
@@ -176,8 +208,8 @@ pub async fn connect(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session
     match tokio::time::timeout(opts.handshake_timeout, negotiate(uri, opts, mode)).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Closed(format!(
-            "handshake with {uri} did not finish within {:?}",
-            opts.handshake_timeout
+            "handshake with {uri} did not finish within {} (timeout)",
+            seconds(opts.handshake_timeout)
         ))),
     }
 }
@@ -236,13 +268,18 @@ async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> 
                     details,
                 });
             }
+            Step::TooMuch(why) => {
+                let _ = stream.shutdown().await;
+                return Err(ClientError::Closed(why));
+            }
             Step::Failed(e) => {
                 // The machine may have queued NBD_OPT_ABORT: be polite.
                 let _ = send_all(&mut machine, &mut stream).await;
                 return Err(match (e, details.last_refusal.take()) {
-                    (e, Some(msg)) if !msg.is_empty() => {
-                        ClientError::Closed(format!("{e}: server said: {msg}"))
-                    }
+                    (e, Some(msg)) if !msg.is_empty() => ClientError::Closed(format!(
+                        "{e}: server said: {}",
+                        super::text::escape(&msg)
+                    )),
                     (e, _) => ClientError::Protocol(e),
                 });
             }
@@ -265,20 +302,42 @@ async fn negotiate(uri: &NbdUri, opts: &Options, mode: Mode) -> Result<Session> 
     }
 }
 
+/// Why a list with `have` entries already and `bytes` of text with the
+/// next one is too long, if it is.
+fn too_many(have: usize, bytes: usize, what: &str) -> Option<String> {
+    if have >= MAX_LISTED {
+        Some(format!(
+            "the server listed more than {MAX_LISTED} {what}; stopped reading the list"
+        ))
+    } else if bytes > MAX_LISTED_BYTES {
+        Some(format!(
+            "the server listed more than {} MiB of {what} (names and descriptions); \
+             stopped reading the list",
+            MAX_LISTED_BYTES >> 20
+        ))
+    } else {
+        None
+    }
+}
+
 fn record(ev: Event<'_>, d: &mut Details) -> Step {
     match ev {
         Event::StartTls => return Step::StartTls,
         Event::Refused { message, .. } => d.last_refusal = Some(message.to_owned()),
         Event::ExportListed { name, description } => {
-            // A server may list forever; a bound keeps memory in check.
-            if d.exports.len() < 100_000 {
-                d.exports.push((name.to_owned(), description.to_owned()));
+            // A server may list forever: bounded, and said so.
+            d.listed_bytes += name.len() + description.len();
+            if let Some(why) = too_many(d.exports.len(), d.listed_bytes, "exports") {
+                return Step::TooMuch(why);
             }
+            d.exports.push((name.to_owned(), description.to_owned()));
         }
         Event::MetaContext { id, name } => {
-            if d.contexts.len() < 10_000 {
-                d.contexts.push((id, name.to_owned()));
+            d.listed_bytes += name.len();
+            if let Some(why) = too_many(d.contexts.len(), d.listed_bytes, "metadata contexts") {
+                return Step::TooMuch(why);
             }
+            d.contexts.push((id, name.to_owned()));
         }
         Event::CanonicalName(n) => d.canonical_name = Some(n.to_owned()),
         Event::Description(s) => d.description = Some(s.to_owned()),

@@ -17,10 +17,13 @@
 mod connection;
 mod error;
 mod handshake;
+pub mod text;
 mod tls;
 pub mod uri;
 
 pub use connection::{Connection, Pool};
 pub use error::{ClientError, Result};
-pub use handshake::{Details, MAX_IN_FLIGHT, Options, connect as handshake};
+pub use handshake::{
+    Details, MAX_IN_FLIGHT, MAX_LISTED, MAX_LISTED_BYTES, Options, connect as handshake, seconds,
+};
 pub use uri::{NbdUri, Transport};

@@ -9,14 +9,15 @@ use serde_json::{Value, json};
 use super::{Daemon, nbd_server_config, schema};
 use crate::block::export_options::ExportOptions;
 use crate::block::graph::GraphError;
+use crate::block::node::MAX_BITMAPS;
 use crate::block::node::Node;
 use crate::block::node::{NodeOptions, lock};
 use crate::block::qapi::block_core::{self, BLOCKDEV_OPTIONS_TYPE};
 use crate::block::qapi::schema::{Struct, Type};
-use crate::block::qapi::{self, visit};
+use crate::block::qapi::{self, introspect, visit};
 use crate::block::report;
 use crate::registry::{ContextKind, Export};
-use blockwire_core::block::dirty_bitmap::BitmapError;
+use blockwire_core::block::dirty_bitmap::{BitmapError, BitmapSet};
 
 /// A QMP error reply: `{"class": ..., "desc": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,35 +62,6 @@ impl From<qapi::Error> for QmpError {
 
 type Reply = Result<Value, QmpError>;
 
-/// The commands, in the order `query-commands` lists them.
-pub const COMMANDS: &[&str] = &[
-    "qmp_capabilities",
-    "query-version",
-    "query-commands",
-    "quit",
-    "blockdev-add",
-    "blockdev-del",
-    "blockdev-reopen",
-    "query-named-block-nodes",
-    "query-block",
-    "object-add",
-    "object-del",
-    "nbd-server-start",
-    "nbd-server-stop",
-    "block-export-add",
-    "block-export-del",
-    "query-block-exports",
-    "block-dirty-bitmap-add",
-    "block-dirty-bitmap-remove",
-    "block-dirty-bitmap-clear",
-    "block-dirty-bitmap-enable",
-    "block-dirty-bitmap-disable",
-    "block-dirty-bitmap-merge",
-    "query-blockstats",
-    "block_resize",
-    "block-set-write-threshold",
-];
-
 fn check(s: &'static Struct, args: &Value) -> Result<Value, QmpError> {
     Ok(visit::visit(&Type::Struct(s), args, false)?)
 }
@@ -113,8 +85,20 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
         "query-commands" => {
             check(&schema::EMPTY, args)?;
             Ok(Value::Array(
-                COMMANDS.iter().map(|c| json!({"name": c})).collect(),
+                schema::COMMAND_TABLE
+                    .iter()
+                    .map(|c| json!({"name": c.name}))
+                    .collect(),
             ))
+        }
+        // Type names masked with numbers, as QEMU 7.2 answers.
+        "query-qmp-schema" => {
+            check(&schema::EMPTY, args)?;
+            Ok(Value::Array(introspect::schema_info_with_events(
+                &schema::COMMAND_TABLE,
+                &schema::EVENTS,
+                true,
+            )))
         }
         "quit" => {
             check(&schema::EMPTY, args)?;
@@ -203,10 +187,13 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
         }
         "query-block-exports" => {
             check(&schema::EMPTY, args)?;
+            // Newest first, as QEMU 7.2 lists them.
+            let table = d.registry.snapshot();
+            let exports: Vec<_> = table.iter().collect();
             Ok(Value::Array(
-                d.registry
-                    .snapshot()
-                    .iter()
+                exports
+                    .into_iter()
+                    .rev()
                     .map(|e| {
                         json!({
                             "type": "nbd",
@@ -218,37 +205,20 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
                     .collect(),
             ))
         }
-        "block-dirty-bitmap-add" => bitmap_add(d, &check(&schema::BLOCK_DIRTY_BITMAP_ADD, args)?),
-        "block-dirty-bitmap-remove"
+        "block-dirty-bitmap-add"
+        | "block-dirty-bitmap-remove"
         | "block-dirty-bitmap-clear"
         | "block-dirty-bitmap-enable"
-        | "block-dirty-bitmap-disable" => {
-            let a = check(&schema::BLOCK_DIRTY_BITMAP, args)?;
-            let (node, name) = lookup_bitmap(d, str_of(&a, "node"), str_of(&a, "name"))?;
-            // QEMU marks a bitmap an NBD export offers busy, so that it
-            // does not change under a backup reading it.
-            if exported(d, &node, &name) {
-                return Err(busy(&name));
-            }
-            node.with_bitmaps(|set| match cmd {
-                "block-dirty-bitmap-remove" => set.remove(&name).map(drop),
-                // QEMU clears disabled bitmaps too (the core's clear is
-                // for active ones only), so by range here.
-                "block-dirty-bitmap-clear" => match set.get_mut(&name) {
-                    Some(b) => {
-                        let size = b.size();
-                        b.reset(0, size)
-                    }
-                    None => Err(BitmapError::NotFound),
-                },
-                "block-dirty-bitmap-enable" => set.enable(&name),
-                _ => set.disable(&name),
-            })
-            .map_err(|e| bitmap_error(e, &name))?;
+        | "block-dirty-bitmap-disable"
+        | "block-dirty-bitmap-merge" => {
+            let a = check(bitmap_args(cmd), args)?;
+            bitmap_op(d, cmd, &a, &mut Vec::new())?;
             Ok(json!({}))
         }
-        "block-dirty-bitmap-merge" => {
-            bitmap_merge(d, &check(&schema::BLOCK_DIRTY_BITMAP_MERGE, args)?)
+        "transaction" => {
+            let a = check(&schema::TRANSACTION, args)?;
+            transaction(d, &a)?;
+            Ok(json!({}))
         }
         "query-blockstats" => {
             let a = check(&schema::QUERY_BLOCKSTATS, args)?;
@@ -386,7 +356,7 @@ fn lookup_bitmap(d: &Daemon, node: &str, name: &str) -> Result<(Arc<Node>, Strin
     Ok((n, name.to_owned()))
 }
 
-fn bitmap_add(d: &Daemon, a: &Value) -> Reply {
+fn bitmap_add(d: &Daemon, a: &Value, undo: &mut Vec<Undo>) -> Result<(), QmpError> {
     let node = str_of(a, "node");
     let name = str_of(a, "name");
     if name.is_empty() {
@@ -407,13 +377,17 @@ fn bitmap_add(d: &Daemon, a: &Value) -> Reply {
     };
     n.add_bitmap(name, granularity, a["disabled"].as_bool().unwrap_or(false))
         .map_err(|e| bitmap_error(e, name))?;
-    Ok(json!({}))
+    undo.push(Undo::Remove {
+        node: n,
+        name: name.to_owned(),
+    });
+    Ok(())
 }
 
 /// `block-dirty-bitmap-merge`: every source is checked before the target
 /// changes, so a bad source leaves it as it was (QEMU merges into a
 /// scratch copy for the same reason).
-fn bitmap_merge(d: &Daemon, a: &Value) -> Reply {
+fn bitmap_merge(d: &Daemon, a: &Value, undo: &mut Vec<Undo>) -> Result<(), QmpError> {
     let (target_node, target) = lookup_bitmap(d, str_of(a, "node"), str_of(a, "target"))?;
     if exported(d, &target_node, &target) {
         return Err(busy(&target));
@@ -429,6 +403,10 @@ fn bitmap_merge(d: &Daemon, a: &Value) -> Reply {
             }
             o => lookup_bitmap(d, str_of(o, "node"), str_of(o, "name"))?,
         };
+        // A source may be disabled, not busy (QEMU's BDRV_BITMAP_ALLOW_RO).
+        if exported(d, &node, &name) {
+            return Err(busy(&name));
+        }
         node.with_bitmaps(|set| {
             if let Some(b) = set.get(&name) {
                 b.for_each_dirty(0, b.size(), &mut |off, len| ranges.push((off, len)));
@@ -436,6 +414,11 @@ fn bitmap_merge(d: &Daemon, a: &Value) -> Reply {
         });
     }
     let size = target_node.size();
+    undo.push(Undo::Bits {
+        ranges: dirty_ranges(&target_node, &target),
+        node: target_node.clone(),
+        name: target.clone(),
+    });
     target_node
         .with_bitmaps(|set| {
             let Some(t) = set.get_mut(&target) else {
@@ -452,7 +435,7 @@ fn bitmap_merge(d: &Daemon, a: &Value) -> Reply {
             Ok(())
         })
         .map_err(|e| bitmap_error(e, &target))?;
-    Ok(json!({}))
+    Ok(())
 }
 
 /// `block_resize`, by node name (a `device` is a BlockBackend name, and
@@ -591,4 +574,182 @@ fn blockdev_reopen(d: &Daemon, a: &Value) -> Reply {
         saved.insert(node.name().to_owned(), o);
     }
     Ok(json!({}))
+}
+
+fn bitmap_args(cmd: &str) -> &'static Struct {
+    match cmd {
+        "block-dirty-bitmap-add" => &schema::BLOCK_DIRTY_BITMAP_ADD,
+        "block-dirty-bitmap-merge" => &schema::BLOCK_DIRTY_BITMAP_MERGE,
+        _ => &schema::BLOCK_DIRTY_BITMAP,
+    }
+}
+
+/// The dirty ranges of bitmap `name` of `node`.
+fn dirty_ranges(node: &Node, name: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    node.with_bitmaps(|set| {
+        if let Some(b) = set.get(name) {
+            b.for_each_dirty(0, b.size(), &mut |off, len| out.push((off, len)));
+        }
+    });
+    out
+}
+
+/// How to take back one bitmap change of a transaction that fails later.
+pub enum Undo {
+    /// An added bitmap.
+    Remove { node: Arc<Node>, name: String },
+    /// A removed bitmap, as it was.
+    Readd {
+        node: Arc<Node>,
+        name: String,
+        granularity: u32,
+        recording: bool,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// A cleared or merged-into bitmap's previous bits.
+    Bits {
+        node: Arc<Node>,
+        name: String,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// An enabled or disabled bitmap's previous state.
+    Recording {
+        node: Arc<Node>,
+        name: String,
+        recording: bool,
+    },
+}
+
+fn set_bits(set: &mut BitmapSet<Vec<u64>, MAX_BITMAPS>, name: &str, ranges: &[(u64, u64)]) {
+    if let Some(b) = set.get_mut(name) {
+        let size = b.size();
+        let _ = b.reset(0, size);
+        for &(off, len) in ranges {
+            let _ = b.set_dirty(off, len);
+        }
+    }
+}
+
+impl Undo {
+    fn apply(self) {
+        match self {
+            Undo::Remove { node, name } => {
+                let _ = node.with_bitmaps(|s| s.remove(&name).map(drop));
+            }
+            Undo::Readd {
+                node,
+                name,
+                granularity,
+                recording,
+                ranges,
+            } => {
+                if node
+                    .add_bitmap(&name, Some(granularity), !recording)
+                    .is_ok()
+                {
+                    node.with_bitmaps(|s| set_bits(s, &name, &ranges));
+                }
+            }
+            Undo::Bits { node, name, ranges } => node.with_bitmaps(|s| set_bits(s, &name, &ranges)),
+            Undo::Recording {
+                node,
+                name,
+                recording,
+            } => {
+                let _ = node.with_bitmaps(|s| {
+                    if recording {
+                        s.enable(&name)
+                    } else {
+                        s.disable(&name)
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One bitmap command on checked arguments; what it changed goes on
+/// `undo`.
+fn bitmap_op(d: &Daemon, cmd: &str, a: &Value, undo: &mut Vec<Undo>) -> Result<(), QmpError> {
+    match cmd {
+        "block-dirty-bitmap-add" => return bitmap_add(d, a, undo),
+        "block-dirty-bitmap-merge" => return bitmap_merge(d, a, undo),
+        _ => {}
+    }
+    let (node, name) = lookup_bitmap(d, str_of(a, "node"), str_of(a, "name"))?;
+    // QEMU marks a bitmap an NBD export offers busy, so that it does not
+    // change under a backup reading it.
+    if exported(d, &node, &name) {
+        return Err(busy(&name));
+    }
+    let info = node.bitmaps().into_iter().find(|b| b.name == name);
+    let (granularity, recording) = info.map_or((0, false), |i| (i.granularity, i.recording));
+    let before = match cmd {
+        "block-dirty-bitmap-remove" => Undo::Readd {
+            node: node.clone(),
+            name: name.clone(),
+            granularity,
+            recording,
+            ranges: dirty_ranges(&node, &name),
+        },
+        "block-dirty-bitmap-clear" => Undo::Bits {
+            node: node.clone(),
+            name: name.clone(),
+            ranges: dirty_ranges(&node, &name),
+        },
+        _ => Undo::Recording {
+            node: node.clone(),
+            name: name.clone(),
+            recording,
+        },
+    };
+    node.with_bitmaps(|set| match cmd {
+        "block-dirty-bitmap-remove" => set.remove(&name).map(drop),
+        // QEMU clears disabled bitmaps too (the core's clear is for
+        // active ones only), so by range here.
+        "block-dirty-bitmap-clear" => match set.get_mut(&name) {
+            Some(b) => {
+                let size = b.size();
+                b.reset(0, size)
+            }
+            None => Err(BitmapError::NotFound),
+        },
+        "block-dirty-bitmap-enable" => set.enable(&name),
+        _ => set.disable(&name),
+    })
+    .map_err(|e| bitmap_error(e, &name))?;
+    undo.push(before);
+    Ok(())
+}
+
+/// `transaction` of bitmap actions (and `abort`): each is carried out in
+/// order; if one fails, those before it are taken back and the error is
+/// the failing action's, so the bitmaps change all together or not at
+/// all (how backup tools rotate them). `completion-mode: grouped` is for
+/// block jobs: bitmap actions refuse it, as in QEMU.
+fn transaction(d: &Daemon, a: &Value) -> Result<(), QmpError> {
+    let mode = a["properties"]["completion-mode"]
+        .as_str()
+        .unwrap_or("individual");
+    let mut undo = Vec::new();
+    for action in a["actions"].as_array().into_iter().flatten() {
+        let ty = str_of(action, "type");
+        let r = if ty == "abort" {
+            Err(QmpError::generic("Transaction aborted using Abort action"))
+        } else if mode != "individual" {
+            Err(QmpError::generic(format!(
+                "Action '{ty}' does not support Transaction property completion-mode = {mode}"
+            )))
+        } else {
+            bitmap_op(d, ty, &action["data"], &mut undo)
+        };
+        if let Err(e) = r {
+            for u in undo.into_iter().rev() {
+                u.apply();
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }

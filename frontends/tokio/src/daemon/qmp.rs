@@ -86,6 +86,11 @@ pub fn event_json(s: &Stamped) -> Value {
             // `nospace` is only sent where the device keeps an I/O status
             // (QEMU's `blk_iostatus_is_enabled`): an export does not.
             let _ = nospace;
+            // QEMU's reason is strerror(): without std's "(os error N)".
+            let reason = match reason.rfind(" (os error ") {
+                Some(i) if reason.ends_with(')') => &reason[..i],
+                _ => reason.as_str(),
+            };
             (
                 "BLOCK_IO_ERROR",
                 json!({

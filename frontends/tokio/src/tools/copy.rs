@@ -47,6 +47,8 @@ pub struct CopyArgs {
     /// qemu-storage-daemon export with bitmaps.
     #[arg(long, value_name = "NAME")]
     pub dirty_bitmap: Option<String>,
+    #[command(flatten)]
+    pub timeout: super::TimeoutArg,
 }
 
 /// How far ahead block status looks in one request.
@@ -134,18 +136,21 @@ fn items(run: Run, request: u64, out: &mut Vec<Item>) {
 }
 
 pub async fn run(args: CopyArgs) -> Result<(), String> {
+    let opts = args.timeout.options();
     let bitmap_ctx = args
         .dirty_bitmap
         .as_ref()
         .map(|b| format!("{}{b}", blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX));
     let src =
-        Endpoint::open_source_with(&args.source, args.connections, bitmap_ctx.as_deref()).await?;
+        Endpoint::open_source_with(&args.source, args.connections, bitmap_ctx.as_deref(), &opts)
+            .await?;
     let size = src.size();
     let dst = Endpoint::open_destination_with(
         &args.destination,
         args.connections,
         size,
         bitmap_ctx.is_some(),
+        &opts,
     )
     .await?;
     let align = src.min_block().max(dst.min_block());

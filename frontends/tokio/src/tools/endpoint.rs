@@ -61,9 +61,10 @@ impl Endpoint {
         s: &str,
         connections: usize,
         extra: Option<&str>,
+        opts: &Options,
     ) -> Result<Endpoint, String> {
         if is_uri(s) {
-            let e = Self::nbd(s, connections, extra).await?;
+            let e = Self::nbd(s, connections, extra, opts).await?;
             if let (Some(ctx), Endpoint::Nbd { pool, .. }) = (extra, &e)
                 && pool.get(0).context_id(ctx).is_none()
             {
@@ -96,12 +97,13 @@ impl Endpoint {
         connections: usize,
         size: u64,
         keep: bool,
+        opts: &Options,
     ) -> Result<Endpoint, String> {
         if s == "null:" {
             return Ok(Endpoint::Null);
         }
         if is_uri(s) {
-            let e = Self::nbd(s, connections, None).await?;
+            let e = Self::nbd(s, connections, None, opts).await?;
             if let Endpoint::Nbd { pool, .. } = &e {
                 let c = pool.get(0);
                 if c.has(F::READ_ONLY) {
@@ -155,13 +157,18 @@ impl Endpoint {
         })
     }
 
-    async fn nbd(s: &str, connections: usize, extra: Option<&str>) -> Result<Endpoint, String> {
+    async fn nbd(
+        s: &str,
+        connections: usize,
+        extra: Option<&str>,
+        base: &Options,
+    ) -> Result<Endpoint, String> {
         let uri = NbdUri::parse(s).map_err(|e| e.to_string())?;
         let mut meta_contexts = vec![context::BASE_ALLOCATION.to_owned()];
         meta_contexts.extend(extra.map(str::to_owned));
         let opts = Options {
             meta_contexts,
-            ..Options::default()
+            ..base.clone()
         };
         let pool = Pool::connect(&uri, &opts, connections)
             .await

@@ -8,6 +8,7 @@ use blockwire_core::client::{Export, Mode};
 use blockwire_core::wire::{HeaderMode, TransmissionFlags as F};
 use clap::Args;
 
+use crate::client::text::escape;
 use crate::client::{ClientError, Connection, Details, NbdUri, Options, handshake};
 
 use super::json::{human_size, string as js};
@@ -33,6 +34,8 @@ pub struct InfoArgs {
     /// Do not probe the content of the export (with `file`).
     #[arg(long)]
     pub no_content: bool,
+    #[command(flatten)]
+    pub timeout: super::TimeoutArg,
 }
 
 /// Bytes from the start of the export given to `file` to guess content.
@@ -40,12 +43,13 @@ const CONTENT_SAMPLE: u64 = 256 * 1024;
 
 pub async fn run(args: InfoArgs) -> Result<(), String> {
     let uri = NbdUri::parse(&args.uri).map_err(|e| e.to_string())?;
+    let opts = args.timeout.options();
     let out = if let Some(ctx) = &args.map {
-        map(&uri, ctx, args.json).await
+        map(&uri, ctx, args.json, &opts).await
     } else if args.list {
-        list(&uri, args.json).await
+        list(&uri, args.json, &opts).await
     } else if args.size {
-        let d = details(&uri).await.map_err(|e| e.to_string())?;
+        let d = details(&uri, &opts).await.map_err(|e| e.to_string())?;
         let size = d.export.map_or(0, |e| e.size);
         Ok(if args.json {
             format!("{{\n\"export-size\": {size}\n}}\n")
@@ -53,11 +57,11 @@ pub async fn run(args: InfoArgs) -> Result<(), String> {
             format!("{size}\n")
         })
     } else {
-        let d = details(&uri).await.map_err(|e| e.to_string())?;
+        let d = details(&uri, &opts).await.map_err(|e| e.to_string())?;
         let content = if args.no_content {
             None
         } else {
-            content(&uri).await
+            content(&uri, &opts).await
         };
         let e = ExportReport {
             name: uri.export.clone(),
@@ -75,12 +79,11 @@ pub async fn run(args: InfoArgs) -> Result<(), String> {
 
 /// The export's details by `NBD_OPT_INFO` (and all its contexts); servers
 /// without `INFO` are asked with `GO` instead.
-async fn details(uri: &NbdUri) -> Result<Details, ClientError> {
-    let opts = Options::default();
-    match handshake(uri, &opts, Mode::Info).await {
+async fn details(uri: &NbdUri, opts: &Options) -> Result<Details, ClientError> {
+    match handshake(uri, opts, Mode::Info).await {
         Ok(s) => Ok(s.details),
         Err(ClientError::Protocol(_)) => {
-            let c = Connection::connect(uri, &opts).await?;
+            let c = Connection::connect(uri, opts).await?;
             let d = c.details().clone();
             c.close().await;
             Ok(d)
@@ -91,8 +94,8 @@ async fn details(uri: &NbdUri) -> Result<Details, ClientError> {
 
 /// `file -b` on the first bytes, as nbdinfo does; `None` if anything in
 /// the way fails (content is a hint, not a requirement).
-async fn content(uri: &NbdUri) -> Option<String> {
-    let c = Connection::connect(uri, &Options::default()).await.ok()?;
+async fn content(uri: &NbdUri, opts: &Options) -> Option<String> {
+    let c = Connection::connect(uri, opts).await.ok()?;
     let len = c.size().min(CONTENT_SAMPLE).min(c.max_request());
     let len = len - len % u64::from(c.export().min_block());
     let data = if len == 0 {
@@ -126,13 +129,13 @@ struct ExportReport {
     content: Option<String>,
 }
 
-async fn list(uri: &NbdUri, json: bool) -> Result<String, ClientError> {
-    let s = handshake(uri, &Options::default(), Mode::List).await?;
+async fn list(uri: &NbdUri, json: bool, opts: &Options) -> Result<String, ClientError> {
+    let s = handshake(uri, opts, Mode::List).await?;
     let mut reports = Vec::new();
     for (name, desc) in &s.details.exports {
         let mut u = uri.clone();
         u.export = name.clone();
-        let mut d = details(&u).await?;
+        let mut d = details(&u, opts).await?;
         if d.description.is_none() && !desc.is_empty() {
             d.description = Some(desc.clone());
         }
@@ -248,10 +251,10 @@ fn export_text(s: &mut String, r: &ExportReport) {
     let d = &r.details;
     let _ = writeln!(s, "export={}:", js(&r.name));
     if let Some(c) = d.canonical_name.as_ref().filter(|c| **c != r.name) {
-        let _ = writeln!(s, "\tcanonical-export-name: {c}");
+        let _ = writeln!(s, "\tcanonical-export-name: {}", escape(c));
     }
     if let Some(desc) = &d.description {
-        let _ = writeln!(s, "\tdescription: {desc}");
+        let _ = writeln!(s, "\tdescription: {}", escape(desc));
     }
     if let Some(e) = &d.export {
         let (h, human) = human_size(e.size);
@@ -262,13 +265,13 @@ fn export_text(s: &mut String, r: &ExportReport) {
         }
     }
     if let Some(c) = &r.content {
-        let _ = writeln!(s, "\tcontent: {c}");
+        let _ = writeln!(s, "\tcontent: {}", escape(c));
     }
     let _ = writeln!(s, "\turi: {}", r.uri);
     if !d.contexts.is_empty() {
         s.push_str("\tcontexts:\n");
         for (_, n) in &d.contexts {
-            let _ = writeln!(s, "\t\t{n}");
+            let _ = writeln!(s, "\t\t{}", escape(n));
         }
     }
     if let Some(e) = &d.export {
@@ -342,10 +345,15 @@ pub async fn extents(c: &Connection, context: &str) -> Result<Vec<(u64, u64, u64
     Ok(out)
 }
 
-async fn map(uri: &NbdUri, context: &str, json: bool) -> Result<String, ClientError> {
+async fn map(
+    uri: &NbdUri,
+    context: &str,
+    json: bool,
+    base: &Options,
+) -> Result<String, ClientError> {
     let opts = Options {
         meta_contexts: vec![context.to_owned()],
-        ..Options::default()
+        ..base.clone()
     };
     let c = Connection::connect(uri, &opts).await?;
     let ext = extents(&c, context).await?;

@@ -1,23 +1,8 @@
 //! The little JSON and size formatting nbdinfo's output needs.
 
-/// A JSON string literal.
-pub fn string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+/// A JSON string literal, with every terminal control escaped (see
+/// [`crate::client::text`]).
+pub use crate::client::text::json_string as string;
 
 /// libnbd's `human_size`: the largest binary unit dividing the size
 /// exactly ("64M", "1536K", "513"); true if a unit was used.

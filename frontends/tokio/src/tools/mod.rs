@@ -5,6 +5,46 @@ mod endpoint;
 pub mod info;
 mod json;
 
+use std::time::Duration;
+
+use crate::client::Options;
+
+/// `--timeout SECS`, shared by `info` and `copy`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TimeoutArg {
+    /// Give up, with an error, when the handshake (connecting included)
+    /// takes longer than SECS, or when the server sends nothing for SECS
+    /// while requests wait. Without it the handshake may take 30 s and
+    /// requests as long as the server takes.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+}
+
+impl TimeoutArg {
+    /// The client options these timeouts give.
+    pub fn options(&self) -> Options {
+        let mut o = Options::default();
+        if let Some(t) = self.timeout {
+            o.handshake_timeout = t;
+            o.request_timeout = Some(t);
+        }
+        o
+    }
+}
+
+/// Seconds, fractions allowed ("10", "0.5"); more than zero.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 1e9) {
+        return Err(format!(
+            "{s:?}: the timeout must be more than 0 and at most 1e9 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 /// Run a tool on a fresh runtime (tools are one-shot commands).
 pub fn block_on(
     f: impl std::future::Future<Output = Result<(), String>>,

@@ -96,9 +96,14 @@ pub async fn open(
                 .await?,
             )
         }
-        DriverOptions::Raw { file, offset, size } => {
+        DriverOptions::Raw {
+            file,
+            offset,
+            size,
+            probed,
+        } => {
             let file = children.open("file", file, true).await?;
-            Box::new(raw::Raw::new(file, offset, size)?)
+            Box::new(raw::Raw::new(file, offset, size)?.probed(probed))
         }
         DriverOptions::Throttle {
             file,

@@ -41,7 +41,9 @@ use blockwire_core::qcow2::{
 use tracing::error;
 
 use crate::block::io::Io;
-use crate::block::node::{Child, Driver, DriverInfo, Node, Status, Zeroes, invalid, lock};
+use crate::block::node::{
+    Child, Driver, DriverInfo, Node, Status, StoredBitmap, Zeroes, invalid, lock,
+};
 
 /// Magic of a qcow2 image, for probing.
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -91,6 +93,7 @@ pub struct Opened {
     q: Qcow2<Vec<u64>>,
     how: Qcow2Open,
     metadata_preallocation: bool,
+    bitmaps: Vec<StoredBitmap>,
 }
 
 impl Opened {
@@ -206,11 +209,92 @@ pub async fn open_image(file: &Node, how: Qcow2Open) -> io::Result<Opened> {
         q.install(load, &buf[..n]).map_err(bad)?;
     }
     let metadata_preallocation = detect_metadata_preallocation(file, &q).await?;
+    let bitmaps = load_bitmaps(file, &q, &bad).await?;
     Ok(Opened {
         q,
         how,
         metadata_preallocation,
+        bitmaps,
     })
+}
+
+/// The image's persistent dirty bitmaps (the bitmaps extension, trusted
+/// only while its autoclear bit is set, as the specification says), with
+/// their dirty runs. Bitmaps marked in use (inconsistent) or with extra
+/// data they do not declare compatible are left out with a warning, as
+/// QEMU refuses to use them. A corrupt directory or table refuses the
+/// image, as QEMU's open does.
+async fn load_bitmaps(
+    file: &Node,
+    q: &Qcow2<Vec<u64>>,
+    bad: &(dyn Fn(Qcow2Error) -> io::Error + Sync),
+) -> io::Result<Vec<StoredBitmap>> {
+    use blockwire_core::qcow2::bitmaps::{self, Directory, TableEntry};
+    use blockwire_core::qcow2::header::autoclear;
+    let area = q.header_area();
+    let Some(ext) = area.bitmaps else {
+        return Ok(Vec::new());
+    };
+    if area.header.autoclear_features & autoclear::BITMAPS == 0
+        || ext.directory_size > bitmaps::MAX_DIRECTORY_SIZE
+    {
+        return Ok(Vec::new());
+    }
+    let mut dir = vec![0u8; ext.directory_size as usize];
+    read_clamped(file, ext.directory_offset, &mut dir).await?;
+    let size = q.size();
+    let cb = q.layout().cluster_bits;
+    let d = Directory::parse(&dir, ext.nb_bitmaps, size, cb).map_err(bad)?;
+    let mut out = Vec::new();
+    let mut data = vec![0u8; 1 << cb];
+    for e in d.entries(size, cb) {
+        let name = String::from_utf8_lossy(e.name).into_owned();
+        if !e.usable() {
+            tracing::warn!(
+                "{}: stored dirty bitmap {name:?} is inconsistent (in use) or has unknown extra data: not loaded",
+                file.filename()
+            );
+            out.push(StoredBitmap {
+                name,
+                granularity: 1u32 << e.granularity_bits.min(31),
+                disabled: true,
+                dirty: Vec::new(),
+                inconsistent: true,
+            });
+            continue;
+        }
+        let mut table = vec![0u8; e.table_size as usize * 8];
+        read_clamped(file, e.table_offset, &mut table).await?;
+        let mut dirty: Vec<(u64, u64)> = Vec::new();
+        for (i, t) in table.chunks_exact(8).enumerate() {
+            let e64 = u64::from_be_bytes(t.try_into().expect("8 bytes"));
+            let te = bitmaps::decode_table_entry(e64, cb).map_err(bad)?;
+            data.fill(0);
+            if let TableEntry::At(off) = te {
+                read_clamped(file, off, &mut data).await?;
+            }
+            bitmaps::for_each_dirty(
+                te,
+                &data,
+                i as u64,
+                cb,
+                e.granularity_bits,
+                size,
+                &mut |o, l| match dirty.last_mut() {
+                    Some(last) if last.0 + last.1 == o => last.1 += l,
+                    _ => dirty.push((o, l)),
+                },
+            );
+        }
+        out.push(StoredBitmap {
+            name,
+            granularity: 1u32 << e.granularity_bits.min(31),
+            disabled: e.flags & bitmaps::FLAG_AUTO == 0,
+            dirty,
+            inconsistent: false,
+        });
+    }
+    Ok(out)
 }
 
 /// QEMU's `qcow2_detect_metadata_preallocation`: the image has clearly
@@ -372,6 +456,8 @@ pub struct Qcow2Driver {
     pass_discard: bool,
     /// Data clusters may be file holes: block status asks the file.
     metadata_preallocation: bool,
+    /// The image's bitmaps until the node takes them.
+    bitmaps: Mutex<Vec<StoredBitmap>>,
 }
 
 /// What a write-like request plans.
@@ -397,6 +483,7 @@ impl Qcow2Driver {
             read_only: q.read_only(),
             pass_discard: image.how.pass_discard,
             metadata_preallocation: image.metadata_preallocation,
+            bitmaps: Mutex::new(image.bitmaps),
             file,
             backing,
             image: Mutex::new(q),
@@ -635,6 +722,10 @@ impl Qcow2Driver {
             .max()
             .unwrap_or(0);
         if end > self.file.size() {
+            if self.file.driver_name() == "host_device" {
+                // A device does not grow: the image is full.
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             let end = end.div_ceil(self.cluster) * self.cluster;
             self.file.resize(end).wait().await?;
         }
@@ -774,6 +865,34 @@ impl Qcow2Driver {
     }
 }
 
+/// Closing a node (`blockdev-del`, the end of the program) writes its
+/// dirty metadata back, as QEMU's close does: writes acknowledged but
+/// never flushed are kept too. Only when the file child answers at once
+/// (a file); otherwise, and on failure, the log says what was lost (the
+/// image stays consistent either way).
+impl Drop for Qcow2Driver {
+    fn drop(&mut self) {
+        if self.read_only || !lock(&self.image).has_dirty_metadata() {
+            return;
+        }
+        let mut fut = std::pin::pin!(async {
+            let _alone = self.requests.write().await;
+            self.flush_locked().await
+        });
+        match crate::block::io::poll_once(fut.as_mut()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => error!(
+                "{}: metadata not written back at close: {e}",
+                self.file.filename()
+            ),
+            None => error!(
+                "{}: metadata not written back at close: the file child would wait",
+                self.file.filename()
+            ),
+        }
+    }
+}
+
 impl Driver for Qcow2Driver {
     fn driver_name(&self) -> &'static str {
         "qcow2"
@@ -865,6 +984,10 @@ impl Driver for Qcow2Driver {
         ))
     }
 
+    fn stored_bitmaps(&self) -> Vec<StoredBitmap> {
+        std::mem::take(&mut *lock(&self.bitmaps))
+    }
+
     fn block_status<'a>(&'a self, offset: u64, len: u64, out: &'a mut Vec<Status>) -> Io<'a, ()> {
         Io::pending(async move {
             let mut pos = 0;
@@ -927,6 +1050,8 @@ pub fn backing_options(
             file,
             offset: 0,
             size: None,
+            // Read-only: nothing to guard.
+            probed: false,
         },
         other => {
             return Err(invalid(format!(

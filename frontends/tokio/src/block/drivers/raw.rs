@@ -13,14 +13,47 @@ pub struct Raw {
     file: Arc<Node>,
     offset: u64,
     size: Option<u64>,
+    probed: bool,
 }
+
+/// Bytes at the start that format probing looks at (QEMU's first sector
+/// check, `BLOCK_PROBE_BUF_SIZE` is larger, but a qcow2 magic is in the
+/// first four bytes).
+const PROBED_SECTOR: u64 = 512;
 
 impl Raw {
     /// Checks the window against the child as QEMU does.
     pub fn new(file: Arc<Node>, offset: u64, size: Option<u64>) -> io::Result<Self> {
-        let raw = Self { file, offset, size };
+        let raw = Self {
+            file,
+            offset,
+            size,
+            probed: false,
+        };
         raw.window()?;
         Ok(raw)
+    }
+
+    /// The format was probed: refuse writes that would make the first
+    /// sector probe as qcow2 (QEMU's raw driver on a probed image; else a
+    /// guest could write a qcow2 header naming any host file as its
+    /// backing file, to be opened at the next start).
+    pub fn probed(mut self, probed: bool) -> Self {
+        self.probed = probed;
+        self
+    }
+
+    /// The first sector as it would be after writing `data` at `offset`.
+    async fn probes_as_other_format(&self, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        let mut first = [0u8; PROBED_SECTOR as usize];
+        let n = (self.size().min(PROBED_SECTOR)) as usize;
+        if offset > 0 || (data.len() as u64) < n as u64 {
+            self.file.read(self.offset, &mut first[..n]).wait().await?;
+        }
+        let within = (n as u64).saturating_sub(offset) as usize;
+        let k = within.min(data.len());
+        first[offset as usize..offset as usize + k].copy_from_slice(&data[..k]);
+        Ok(&first[..4] == super::qcow2::MAGIC)
     }
 
     /// The window over the child's current size: without `size` it
@@ -73,6 +106,17 @@ impl Driver for Raw {
     }
 
     fn write<'a>(&'a self, offset: u64, data: &'a [u8], fua: bool) -> Io<'a, ()> {
+        if self.probed && offset < PROBED_SECTOR && !data.is_empty() {
+            return Io::pending(async move {
+                if self.probes_as_other_format(offset, data).await? {
+                    return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+                }
+                self.file
+                    .write(self.offset + offset, data, fua)
+                    .wait()
+                    .await
+            });
+        }
         self.file.write(self.offset + offset, data, fua)
     }
 

@@ -314,6 +314,7 @@ fn raw(o: &Obj, c: &Children) -> Result<DriverOptions, Error> {
         file: c.req(o, "file", false)?,
         offset: o.non_negative("offset")?.unwrap_or(0),
         size: o.non_negative("size")?,
+        probed: false,
     })
 }
 

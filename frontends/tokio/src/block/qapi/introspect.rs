@@ -53,8 +53,25 @@ static EMPTY: Struct = Struct {
 };
 static EMPTY_T: Type = Type::Struct(&EMPTY);
 
+/// One event: its data's type (None: no data).
+#[derive(Clone, Copy)]
+pub struct EventInfo {
+    pub name: &'static str,
+    pub arg_type: Option<&'static Type>,
+}
+
 /// `SchemaInfo` for `commands` and every type they reach.
 pub fn schema_info(commands: &[Command], mask: bool) -> Vec<Value> {
+    schema_info_with_events(commands, &[], mask)
+}
+
+/// [`schema_info`] with events (`meta-type` `event`), as
+/// `query-qmp-schema` lists them.
+pub fn schema_info_with_events(
+    commands: &[Command],
+    events: &[EventInfo],
+    mask: bool,
+) -> Vec<Value> {
     let mut b = Builder {
         mask,
         names: HashMap::new(),
@@ -71,6 +88,13 @@ pub fn schema_info(commands: &[Command], mask: bool) -> Vec<Value> {
             "arg-type": arg,
             "ret-type": ret,
         }));
+    }
+    for e in events {
+        let mut v = json!({"name": e.name, "meta-type": "event"});
+        if let Some(t) = e.arg_type {
+            v["arg-type"] = json!(b.use_type(t));
+        }
+        b.out.push(v);
     }
     while let Some(t) = b.queue.pop() {
         b.emit(t);
@@ -94,6 +118,8 @@ fn builtin(t: &Type) -> Option<(&'static str, &'static str)> {
         Type::Int(_) => Some(("int", "int")),
         Type::Bool => Some(("bool", "boolean")),
         Type::Null => Some(("null", "null")),
+        Type::Number => Some(("number", "number")),
+        Type::Any => Some(("any", "value")),
         _ => None,
     }
 }
@@ -214,7 +240,7 @@ impl Builder {
                 let elem = self.use_type(elem);
                 json!({"name": name, "meta-type": "array", "element-type": elem})
             }
-            Type::Str | Type::Int(_) | Type::Bool | Type::Null => return,
+            Type::Str | Type::Int(_) | Type::Bool | Type::Null | Type::Number | Type::Any => return,
         };
         self.out.push(info);
     }

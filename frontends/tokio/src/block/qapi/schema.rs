@@ -51,6 +51,10 @@ pub enum Type {
     Bool,
     /// JSON `null`; only as a branch of an alternate.
     Null,
+    /// QAPI's `number` (a double); only in what commands return.
+    Number,
+    /// QAPI's `any`: whatever JSON value (introspection's `default`).
+    Any,
     Enum(&'static Enum),
     Struct(&'static Struct),
     Union(&'static Union),
@@ -66,6 +70,8 @@ impl Type {
             Type::Int(_) => "int".into(),
             Type::Bool => "bool".into(),
             Type::Null => "null".into(),
+            Type::Number => "number".into(),
+            Type::Any => "any".into(),
             Type::Enum(e) => e.name.into(),
             Type::Struct(s) => s.name.into(),
             Type::Union(u) => u.name.into(),

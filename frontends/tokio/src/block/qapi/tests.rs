@@ -60,6 +60,10 @@ fn json_and_keyval_give_the_same_options() {
             r#"{"driver":"throttle","node-name":"t","throttle-group":"tg0","file":"f0"}"#,
             "throttle,node-name=t,throttle-group=tg0,file=f0",
         ),
+        (
+            r#"{"driver":"qcow2","node-name":"q","file":{"driver":"file","filename":"d.qcow2"},"backing":"b","l2-cache-size":1048576,"refcount-cache-size":262144,"pass-discard-request":true,"lazy-refcounts":false,"cache-clean-interval":0}"#,
+            "qcow2,node-name=q,file.driver=file,file.filename=d.qcow2,backing=b,l2-cache-size=1048576,refcount-cache-size=262144,pass-discard-request=on,lazy-refcounts=off,cache-clean-interval=0",
+        ),
     ];
     for (json, keyval) in pairs {
         assert_eq!(bd(json), bd(keyval), "{json}\n{keyval}");
@@ -137,6 +141,7 @@ fn every_driver_converts_with_qemus_defaults() {
             file: BlockdevRef::Name("f0".into()),
             offset: 0,
             size: None,
+            probed: false,
         }
     );
     let d = bd(
@@ -163,6 +168,26 @@ fn every_driver_converts_with_qemus_defaults() {
             new_state: 3
         }]
     );
+    let q = bd(r#"{"driver":"qcow2","file":"f"}"#);
+    assert_eq!(
+        q.driver,
+        DriverOptions::Qcow2 {
+            file: BlockdevRef::Name("f".into()),
+            backing: None,
+            cache_size: None,
+            l2_cache_size: None,
+            refcount_cache_size: None,
+            pass_discard_request: None,
+        }
+    );
+    let q = bd(r#"{"driver":"qcow2","file":"f","backing":null}"#);
+    assert!(matches!(
+        q.driver,
+        DriverOptions::Qcow2 {
+            backing: Some(None),
+            ..
+        }
+    ));
     let c = bd(r#"{"driver":"blockwire-cow","backing":"b"}"#);
     assert_eq!(
         c.driver,

@@ -109,6 +109,11 @@ impl Visitor {
                 Value::Null => Ok(Value::Null),
                 _ => Err(self.invalid_type(name, "null")),
             },
+            Type::Number => match v {
+                Value::Number(_) if !self.keyval => Ok(v.clone()),
+                _ => Err(self.invalid_type(name, "number")),
+            },
+            Type::Any => Ok(v.clone()),
             Type::Enum(e) => {
                 let s = self.string(name, v)?;
                 if e.values.contains(&s) {
@@ -331,6 +336,8 @@ impl Visitor {
             (Type::Int(_), Value::Number(_)) => !self.keyval,
             (Type::Bool, Value::Bool(_)) => !self.keyval,
             (Type::Null, Value::Null) => true,
+            (Type::Number, Value::Number(_)) => !self.keyval,
+            (Type::Any, _) => true,
             _ => false,
         });
         match branch {
