@@ -681,26 +681,60 @@ fn eshutdown_is_reported_once() {
 }
 
 #[test]
-fn fragmented_reads_fail_safely() {
+fn scattered_reads_are_reassembled() {
+    // The spec: content chunks MAY come in any order and the client MUST
+    // reassemble them. Every other 256-byte block, then the gaps, as holes
+    // and data: more disjoint pieces than the range table tracks.
     let mut c = structured();
     let r = c.read(0, 4096, F).unwrap();
     let mut s = Script::new();
-    // Every other 256-byte block, then the gaps: more disjoint ranges than tracked.
+    for i in (0..16).step_by(2) {
+        s = s.chunk(
+            0,
+            OFFSET_DATA,
+            r,
+            &data_payload(i * 256, &[i as u8 + 1; 256]),
+        );
+    }
+    for i in (1..16).step_by(2) {
+        s = s.chunk(0, OFFSET_HOLE, r, &hole_payload(i * 256, 256));
+    }
+    s = s.chunk(DONE, NONE, r, &[]);
+    let run = run_whole(&mut c, &s.0);
+    assert_eq!(run.events.last(), Some(&Ev::Completed(r, Ok(()))));
+    let got = assemble(&run.events, r, 0, 4096);
+    for (i, b) in got.iter().enumerate() {
+        let block = i as u64 / 256;
+        let want = if block % 2 == 0 { block as u8 + 1 } else { 0 };
+        assert_eq!(*b, Some(want), "byte {i}");
+    }
+    assert!(c.is_ready());
+}
+
+#[test]
+fn scattered_reads_with_an_untracked_overlap_are_refused() {
+    // Past the range table the client still counts bytes: one byte more
+    // than the request is an overlap, whichever pieces it hits.
+    let mut c = structured();
+    let r = c.read(0, 4096, F).unwrap();
+    let mut s = Script::new();
     for i in (0..16).step_by(2) {
         s = s.chunk(0, OFFSET_DATA, r, &data_payload(i * 256, &[1; 256]));
     }
     for i in (1..16).step_by(2) {
         s = s.chunk(0, OFFSET_DATA, r, &data_payload(i * 256, &[2; 256]));
     }
-    s = s.chunk(DONE, NONE, r, &[]);
+    // Block 14 again: not in the (full) table, but over the byte count.
+    s = s.chunk(0, OFFSET_DATA, r, &data_payload(14 * 256, &[3; 256]));
     let run = run_whole(&mut c, &s.0);
     assert_eq!(
-        run.events.last(),
-        Some(&Ev::Completed(r, Err(RequestFailure::Fragmented)))
+        last_failure(&run),
+        Some(Error::ChunkOverlap {
+            cookie: r.0,
+            offset: 14 * 256,
+            length: 256
+        })
     );
-    // Whatever was delivered was inside the buffer and never twice.
-    let _ = assemble(&run.events, r, 0, 4096);
-    assert!(c.is_ready());
 }
 
 #[test]

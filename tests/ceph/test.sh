@@ -41,5 +41,10 @@ env_lines=$(tests/ceph/cluster.sh start "$dir") || {
 eval "$env_lines"
 echo "ceph test cluster in $dir, ready after $((SECONDS - t0)) s"
 cargo test -p blockwire-rbd --features librbd
+# The rbd block driver through `blockwire serve` (a release build with the
+# `rbd` feature; tests/run's release build may already be one), same cluster.
+cargo build --release -p blockwire --features rbd
+BLOCKWIRE_BIN="$(pwd)/target/release/blockwire" \
+  cargo test -p blockwire-tests --features rbd --test serve_rbd --test serve_rbd_faults
 echo "ceph tests done after $((SECONDS - t0)) s; daemon memory (KiB RSS):"
 tests/ceph/cluster.sh rss "$dir"

@@ -200,6 +200,24 @@ const CASES: &[Case] = &[
         r#"{"driver":"file","filename":"x","locking":"maybe"}"#,
         "Parameter 'locking' does not accept value 'maybe'",
     ),
+    // ---- rbd ----
+    bd(
+        r#"{"driver":"rbd","image":"i"}"#,
+        "Parameter 'pool' is missing",
+    ),
+    // QEMU's enum visitor names an enum in a list 'null' (it has no name).
+    bd(
+        r#"{"driver":"rbd","pool":"p","image":"i","auth-client-required":["krb"]}"#,
+        "Parameter 'null' does not accept value 'krb'",
+    ),
+    bd(
+        r#"{"driver":"rbd","pool":"p","image":"i","server":[{"host":"h"}]}"#,
+        "Parameter 'server[0].port' is missing",
+    ),
+    ours(bd(
+        r#"{"driver":"rbd","pool":"p","image":"i","encrypt":{"format":"luks","key-secret":"s"}}"#,
+        "Parameter 'encrypt' is not supported by blockwire",
+    )),
     bd(r#"{"driver":"nbd"}"#, "Parameter 'server' is missing"),
     bd(
         r#"{"driver":"nbd","server":{}}"#,

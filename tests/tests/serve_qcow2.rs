@@ -1088,3 +1088,176 @@ fn stored_bitmaps_are_exported_as_qemu_nbd_exports_them() {
         );
     }
 }
+
+/// Through the QMP daemon: `blockdev-add` of a qcow2 node, an export,
+/// writes, then `block-export-del` and `blockdev-del` without a flush
+/// from the client: closing the node writes its metadata back, so the
+/// image is clean and holds the writes.
+#[test]
+fn qmp_blockdev_add_and_del_of_a_qcow2_node_keeps_its_writes() {
+    require!("qemu-img", "qemu-io");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-qmp");
+    let img = dir.join("d.qcow2");
+    create(&img, "cluster_size=64k", "64M");
+    let qmp = dir.join("qmp.sock");
+    let nbd = dir.join("nbd.sock");
+    let mut daemon = Command::new(blockwire_bin())
+        .arg("daemon")
+        .arg("--qmp")
+        .arg(format!("unix:{}", qmp.display()))
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn blockwire daemon");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&qmp).is_err() {
+        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(Instant::now() < deadline, "QMP socket not listening");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let script = r#"
+import json, socket, subprocess, sys
+qmp, img, nbd = sys.argv[1:4]
+s = socket.socket(socket.AF_UNIX)
+s.connect(qmp)
+f = s.makefile("rw")
+def reply():
+    while True:
+        m = json.loads(f.readline())
+        if "event" not in m:
+            return m
+def cmd(c, **a):
+    f.write(json.dumps({"execute": c, "arguments": a}) + "\n")
+    f.flush()
+    r = reply()
+    assert "return" in r, (c, r)
+reply()
+cmd("qmp_capabilities")
+cmd("blockdev-add", **{"driver": "qcow2", "node-name": "q",
+    "file": {"driver": "file", "filename": img}})
+cmd("block-export-add", **{"type": "nbd", "id": "e", "node-name": "q",
+    "name": "d", "writable": True})
+out = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 2M",
+    "-c", "write -P 0x5b 40M 4k", "nbd+unix:///d?socket=" + nbd],
+    capture_output=True, text=True)
+assert out.returncode == 0 and "wrote" in out.stdout, out
+cmd("block-export-del", id="e")
+cmd("blockdev-del", **{"node-name": "q"})
+print("done")
+"#;
+    let out = py_ok(script, &[s(&qmp), s(&img), s(&nbd)]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(stdout_str(&out).contains("done"));
+    assert_check_clean(&img, "after blockdev-del");
+    qemu_io(
+        "qcow2",
+        s(&img),
+        &cmds(&["read -P 0x5a 1M 2M", "read -P 0x5b 40M 4k"]),
+    );
+}
+
+/// fio random writes with crc32c verification on qcow2 exports (over a
+/// backing file, and with 512 B clusters), then `qemu-img check`.
+#[test]
+fn fio_verify_on_qcow2_then_check_clean() {
+    require!("fio-nbd", "qemu-img");
+    let dir = TmpDir::new("qcow2-fio");
+    let base = dir.join("base.raw");
+    write_patterned(&base, 64 * MIB);
+    for (name, opts) in [
+        (
+            "over-backing",
+            "cluster_size=64k,backing_file=base.raw,backing_fmt=raw",
+        ),
+        ("c512", "cluster_size=512"),
+        ("extl2", "extended_l2=on,cluster_size=32k"),
+    ] {
+        let img = dir.join(&format!("{name}.qcow2"));
+        create(&img, opts, "64M");
+        let Some(mut srv) = Server::start(&[s(&img)]) else {
+            return;
+        };
+        let uri = format!("--uri={}", srv.uri_unix(""));
+        let args = [
+            "--name=qcow2-randwrite",
+            "--ioengine=nbd",
+            uri.as_str(),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--bsrange=512-64k",
+            "--size=64M",
+            "--io_size=16M",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--randrepeat=0",
+            "--verify_state_save=0",
+        ];
+        let out = run("fio", &args);
+        let text = stdout_str(&out);
+        assert!(
+            out.status.success() && text.contains("err= 0") && !text.contains("verify: bad"),
+            "{name}: {}",
+            explain("fio", &args, &out)
+        );
+        srv.stop();
+        assert_check_clean(&img, name);
+    }
+}
+
+/// A stored bitmap left in use (its writer was killed) is inconsistent:
+/// exporting it is refused, as QEMU refuses it, instead of exporting a
+/// fresh, empty bitmap under its name.
+#[test]
+fn an_inconsistent_stored_bitmap_is_refused() {
+    require!("qemu-img", "qemu-nbd");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-bitmap-in-use");
+    let img = dir.join("bm.qcow2");
+    create(&img, "cluster_size=64k", "16M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    // qemu-nbd opened read-write marks the bitmap in use; SIGKILL leaves it so.
+    let sock = dir.join("rw.sock");
+    let mut qn = Command::new("qemu-nbd")
+        .args(["-t", "-f", "qcow2", "-k"])
+        .arg(&sock)
+        .arg(&img)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "qemu-nbd not listening");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Marking happens as it takes the image for writing: wait for it.
+    loop {
+        let info = stdout_str(&run_ok("qemu-img", &["info", "-U", s(&img)]));
+        if info.contains("in-use") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bitmap never marked in use: {info}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = qn.kill();
+    let _ = qn.wait();
+    let mut cmd = Command::new(blockwire_bin());
+    cmd.args(["serve", "-r", "--dirty-bitmap", "b0", "--listen"])
+        .arg(format!("unix:{}", dir.join("bw.sock").display()))
+        .arg(&img);
+    let out = run_cmd(cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Bitmap 'b0' is inconsistent"), "{err}");
+}

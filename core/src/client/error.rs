@@ -346,9 +346,6 @@ pub enum RequestFailure {
     /// lacked a status chunk for a selected context: a protocol error,
     /// never a success.
     Incomplete,
-    /// The reply came in more disjoint pieces than the client tracks; the
-    /// rest of its data was dropped.
-    Fragmented,
 }
 
 impl fmt::Display for RequestError {
@@ -379,7 +376,6 @@ impl fmt::Display for RequestFailure {
                 None => write!(f, "server error {}", e.0),
             },
             RequestFailure::Incomplete => f.write_str("incomplete reply from the server"),
-            RequestFailure::Fragmented => f.write_str("reply in too many fragments"),
         }
     }
 }

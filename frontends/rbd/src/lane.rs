@@ -5,8 +5,9 @@
 //! thread, completed by librbd's own threads.
 
 use std::io;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::oneshot;
 use crate::sys;
@@ -55,6 +56,7 @@ where
                 Ok(img) => Arc::new(img),
                 Err(e) => return reply.send(Err(e)),
             };
+            *lock(&OPEN) += 1;
             let (tx, rx) = mpsc::channel::<Job>();
             reply.send(Ok(Opened {
                 handle: Arc::clone(&img),
@@ -67,7 +69,40 @@ where
             // requests, then rbd_close), then the pool context and, if it
             // was the last user, the cluster handle.
             drop(img);
+            *lock(&OPEN) -= 1;
+            CLOSED.notify_all();
         })
         .map(drop)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start the rbd worker thread: {e}")))
+}
+
+/// Images open in this process (counted by their workers).
+static OPEN: Mutex<usize> = Mutex::new(0);
+static CLOSED: Condvar = Condvar::new();
+
+fn lock(m: &Mutex<usize>) -> std::sync::MutexGuard<'_, usize> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until every image whose last handle was dropped has been closed
+/// by its worker (at most `timeout`); whether none is left open.
+///
+/// A process that exits with an image still open leaves its header watch
+/// and exclusive lock behind, and the next client to open the image waits
+/// for the cluster to time them out (30 s and more); a server calls this
+/// after dropping its images, before it exits.
+pub fn wait_closed(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut open = lock(&OPEN);
+    while *open > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        open = CLOSED
+            .wait_timeout(open, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    true
 }

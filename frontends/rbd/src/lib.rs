@@ -44,6 +44,7 @@ pub use cluster::{AVAILABLE, Cluster, not_built};
 pub use error::{RbdError, errno};
 pub use features::*;
 pub use image::{Allocation, Extent, Image, ImageInfo, Request, ZeroMode};
+pub use lane::wait_closed;
 pub use options::{AuthMode, ClusterOptions, ImageSpec, MonAddr, Secret};
 
 /// The linked librbd's version (`rbd_version`), `(0, 0, 0)` without the

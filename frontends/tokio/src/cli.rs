@@ -64,7 +64,10 @@ pub enum TlsMode {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// File or block device to export (opened read-write unless
-    /// --read-only or --cow).
+    /// --read-only or --cow), or a Ceph RBD image as qemu-nbd names it:
+    /// rbd:POOL/[NAMESPACE/]IMAGE[@SNAPSHOT][:conf=FILE][:id=USER][:OPTION=VALUE]...
+    /// (OPTION: any Ceph option, e.g. mon_host, keyring,
+    /// client_mount_timeout, rados_osd_op_timeout; `\` escapes ':').
     #[arg(value_name = "FILE", conflicts_with_all = ["memory", "null"])]
     pub file: Option<PathBuf>,
 
@@ -113,7 +116,7 @@ pub struct ServeArgs {
     /// key=value, file,node-name=f0,filename=disk.img (nested members as
     /// file.driver=..., list elements as inject-error.0.event=...).
     /// Drivers: file, host_device, null-co, blockwire-ram, nbd, raw,
-    /// qcow2, throttle, blkdebug, blockwire-cow.
+    /// qcow2, rbd, throttle, blkdebug, blockwire-cow.
     #[arg(long = "blockdev", value_name = "OPTIONS")]
     pub blockdevs: Vec<String>,
 

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(blockwire::daemon::run(args))),
         Command::Copy(args) => blockwire::tools::block_on(blockwire::tools::copy::run(args)),
     };
+    // The runtime, and with it the graph, is gone: RBD images are closing.
+    blockwire::block::drivers::rbd::wait_closed();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -120,6 +120,12 @@ async fn sugar(
     // A copy-on-write base is never written.
     let base_ro = p.read_only || p.cow.is_some();
     let protocol = match &p.source {
+        // qemu-nbd's `rbd:pool/image[@snap][:key=value...]`.
+        SourceSpec::File(path) if is_rbd(path) => {
+            let name = path.to_string_lossy();
+            let o = crate::block::drivers::rbd::parse_filename(&name).map_err(|e| ctx(&e))?;
+            BlockdevOptions::new(DriverOptions::Rbd(o)).named(format!("rbd{i}"))
+        }
         SourceSpec::File(path) => BlockdevOptions::new(DriverOptions::File {
             host_device: is_block_device(path),
             filename: path.clone(),
@@ -288,6 +294,12 @@ async fn sugar(
     }
     for b in &p.bitmaps {
         // A bitmap the image stores (qcow2) is exported as it is.
+        if inconsistent_bitmap_below(&node, b) {
+            return Err(ctx(&format!(
+                "Bitmap '{b}' is inconsistent and cannot be used (stored in the image, in use by a writer that did not close it; remove it with qemu-img bitmap --remove)"
+            ))
+            .into());
+        }
         if has_bitmap_below(&node, b) {
             info!("export {:?}: dirty bitmap {b:?} from the image", p.name);
             continue;
@@ -313,6 +325,20 @@ fn has_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
             .children()
             .iter()
             .any(|c| has_bitmap_below(&c.node, name))
+}
+
+fn inconsistent_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
+    node.has_inconsistent_bitmap(name)
+        || node
+            .children()
+            .iter()
+            .any(|c| inconsistent_bitmap_below(&c.node, name))
+}
+
+/// A file name that names an RBD image, as qemu-nbd reads it (a local
+/// file of that name is `./rbd:...`).
+fn is_rbd(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| s.starts_with("rbd:"))
 }
 
 fn is_block_device(p: &Path) -> bool {

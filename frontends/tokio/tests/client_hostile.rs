@@ -358,7 +358,10 @@ fn a_server_silent_mid_transfer_times_out() {
         dst.to_str().unwrap(),
     ]);
     assert!(err.contains("FAILED"), "{err}");
-    assert!(err.contains("sent nothing for 0.5 s"), "{err}");
+    assert!(
+        err.contains("neither answered nor took anything for 0.5 s"),
+        "{err}"
+    );
 
     // The library: a request fails with the timeout, and so does the next
     // one (the connection is over).
@@ -398,5 +401,8 @@ fn a_server_that_stops_reading_times_out() {
         src.to_str().unwrap(),
         &uri,
     ]);
-    assert!(err.contains("sent nothing for 0.5 s"), "{err}");
+    assert!(
+        err.contains("neither answered nor took anything for 0.5 s"),
+        "{err}"
+    );
 }

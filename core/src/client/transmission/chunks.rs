@@ -41,9 +41,7 @@ impl<const N: usize> Transmission<N> {
                 length,
             });
         }
-        let was_fragmented = s.failure == Some(RequestFailure::Fragmented);
-        let fits = s
-            .cover(offset, offset + length)
+        s.cover(offset, offset + length)
             .map_err(|()| Error::ChunkOverlap {
                 cookie,
                 offset,
@@ -54,7 +52,6 @@ impl<const N: usize> Transmission<N> {
             slot,
             offset,
             remaining: length,
-            deliver: fits && !was_fragmented,
             done,
         };
         Ok(Out::took(size + OffsetData::SIZE))
@@ -91,9 +88,7 @@ impl<const N: usize> Transmission<N> {
                 length,
             });
         }
-        let was_fragmented = s.failure == Some(RequestFailure::Fragmented);
-        let fits = s
-            .cover(offset, offset + length)
+        s.cover(offset, offset + length)
             .map_err(|()| Error::ChunkOverlap {
                 cookie,
                 offset,
@@ -101,9 +96,6 @@ impl<const N: usize> Transmission<N> {
             })?;
         s.content_chunks = s.content_chunks.saturating_add(1);
         let consumed = size + OffsetHole::SIZE;
-        if !fits || was_fragmented {
-            return Ok(Out::maybe(consumed, self.end_chunk(slot, done)));
-        }
         self.rx = Rx::Finish { slot, done };
         Ok(Out::event(
             consumed,

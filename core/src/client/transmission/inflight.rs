@@ -7,6 +7,13 @@ use crate::client::{Cookie, RequestFailure};
 
 /// Disjoint byte ranges tracked per read to refuse overlapping chunks.
 /// Adjacent ranges merge, so in-order (or reverse-order) replies use one.
+/// A reply scattered wider is still reassembled (the spec: the server "MAY
+/// send the content chunks in any order (the client MUST reassemble
+/// content chunks into the correct order)"); its further pieces are only
+/// counted, so an overlap among them is caught by the byte count (more
+/// bytes than the request) instead of by position. Detecting overlaps is
+/// the client's option ("MAY initiate a hard disconnect"), reassembly is
+/// not, and a fixed table keeps the memory per request bounded.
 pub const MAX_FRAGMENTS: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
@@ -62,15 +69,18 @@ impl Slot {
     }
 
     /// Record content `[start, end)` (inside the request). `Err(())` if it
-    /// overlaps earlier content; `Ok(false)` if the range table is full
-    /// (the request is then failed as `Fragmented`).
-    pub(crate) fn cover(&mut self, start: u64, end: u64) -> Result<bool, ()> {
+    /// overlaps earlier content: a tracked range, or more bytes in all
+    /// than the request has.
+    pub(crate) fn cover(&mut self, start: u64, end: u64) -> Result<(), ()> {
         let n = usize::from(self.nranges);
         let ranges = &mut self.ranges[..n.min(MAX_FRAGMENTS)];
-        if ranges.iter().any(|&(s, e)| start < e && s < end) {
+        let len = end - start;
+        if ranges.iter().any(|&(s, e)| start < e && s < end)
+            || self.covered.saturating_add(len) > self.length
+        {
             return Err(());
         }
-        self.covered = self.covered.saturating_add(end - start);
+        self.covered += len;
         // Merge with a neighbour on either side (possibly both).
         let left = ranges.iter().position(|&(_, e)| e == start);
         let right = ranges.iter().position(|&(s, _)| s == end);
@@ -83,16 +93,14 @@ impl Slot {
             }
             (Some(l), None) => ranges[l].1 = end,
             (None, Some(r)) => ranges[r].0 = start,
+            // Table full: counted only (see MAX_FRAGMENTS).
+            (None, None) if n >= MAX_FRAGMENTS => {}
             (None, None) => {
-                if n >= MAX_FRAGMENTS {
-                    self.fail(RequestFailure::Fragmented);
-                    return Ok(false);
-                }
                 self.ranges[n] = (start, end);
                 self.nranges += 1;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Record the whole request as delivered: a simple reply's data, the
@@ -207,23 +215,32 @@ mod tests {
     #[test]
     fn cover_merges_and_detects_overlap() {
         let mut s = read(100, 100);
-        assert_eq!(s.cover(150, 200), Ok(true));
-        assert_eq!(s.cover(100, 120), Ok(true));
+        assert_eq!(s.cover(150, 200), Ok(()));
+        assert_eq!(s.cover(100, 120), Ok(()));
         assert_eq!(s.cover(119, 121), Err(()));
-        assert_eq!(s.cover(120, 150), Ok(true)); // joins both
+        assert_eq!(s.cover(120, 150), Ok(())); // joins both
         assert_eq!(s.nranges, 1);
         assert_eq!(s.covered, 100);
         assert_eq!(s.result(0), Ok(()));
     }
 
     #[test]
-    fn cover_full_table_fails_request() {
+    fn cover_past_the_table_counts_and_still_catches_excess() {
         let mut s = read(0, 100);
-        for i in 0..MAX_FRAGMENTS as u64 {
-            assert_eq!(s.cover(i * 10, i * 10 + 1), Ok(true));
+        // Every other byte of the first 2 * MAX_FRAGMENTS + 2: more pieces
+        // than the table holds.
+        let pieces = 2 * MAX_FRAGMENTS as u64 + 2;
+        for i in (0..pieces).step_by(2) {
+            assert_eq!(s.cover(i, i + 1), Ok(()));
         }
-        assert_eq!(s.cover(90, 91), Ok(false));
-        assert_eq!(s.result(0), Err(RequestFailure::Fragmented));
+        assert_eq!(s.result(0), Err(RequestFailure::Incomplete));
+        for i in (1..pieces).step_by(2) {
+            assert_eq!(s.cover(i, i + 1), Ok(()));
+        }
+        assert_eq!(s.cover(pieces, 100), Ok(()));
+        assert_eq!(s.result(0), Ok(()));
+        // Any byte more is an overlap, tracked or not.
+        assert_eq!(s.cover(50, 51), Err(()));
     }
 
     #[test]

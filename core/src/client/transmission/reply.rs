@@ -28,13 +28,10 @@ pub(crate) enum Rx {
     /// At a reply header.
     Header,
     /// Read data: a successful simple reply's, or `OFFSET_DATA`'s.
-    /// `deliver` is false for data that is dropped (a read whose range
-    /// table is full has failed already).
     Data {
         slot: usize,
         offset: u64,
         remaining: u64,
-        deliver: bool,
         done: bool,
     },
     /// A status chunk's descriptors; `sum` is the length described so far.
@@ -80,7 +77,6 @@ impl<const N: usize> Transmission<N> {
                 slot,
                 offset,
                 remaining,
-                deliver,
                 done,
             } => {
                 let k = take(remaining, input.len());
@@ -93,16 +89,10 @@ impl<const N: usize> Transmission<N> {
                         slot,
                         offset: offset + k as u64,
                         remaining: left,
-                        deliver,
                         done,
                     };
-                } else if deliver {
-                    self.rx = Rx::Finish { slot, done };
                 } else {
-                    return Ok(Out::maybe(k, self.end_chunk(slot, done)));
-                }
-                if !deliver {
-                    return Ok(Out::took(k));
+                    self.rx = Rx::Finish { slot, done };
                 }
                 Ok(Out::event(
                     k,
@@ -239,7 +229,6 @@ impl<const N: usize> Transmission<N> {
                     slot,
                     offset: s.offset,
                     remaining: s.length,
-                    deliver: true,
                     done: true,
                 };
                 return Ok(Out::took(SimpleReply::SIZE));

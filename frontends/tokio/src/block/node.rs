@@ -191,6 +191,10 @@ pub struct StoredBitmap {
     pub disabled: bool,
     /// Dirty runs `(offset, length)`.
     pub dirty: Vec<(u64, u64)>,
+    /// Marked in use (its writer never closed it) or with extra data it
+    /// does not declare compatible: not loaded, its name only remembered
+    /// so that nothing else takes its place unnoticed.
+    pub inconsistent: bool,
 }
 
 /// The per-node options every driver accepts (`BlockdevOptionsBase`).
@@ -228,6 +232,8 @@ pub struct Node {
     policy: Mutex<ZeroPolicy>,
     bitmaps: Mutex<BitmapSet<Vec<u64>, MAX_BITMAPS>>,
     has_bitmaps: AtomicBool,
+    /// Names of stored bitmaps that could not be loaded (inconsistent).
+    inconsistent_bitmaps: Mutex<Vec<String>>,
     threshold: Mutex<WriteThreshold>,
     threshold_armed: AtomicBool,
     wr_highest_offset: AtomicU64,
@@ -271,6 +277,7 @@ impl Node {
             policy: Mutex::new(policy),
             bitmaps: Mutex::new(BitmapSet::new()),
             has_bitmaps: AtomicBool::new(false),
+            inconsistent_bitmaps: Mutex::new(Vec::new()),
             threshold: Mutex::new(threshold),
             threshold_armed: AtomicBool::new(false),
             wr_highest_offset: AtomicU64::new(0),
@@ -556,6 +563,10 @@ impl Node {
     /// left out with a warning: the image still opens.
     pub(crate) fn load_stored_bitmaps(&self) {
         for b in self.driver.stored_bitmaps() {
+            if b.inconsistent {
+                lock(&self.inconsistent_bitmaps).push(b.name);
+                continue;
+            }
             let loaded = self
                 .add_bitmap(&b.name, Some(b.granularity), false)
                 .and_then(|()| {
@@ -580,6 +591,11 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// The image stores a bitmap of this name that cannot be used.
+    pub fn has_inconsistent_bitmap(&self, name: &str) -> bool {
+        lock(&self.inconsistent_bitmaps).iter().any(|n| n == name)
     }
 
     pub fn has_bitmap(&self, name: &str) -> bool {

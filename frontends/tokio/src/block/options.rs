@@ -200,6 +200,32 @@ pub enum DriverOptions {
         /// `pass-discard-request` (default: the node's `discard=unmap`).
         pass_discard_request: Option<bool>,
     },
+    /// `rbd` (`BlockdevOptionsRbd`, QEMU 7.2): an image of a Ceph cluster.
+    Rbd(RbdOptions),
+}
+
+/// `BlockdevOptionsRbd`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RbdOptions {
+    pub pool: String,
+    /// `namespace`: a RADOS namespace in the pool (absent or "": none).
+    pub namespace: Option<String>,
+    pub image: String,
+    /// `conf`: a ceph.conf (absent: librados' default search).
+    pub conf: Option<PathBuf>,
+    /// `snapshot`: opened read-only.
+    pub snapshot: Option<String>,
+    /// `user`: the cephx id without `client.` (absent: `admin`).
+    pub user: Option<String>,
+    /// `auth-client-required`: `cephx`, `none`.
+    pub auth_client_required: Vec<String>,
+    /// `key-secret`: the id of a `secret` object holding the key.
+    pub key_secret: Option<String>,
+    /// `server`: monitors (`host`, `port`), Ceph's `mon_host`.
+    pub server: Vec<(String, String)>,
+    /// Further Ceph options, in order: only the `rbd:` file name carries
+    /// them (qemu-nbd's `rbd:pool/image:key=value:...`).
+    pub config: Vec<(String, String)>,
 }
 
 impl DriverOptions {
@@ -218,6 +244,7 @@ impl DriverOptions {
             DriverOptions::Blkdebug { .. } => "blkdebug",
             DriverOptions::Cow { .. } => "blockwire-cow",
             DriverOptions::Qcow2 { .. } => "qcow2",
+            DriverOptions::Rbd(_) => "rbd",
         }
     }
 }

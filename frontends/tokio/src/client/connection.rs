@@ -82,8 +82,8 @@ struct State {
     /// Why new requests fail, once the connection cannot take them.
     closed: Option<ClientError>,
     /// When the server last showed life while requests were in flight:
-    /// its last byte, or the first request after an idle spell. The
-    /// request timeout counts from here.
+    /// its last byte, the last of our bytes it took, or the first request
+    /// after an idle spell. The request timeout counts from here.
     progress: Instant,
 }
 
@@ -547,10 +547,13 @@ async fn write_requests(
                 w.write_all(&header).await?;
                 if let Some(p) = payload {
                     w.write_all(&p).await?;
+                    // The server took a payload: alive, if slow to answer.
+                    inner.lock().progress = Instant::now();
                 }
                 next = rx.try_recv().ok();
             }
             w.flush().await?;
+            inner.lock().progress = Instant::now();
         }
         // Every handle is gone: disconnect politely.
         header.clear();
@@ -648,7 +651,7 @@ async fn read_or_time_out(
             } else if Instant::now() >= st.progress + limit {
                 let waiting = st.pending.len();
                 let e = ClientError::Closed(format!(
-                    "the server sent nothing for {} with {waiting} request{} waiting (timeout)",
+                    "the server neither answered nor took anything for {} with {waiting} request{} waiting (timeout)",
                     super::handshake::seconds(limit),
                     if waiting == 1 { "" } else { "s" },
                 ));

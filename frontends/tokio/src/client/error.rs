@@ -87,7 +87,6 @@ impl fmt::Display for ClientError {
                 match failure {
                     RequestFailure::Server(e) => write!(f, "{}", errno_name(*e))?,
                     RequestFailure::Incomplete => write!(f, "incomplete reply from the server")?,
-                    RequestFailure::Fragmented => write!(f, "reply in too many fragments")?,
                 }
                 match message {
                     // The server's words: shown, never obeyed by the terminal.

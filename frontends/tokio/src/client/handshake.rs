@@ -46,8 +46,9 @@ pub struct Options {
     /// this, or the connection fails (every request on it with the same
     /// error). `None` (the default, as nbdinfo, nbdcopy and qemu): wait
     /// for as long as the server takes. An idle connection never times
-    /// out; the clock restarts with every byte received, so a slow server
-    /// that keeps answering is not cut off.
+    /// out; the clock restarts with every byte received and every request
+    /// the server takes, so a slow server that keeps working is not cut
+    /// off.
     pub request_timeout: Option<Duration>,
 }
 

@@ -13,9 +13,9 @@ use crate::client::Options;
 #[derive(Clone, Debug, clap::Args)]
 pub struct TimeoutArg {
     /// Give up, with an error, when the handshake (connecting included)
-    /// takes longer than SECS, or when the server sends nothing for SECS
-    /// while requests wait. Without it the handshake may take 30 s and
-    /// requests as long as the server takes.
+    /// takes longer than SECS, or when the server neither answers nor
+    /// takes anything for SECS while requests wait. Without it the
+    /// handshake may take 30 s and requests as long as the server takes.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
 }
@@ -54,4 +54,27 @@ pub fn block_on(
         .build()?
         .block_on(f)
         .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(parse_secs("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "nan", "inf", "x", ""] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+        let t = TimeoutArg {
+            timeout: Some(Duration::from_secs(3)),
+        };
+        let o = t.options();
+        assert_eq!(o.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(o.request_timeout, Some(Duration::from_secs(3)));
+        let o = TimeoutArg { timeout: None }.options();
+        assert_eq!(o.handshake_timeout, Duration::from_secs(30));
+        assert_eq!(o.request_timeout, None);
+    }
 }

@@ -9,6 +9,7 @@ pub mod null;
 pub mod qcow2;
 pub mod ram;
 pub mod raw;
+pub mod rbd;
 pub mod throttle;
 
 use std::sync::Arc;
@@ -179,6 +180,27 @@ pub async fn open(
                 },
             };
             Box::new(qcow2::Qcow2Driver::new(file, image, backing))
+        }
+        DriverOptions::Rbd(o) => {
+            let key = match &o.key_secret {
+                Some(id) => Some(
+                    children
+                        .graph()
+                        .secret(id)
+                        .ok_or_else(|| GraphError::Generic(format!("No secret with id '{id}'")))?,
+                ),
+                None => None,
+            };
+            Box::new(
+                rbd::Rbd::open(rbd::RbdOpen {
+                    opts: o,
+                    key,
+                    read_only,
+                    auto_read_only: opts.auto_read_only,
+                    cache: opts.cache,
+                })
+                .await?,
+            )
         }
     })
 }

@@ -254,6 +254,13 @@ async fn load_bitmaps(
                 "{}: stored dirty bitmap {name:?} is inconsistent (in use) or has unknown extra data: not loaded",
                 file.filename()
             );
+            out.push(StoredBitmap {
+                name,
+                granularity: 1u32 << e.granularity_bits.min(31),
+                disabled: true,
+                dirty: Vec::new(),
+                inconsistent: true,
+            });
             continue;
         }
         let mut table = vec![0u8; e.table_size as usize * 8];
@@ -284,6 +291,7 @@ async fn load_bitmaps(
             granularity: 1u32 << e.granularity_bits.min(31),
             disabled: e.flags & bitmaps::FLAG_AUTO == 0,
             dirty,
+            inconsistent: false,
         });
     }
     Ok(out)

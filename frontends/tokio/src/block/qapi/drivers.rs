@@ -19,7 +19,7 @@ use super::schema::{Alternate, Enum, Int, Literal, Member, Struct, Type, Union, 
 use crate::block::options::{Aio, DriverOptions, InjectError, OnOffAuto, SetState, SocketAddress};
 
 /// The drivers, by their `driver` name: the cases of `BlockdevOptions`.
-pub static VARIANTS: [Variant; 10] = [
+pub static VARIANTS: [Variant; 11] = [
     Variant {
         case: "blkdebug",
         members: &BLKDEBUG,
@@ -57,6 +57,10 @@ pub static VARIANTS: [Variant; 10] = [
         members: &RAW,
     },
     Variant {
+        case: "rbd",
+        members: &super::rbd::RBD,
+    },
+    Variant {
         case: "throttle",
         members: &THROTTLE,
     },
@@ -77,6 +81,7 @@ pub fn converter(driver: &str) -> Option<Convert> {
         "null-co" => null_co,
         "qcow2" => qcow2,
         "raw" => raw,
+        "rbd" => super::rbd::rbd,
         "throttle" => throttle,
         _ => return None,
     })

@@ -34,6 +34,7 @@ pub mod introspect;
 pub mod json;
 pub mod keyval;
 pub mod qom;
+pub mod rbd;
 pub mod schema;
 #[cfg(test)]
 mod tests;
