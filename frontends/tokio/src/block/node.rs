@@ -615,8 +615,12 @@ impl Node {
     fn persistent_bitmaps(&self) -> Vec<StoredBitmap> {
         let names = lock(&self.persistent).clone();
         let set = lock(&self.bitmaps);
+        // Newest first, the order of QEMU's list of a node's bitmaps
+        // (each one, loaded or added, goes to its head), which is the
+        // order it stores them in.
         names
             .iter()
+            .rev()
             .filter_map(|n| set.get(n))
             .map(|b| {
                 let mut dirty = Vec::new();

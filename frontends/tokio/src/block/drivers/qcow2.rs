@@ -1244,9 +1244,10 @@ impl Driver for Qcow2Driver {
                 1u64 << bitmaps::MIN_GRANULARITY_BITS
             ));
         }
-        let len = self.size;
-        if len > bitmaps::MAX_PHYS_SIZE << gb
-            || len > (bitmaps::MAX_TABLE_SIZE * self.cluster) << gb
+        // In 128 bits: the limits shifted by the granularity exceed 64.
+        let len = self.size as u128;
+        if len > (bitmaps::MAX_PHYS_SIZE as u128) << gb
+            || len > ((bitmaps::MAX_TABLE_SIZE * self.cluster) as u128) << gb
         {
             return Err(
                 "Too much space will be occupied by the bitmap. Use larger granularity".into(),
