@@ -235,7 +235,9 @@ def write(raw, md_path, png_path, extra=""):
     s.append("")
     s.append("Servers: `blockwire serve --memory 1G`; `nbdkit memory 1G`; `qemu-nbd -f raw -t "
              "--shared=8 --cache=writeback --aio=threads` on a 1 GiB file in /dev/shm; "
-             "`blockwire serve` on that same file. Read jobs on the memory servers are "
+             "`blockwire serve` on that same file; `qemu-nbd -f qcow2` (same options) and "
+             "`blockwire serve` on one qcow2 image `qemu-img convert` made from the same "
+             "random data (blockwire-qcow2 is compared with qemu-nbd-qcow2 only). Read jobs on the memory servers are "
              "pre-filled with 1 GiB of random data (nbdcopy) first; the file holds random "
              "data from the start. fio: `--ioengine=nbd`, one job, latency = `clat_ns` "
              "percentiles. nbdcopy: default options, 1 GiB server → `null:` and a 1 GiB "
