@@ -1150,6 +1150,8 @@ async def persistent_bitmaps(tmp, qsd):
         out["listed"] = sorted((b["name"], b["persistent"]) for n in nodes
                                if n["node-name"] == "q0" for b in n.get("dirty-bitmaps", []))
         await ok(q, "block-dirty-bitmap-remove", {"node": "q0", "name": "old"})
+        # Out of the image at once, as QEMU does it.
+        out["after-remove"] = stored_bitmaps(img)
         await ok(q, "block-export-del", {"id": "e0"})
         deadline = time.monotonic() + LIMIT
         while any(e.get("id") == "e0" for e in await ok(q, "query-block-exports")):
@@ -1188,6 +1190,7 @@ async def test_persistent_bitmaps(tmp):
     assert ours["p1"] == [(1 * MiB, 128 * 1024), (9 * MiB, 3 * MiB)], ours
     assert ours["kept"] == [(30 * MiB, 128 * 1024)], ours
     assert [b[0] for b in ours["after-del"]] == ["p2", "p1"], ours
+    assert ours["after-remove"] == [], ours
 
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,

@@ -192,6 +192,11 @@ pub trait Driver: Send + Sync + 'static {
     fn store_bitmaps<'a>(&'a self, _bitmaps: &'a [StoredBitmap]) -> Io<'a, ()> {
         Io::ok(())
     }
+
+    /// Removes stored bitmap `name` from the image now.
+    fn remove_stored_bitmap<'a>(&'a self, _name: &'a str) -> Io<'a, ()> {
+        Io::ok(())
+    }
 }
 
 /// A dirty bitmap an image stores, as loaded.
@@ -634,6 +639,28 @@ impl Node {
                 }
             })
             .collect()
+    }
+
+    /// Removes bitmap `name` from the image at once (its clusters freed,
+    /// the other stored bitmaps untouched). Run in place: the driver's
+    /// file child answers at once; otherwise, or on failure, the log says
+    /// so and the store at close leaves the bitmap out.
+    pub fn remove_stored_bitmap(&self, name: &str) {
+        if self.driver.info().read_only {
+            return;
+        }
+        let mut fut = std::pin::pin!(self.driver.remove_stored_bitmap(name).wait());
+        match super::io::poll_once(fut.as_mut()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!(
+                "node {:?}: bitmap {name:?} stays in the image until close: {e}",
+                self.name
+            ),
+            None => tracing::warn!(
+                "node {:?}: bitmap {name:?} stays in the image until close: the driver would wait",
+                self.name
+            ),
+        }
     }
 
     /// Close: the persistent bitmaps are written into the image (QEMU's

@@ -719,6 +719,7 @@ fn bitmap_op(d: &Daemon, cmd: &str, a: &Value, undo: &mut Vec<Undo>) -> Result<(
             recording,
         },
     };
+    let stored = cmd == "block-dirty-bitmap-remove" && node.is_persistent(&name);
     node.with_bitmaps(|set| match cmd {
         "block-dirty-bitmap-remove" => set.remove(&name).map(drop),
         // QEMU clears disabled bitmaps too (the core's clear is for
@@ -734,6 +735,12 @@ fn bitmap_op(d: &Daemon, cmd: &str, a: &Value, undo: &mut Vec<Undo>) -> Result<(
         _ => set.disable(&name),
     })
     .map_err(|e| bitmap_error(e, &name))?;
+    if stored {
+        // Out of the image now, as QEMU's
+        // bdrv_remove_persistent_dirty_bitmap; should that fail, the
+        // store at close leaves it out all the same.
+        node.remove_stored_bitmap(&name);
+    }
     undo.push(before);
     Ok(())
 }

@@ -950,6 +950,71 @@ impl Qcow2Driver {
         Ok(())
     }
 
+    /// QEMU's `qcow2_co_remove_persistent_dirty_bitmap`: a new directory
+    /// without `name` (the other entries copied as they are, in-use flags
+    /// and all), made durable, pointed at by the header, then the
+    /// removed bitmap's clusters and the old directory freed.
+    async fn remove_locked(&self, name: &str) -> io::Result<()> {
+        use blockwire_core::qcow2::bitmaps::{self, Directory, TableEntry};
+        use blockwire_core::qcow2::header::BitmapsExt;
+        let (size, cb, old, consistent) = {
+            let q = lock(&self.image);
+            (
+                q.size(),
+                q.layout().cluster_bits,
+                q.header_area().bitmaps,
+                q.bitmaps_consistent(),
+            )
+        };
+        let Some(ext) = old.filter(|_| consistent) else {
+            return Ok(());
+        };
+        let c = self.cluster;
+        let bad = |e: Qcow2Error| invalid(format!("{}: {e}", self.file.filename()));
+        let mut d = vec![0u8; ext.directory_size as usize];
+        read_clamped(&self.file, ext.directory_offset, &mut d).await?;
+        let od = Directory::parse(&d, ext.nb_bitmaps, size, cb).map_err(bad)?;
+        let Some(gone) = od.find(name.as_bytes(), size, cb) else {
+            return Ok(());
+        };
+        let mut dir = Vec::new();
+        for e in od.entries(size, cb) {
+            if e.at != gone.at {
+                dir.extend_from_slice(e.raw);
+            }
+        }
+        let new = if dir.is_empty() {
+            None
+        } else {
+            let len = dir.len() as u64;
+            dir.resize((len.div_ceil(c) * c) as usize, 0);
+            let dh = self.alloc(dir.len() as u64 / c).await?;
+            self.put(dh, &dir).await?;
+            Some(BitmapsExt {
+                nb_bitmaps: ext.nb_bitmaps - 1,
+                directory_size: len,
+                directory_offset: dh,
+            })
+        };
+        self.flush_locked().await?;
+        self.file.flush().wait().await?;
+        lock(&self.image).set_bitmaps_extension(new).map_err(qerr)?;
+        self.flush_locked().await?;
+        self.file.flush().wait().await?;
+        let mut t = vec![0u8; gone.table_size as usize * 8];
+        read_clamped(&self.file, gone.table_offset, &mut t).await?;
+        for x in t.chunks_exact(8) {
+            let v = u64::from_be_bytes(x.try_into().expect("8 bytes"));
+            if let Ok(TableEntry::At(h)) = bitmaps::decode_table_entry(v, cb) {
+                self.free(h, c).await?;
+            }
+        }
+        self.free(gone.table_offset, gone.table_size as u64 * 8)
+            .await?;
+        self.free(ext.directory_offset, ext.directory_size).await?;
+        self.flush_locked().await
+    }
+
     /// Carries out one plan's steps in order.
     async fn run_steps(&self, steps: &[Step], payload: &[u8]) -> io::Result<()> {
         // The file node refuses writes past its end: grow it first, to
@@ -1260,6 +1325,16 @@ impl Driver for Qcow2Driver {
             ));
         }
         Ok(())
+    }
+
+    fn remove_stored_bitmap<'a>(&'a self, name: &'a str) -> Io<'a, ()> {
+        if self.read_only {
+            return Io::ok(());
+        }
+        Io::pending(async move {
+            let _alone = self.requests.write().await;
+            self.remove_locked(name).await
+        })
     }
 
     fn store_bitmaps<'a>(&'a self, list: &'a [StoredBitmap]) -> Io<'a, ()> {
