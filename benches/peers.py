@@ -32,8 +32,11 @@ MiB = 1 << 20
 DISK = GiB
 CLK = os.sysconf("SC_CLK_TCK")
 
-SERVERS = ["blockwire-mem", "nbdkit-mem", "qemu-nbd-file", "blockwire-file"]
-BLOCKWIRE = ["blockwire-mem", "blockwire-file"]
+SERVERS = ["blockwire-mem", "nbdkit-mem", "qemu-nbd-file", "blockwire-file",
+           "qemu-nbd-qcow2", "blockwire-qcow2"]
+BLOCKWIRE = ["blockwire-mem", "blockwire-file", "blockwire-qcow2"]
+# Both serve the same qcow2 image, made by qemu-img from the random data.
+QCOW2 = ["qemu-nbd-qcow2", "blockwire-qcow2"]
 PEERS = ["nbdkit-mem", "qemu-nbd-file"]
 TRANSPORTS = ["unix", "tcp"]
 
@@ -85,7 +88,7 @@ def reset_hwm(pid):
 
 
 class Server:
-    def __init__(self, kind, transport, work, disk_file, logdir):
+    def __init__(self, kind, transport, work, disk_file, logdir, qcow2_file=None):
         self.kind = kind
         sock = work / f"{kind}.sock"
         if sock.exists():
@@ -99,7 +102,8 @@ class Server:
             self.addr = (socket.AF_INET, ("127.0.0.1", port))
         if kind.startswith("blockwire"):
             listen = f"unix:{sock}" if transport == "unix" else f"tcp:127.0.0.1:{port}"
-            backing = ["--memory", "1G"] if kind == "blockwire-mem" else [str(disk_file)]
+            backing = (["--memory", "1G"] if kind == "blockwire-mem" else
+                       [str(qcow2_file)] if kind == "blockwire-qcow2" else [str(disk_file)])
             cmd = [str(BW), "serve", *backing, "--listen", listen, "-q"]
         elif kind == "nbdkit-mem":
             where = ["-U", str(sock)] if transport == "unix" else ["-i", "127.0.0.1", "-p", str(port)]
@@ -108,6 +112,10 @@ class Server:
             where = ["-k", str(sock)] if transport == "unix" else ["-b", "127.0.0.1", "-p", str(port)]
             cmd = ["qemu-nbd", "-f", "raw", "-t", "--shared=8", "--cache=writeback",
                    "--aio=threads", *where, str(disk_file)]
+        elif kind == "qemu-nbd-qcow2":
+            where = ["-k", str(sock)] if transport == "unix" else ["-b", "127.0.0.1", "-p", str(port)]
+            cmd = ["qemu-nbd", "-f", "qcow2", "-t", "--shared=8", "--cache=writeback",
+                   "--aio=threads", *where, str(qcow2_file)]
         else:
             raise ValueError(kind)
         self.errlog = open(logdir / f"{kind}-{transport}.log", "ab")
@@ -270,6 +278,9 @@ def main():
     servers = [s for s in a.servers.split(",") if s]
     if not shutil.which("qemu-nbd") and "qemu-nbd-file" in servers:
         servers.remove("qemu-nbd-file")
+    if not shutil.which("qemu-img"):
+        # No image to serve: neither qcow2 server runs.
+        servers = [s for s in servers if s not in QCOW2]
     transports = a.transports.split(",")
     jobs = a.jobs.split(",")
     for j in jobs:
@@ -295,6 +306,10 @@ def main():
             for _ in range(DISK // (16 * MiB)):
                 f.write(os.urandom(16 * MiB))
         shutil.copyfile(src, disk)
+        qcow2 = work / "disk.qcow2"  # the image both qcow2 servers serve
+        if any(s in QCOW2 for s in servers):
+            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
+                            str(src), str(qcow2)], check=True)
         records, loop = [], []
         t0 = time.monotonic()
         for rep in range(a.reps):
@@ -306,7 +321,7 @@ def main():
                 for job in jobs:
                     kind, opts, reads = JOBS[job]
                     for sv in order:
-                        s = Server(sv, tr, work, disk, logdir)
+                        s = Server(sv, tr, work, disk, logdir, qcow2)
                         perf = None
                         try:
                             if reads and sv.endswith("-mem"):

@@ -13,11 +13,16 @@ import statistics
 import sys
 from pathlib import Path
 
-BLOCKWIRE = ["blockwire-mem", "blockwire-file"]
+BLOCKWIRE = ["blockwire-mem", "blockwire-file", "blockwire-qcow2"]
 PEERS = ["nbdkit-mem", "qemu-nbd-file"]
-SERVERS = ["blockwire-mem", "nbdkit-mem", "qemu-nbd-file", "blockwire-file"]
+SERVERS = ["blockwire-mem", "nbdkit-mem", "qemu-nbd-file", "blockwire-file",
+           "qemu-nbd-qcow2", "blockwire-qcow2"]
 TRANSPORTS = ["unix", "tcp"]
-LIKE = {"blockwire-mem": "nbdkit-mem", "blockwire-file": "qemu-nbd-file"}
+LIKE = {"blockwire-mem": "nbdkit-mem", "blockwire-file": "qemu-nbd-file",
+        "blockwire-qcow2": "qemu-nbd-qcow2"}
+# Compared only with the peer serving the same format (the raw peers do
+# less work per request).
+ONLY_LIKE = ["blockwire-qcow2"]
 
 # (job, metric, higher is better)
 PERF_ROWS = [
@@ -71,8 +76,9 @@ class Table:
             s += f" [{fmt(min(v), m)}–{fmt(max(v), m)}]"
         return s
 
-    def best_peer(self, job, tr, m, higher):
-        vals = [(self.med(job, tr, p, m), p) for p in PEERS]
+    def best_peer(self, job, tr, m, higher, sv=None):
+        peers = [LIKE[sv]] if sv in ONLY_LIKE else PEERS
+        vals = [(self.med(job, tr, p, m), p) for p in peers]
         vals = [(v, p) for v, p in vals if v is not None]
         if not vals:
             return None, None
@@ -86,7 +92,7 @@ class Table:
             # blockwire-file with qemu-nbd on the same file).
             best = self.med(job, tr, LIKE[sv], m)
         else:
-            best, _ = self.best_peer(job, tr, m, higher)
+            best, _ = self.best_peer(job, tr, m, higher, sv)
         if not b or not best:
             return None
         return b / best if higher else best / b
@@ -182,7 +188,8 @@ def plot(t, path):
     bws = [b for b in BLOCKWIRE if b in t.servers]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
     h = 0.8 / max(len(bws), 1)
-    colors = {"blockwire-mem": "#1f77b4", "blockwire-file": "#ff7f0e"}
+    colors = {"blockwire-mem": "#1f77b4", "blockwire-file": "#ff7f0e",
+              "blockwire-qcow2": "#2ca02c"}
     labels = [r[0] for r in rows]
     for i, b in enumerate(bws):
         ys = [n + (i - (len(bws) - 1) / 2) * h for n in range(len(rows))]
@@ -228,7 +235,9 @@ def write(raw, md_path, png_path, extra=""):
     s.append("")
     s.append("Servers: `blockwire serve --memory 1G`; `nbdkit memory 1G`; `qemu-nbd -f raw -t "
              "--shared=8 --cache=writeback --aio=threads` on a 1 GiB file in /dev/shm; "
-             "`blockwire serve` on that same file. Read jobs on the memory servers are "
+             "`blockwire serve` on that same file; `qemu-nbd -f qcow2` (same options) and "
+             "`blockwire serve` on one qcow2 image `qemu-img convert` made from the same "
+             "random data (blockwire-qcow2 is compared with qemu-nbd-qcow2 only). Read jobs on the memory servers are "
              "pre-filled with 1 GiB of random data (nbdcopy) first; the file holds random "
              "data from the start. fio: `--ioengine=nbd`, one job, latency = `clat_ns` "
              "percentiles. nbdcopy: default options, 1 GiB server → `null:` and a 1 GiB "

@@ -1078,10 +1078,125 @@ async def test_differential(tmp):
     assert not diffs, f"{len(diffs)} differences:\n" + "\n".join(diffs)
 
 
+def dirty_map(img, name, tmp):
+    """Bitmap `name` of `img`, merged by qemu-img into a fresh image and
+    mapped through qemu-nbd -B: the dirty (offset, length) runs."""
+    fresh = os.path.join(tmp, f"fresh-{name}.qcow2")
+    size = json.loads(run("qemu-img", "info", "--output=json", img))["virtual-size"]
+    run("qemu-img", "create", "-q", "-f", "qcow2", fresh, str(size))
+    run("qemu-img", "bitmap", "--add", fresh, "m")
+    run("qemu-img", "bitmap", "--merge", name, "-b", img, "-F", "qcow2", fresh, "m")
+    sock = os.path.join(tmp, f"qn-{name}.sock")
+    qn = subprocess.Popen(["qemu-nbd", "-r", "-f", "qcow2", "-B", "m", "-k", sock, fresh])
+    try:
+        deadline = time.monotonic() + LIMIT
+        while not os.path.exists(sock):
+            assert qn.poll() is None and time.monotonic() < deadline, "qemu-nbd did not start"
+            time.sleep(0.01)
+        out = run("nbdinfo", "--json", "--map=qemu:dirty-bitmap:m", f"nbd+unix:///?socket={sock}")
+    finally:
+        qn.terminate()
+        qn.wait(LIMIT)
+    return [(e["offset"], e["length"]) for e in json.loads(out) if e["type"] & 1]
+
+
+def stored_bitmaps(img):
+    """What qemu-img info lists: name, granularity, flags."""
+    info = json.loads(run("qemu-img", "info", "-U", "--output=json", img))
+    bms = info.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    return [(b["name"], b["granularity"], sorted(b["flags"])) for b in bms]
+
+
+async def persistent_bitmaps(tmp, qsd):
+    """Persistent bitmaps recorded through QMP and NBD, stored at
+    blockdev-del and at quit, then read by QEMU's own tools."""
+    img, v2, img2 = (os.path.join(tmp, n) for n in ("a.qcow2", "v2.qcow2", "b.qcow2"))
+    run("qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
+    run("qemu-img", "bitmap", "--add", img, "old")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "8M")
+    run("qemu-img", "create", "-q", "-f", "qcow2", img2, "32M")
+    run("qemu-img", "bitmap", "--add", "-g", "128k", img2, "kept")
+    d = Daemon(tmp, "--blockdev", f"driver=file,node-name=f0,filename={img}",
+               "--blockdev", "driver=qcow2,node-name=q0,file=f0",
+               "--blockdev", f"driver=file,node-name=f1,filename={v2}",
+               "--blockdev", "driver=qcow2,node-name=q1,file=f1",
+               "--blockdev", f"driver=file,node-name=f2,filename={img2}",
+               "--blockdev", "driver=qcow2,node-name=q2,file=f2",
+               "--nbd-server", f"addr.type=unix,addr.path={d_nbd(tmp)}",
+               "--export", "type=nbd,id=e0,node-name=q0,writable=on,name=a",
+               "--export", "type=nbd,id=e2,node-name=q2,writable=on,name=b", qsd=qsd)
+    out = {}
+    try:
+        q = await d.client()
+        errs = []
+        for args in [{"node": "f1", "name": "x", "persistent": True},
+                     {"node": "q1", "name": "x", "persistent": True},
+                     {"node": "q0", "name": "y" * 1024, "persistent": True}]:
+            try:
+                await ok(q, "block-dirty-bitmap-add", args)
+                errs.append(None)
+            except ExecuteError as e:
+                errs.append(e.received["error"]["desc"])
+        out["errors"] = errs
+        await ok(q, "block-dirty-bitmap-add", {"node": "q0", "name": "p1", "persistent": True})
+        await ok(q, "block-dirty-bitmap-add", {"node": "q0", "name": "p2", "persistent": True,
+                                               "granularity": 4096, "disabled": True})
+        await ok(q, "block-dirty-bitmap-add", {"node": "q0", "name": "tmp"})
+        out["in-use"] = stored_bitmaps(img)
+        run("qemu-io", "-f", "raw", "-c", "write -P 1 1M 100k", "-c", "write -z 9M 3M",
+            uri(d.nbd, "a"))
+        run("qemu-io", "-f", "raw", "-c", "write -P 2 30M 64k", uri(d.nbd, "b"))
+        nodes = await ok(q, "query-named-block-nodes")
+        out["listed"] = sorted((b["name"], b["persistent"]) for n in nodes
+                               if n["node-name"] == "q0" for b in n.get("dirty-bitmaps", []))
+        await ok(q, "block-dirty-bitmap-remove", {"node": "q0", "name": "old"})
+        # Out of the image at once, as QEMU does it.
+        out["after-remove"] = stored_bitmaps(img)
+        await ok(q, "block-export-del", {"id": "e0"})
+        deadline = time.monotonic() + LIMIT
+        while any(e.get("id") == "e0" for e in await ok(q, "query-block-exports")):
+            assert time.monotonic() < deadline, "export e0 not deleted"
+            await asyncio.sleep(0.01)
+        await ok(q, "blockdev-del", {"node-name": "q0"})
+        await ok(q, "blockdev-del", {"node-name": "f0"})
+        out["after-del"] = stored_bitmaps(img)
+        out["p1"] = dirty_map(img, "p1", tmp)
+        out["p2"] = dirty_map(img, "p2", tmp)
+        await ok(q, "quit")
+        assert d.proc.wait(LIMIT) == 0, d.logtext()
+        try:
+            await q.disconnect()
+        except EOFError:
+            pass
+    finally:
+        d.stop()
+    out["after-quit"] = stored_bitmaps(img2)
+    out["kept"] = dirty_map(img2, "kept", tmp)
+    for i in (img, img2):
+        run("qemu-img", "check", i)
+    return out
+
+
+def d_nbd(tmp):
+    return os.path.join(tmp, "nbd.sock")
+
+
+async def test_persistent_bitmaps(tmp):
+    qsd = os.environ.get("QSD")
+    assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
+    theirs = await persistent_bitmaps(os.path.join(tmp, "qsd"), qsd)
+    ours = await persistent_bitmaps(os.path.join(tmp, "bw"), None)
+    assert ours == theirs, f"blockwire: {ours}\nqemu-storage-daemon: {theirs}"
+    assert ours["p1"] == [(1 * MiB, 128 * 1024), (9 * MiB, 3 * MiB)], ours
+    assert ours["kept"] == [(30 * MiB, 128 * 1024)], ours
+    assert [b[0] for b in ours["after-del"]] == ["p2", "p1"], ours
+    assert ours["after-remove"] == [], ours
+
+
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
          test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
          test_incremental_backup_from_qsd, test_copy_from_qemu_nbd, test_io_error_event,
-         test_tls_server, test_quit, test_schema, test_differential]
+         test_tls_server, test_quit, test_persistent_bitmaps, test_schema, test_differential]
 
 
 def main():

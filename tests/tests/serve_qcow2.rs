@@ -1261,3 +1261,129 @@ fn an_inconsistent_stored_bitmap_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("Bitmap 'b0' is inconsistent"), "{err}");
 }
+
+/// The dirty runs of bitmap `name` of `img` as QEMU sees them: merged by
+/// `qemu-img bitmap --merge` into a fresh image, mapped through
+/// `qemu-nbd -B`.
+fn dirty_via_qemu(dir: &TmpDir, img: &Path, name: &str, size: &str) -> Vec<(u64, u64, u64)> {
+    let fresh = dir.join(&format!("fresh-{name}.qcow2"));
+    let _ = fs::remove_file(&fresh);
+    create(&fresh, "cluster_size=64k", size);
+    qemu_img(&["bitmap", "--add", s(&fresh), "m"]);
+    qemu_img(&[
+        "bitmap",
+        "--merge",
+        name,
+        "-b",
+        s(img),
+        "-F",
+        "qcow2",
+        s(&fresh),
+        "m",
+    ]);
+    let sock = dir.join(&format!("qn-m-{name}.sock"));
+    let _ = fs::remove_file(&sock);
+    let mut qn = Command::new("qemu-nbd")
+        .args(["-t", "-r", "-f", "qcow2", "-B", "m", "-k"])
+        .arg(&sock)
+        .arg(&fresh)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(qn.try_wait().unwrap().is_none(), "qemu-nbd -B m exited");
+        assert!(Instant::now() < deadline, "qemu-nbd not listening");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let map = merge_extents(&nbdinfo_map(
+        &format!("nbd+unix:///?socket={}", sock.display()),
+        Some("qemu:dirty-bitmap:m"),
+    ));
+    let _ = qn.kill();
+    let _ = qn.wait();
+    map.into_iter().filter(|e| e.2 == 1).collect()
+}
+
+/// `qemu-img info`'s bitmaps: (name, flags), by name (QEMU stores a
+/// node's bitmaps newest first, so the order turns at each store).
+fn stored_bitmaps(img: &Path) -> Vec<(String, Vec<String>)> {
+    let v = json(&run_ok(
+        "qemu-img",
+        &["info", "-U", "--output=json", s(img)],
+    ));
+    let mut out: Vec<(String, Vec<String>)> = v["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let mut f: Vec<String> = b["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect();
+            f.sort();
+            (b["name"].as_str().unwrap().to_owned(), f)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A bitmap added by `qemu-img bitmap --add`, recorded by a writable
+/// `blockwire serve` (marked in use while it runs, as QEMU marks it),
+/// stored at shutdown: QEMU's tools list it and see the written ranges,
+/// over two sessions, and `qemu-img check` stays clean.
+#[test]
+fn bitmaps_recorded_by_serve_are_stored_for_qemu() {
+    require!("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo");
+    if is_standin() {
+        return;
+    }
+    let dir = TmpDir::new("qcow2-bitmaps-store");
+    let img = dir.join("rec.qcow2");
+    create(&img, "cluster_size=64k", "64M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_img(&["bitmap", "--add", "-g", "1M", s(&img), "b1"]);
+    qemu_img(&["bitmap", "--disable", s(&img), "b1"]);
+    let auto = vec!["auto".to_string()];
+    let mut want = Vec::new();
+    for (round, (w, runs)) in [
+        ("write -P 1 100k 10k", vec![(64 << 10, 64 << 10)]),
+        ("write -z 40M 1M", vec![(40 << 20, 1 << 20)]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(mut srv) = Server::start(&[s(&img)]) else {
+            return;
+        };
+        let listed = stored_bitmaps(&img);
+        assert!(
+            listed
+                .iter()
+                .all(|(_, f)| f.contains(&"in-use".to_string())),
+            "round {round}: open for writing, not in use: {listed:?}"
+        );
+        run_ok("qemu-io", &["-f", "raw", "-c", w, &srv.uri_unix("")]);
+        srv.stop();
+        assert_eq!(
+            stored_bitmaps(&img),
+            vec![("b0".into(), auto.clone()), ("b1".into(), vec![])],
+            "round {round}"
+        );
+        assert_check_clean(&img, &format!("round {round}"));
+        want.extend(runs.into_iter().map(|(o, l)| (o, l, 1)));
+        assert_eq!(
+            dirty_via_qemu(&dir, &img, "b0", "64M"),
+            want,
+            "round {round}"
+        );
+        assert_eq!(
+            dirty_via_qemu(&dir, &img, "b1", "64M"),
+            vec![],
+            "round {round}"
+        );
+    }
+}

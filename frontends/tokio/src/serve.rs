@@ -528,6 +528,18 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
         if let Err(err) = flush(&e.node).await {
             warn!("export {:?}: flush failed: {err}", e.name);
         }
+        // Closing: every node below stores its persistent bitmaps (a
+        // qcow2 image's, loaded at open), top down as QEMU's close does.
+        let mut todo = vec![e.node.clone()];
+        while let Some(n) = todo.pop() {
+            if let Err(err) = store_bitmaps(&n).await {
+                warn!(
+                    "node {:?}: persistent dirty bitmaps not stored: {err}",
+                    n.name()
+                );
+            }
+            todo.extend(n.children().into_iter().map(|c| c.node));
+        }
     }
     info!("stopped");
     Ok(())
@@ -544,6 +556,20 @@ pub(crate) async fn flush(node: &Arc<Node>) -> io::Result<()> {
             .map_err(io::Error::other)?
     } else {
         node.flush().wait().await
+    }
+}
+
+/// Stores `node`'s persistent dirty bitmaps (close) where its I/O may
+/// run, as [`flush`].
+pub(crate) async fn store_bitmaps(node: &Arc<Node>) -> io::Result<()> {
+    if node.blocking() {
+        let n = node.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(n.store_bitmaps()))
+            .await
+            .map_err(io::Error::other)?
+    } else {
+        node.store_bitmaps().await
     }
 }
 

@@ -180,6 +180,23 @@ pub trait Driver: Send + Sync + 'static {
     fn stored_bitmaps(&self) -> Vec<StoredBitmap> {
         Vec::new()
     }
+
+    /// Whether a new persistent bitmap `name` of `granularity` could be
+    /// stored here; the error is QEMU's message without its prefix.
+    fn can_store_bitmap(&self, _name: &str, _granularity: u32) -> Result<(), String> {
+        Err(String::new())
+    }
+
+    /// Writes the node's persistent bitmaps into the image (at close),
+    /// replacing what it stores: a bitmap no longer listed is removed.
+    fn store_bitmaps<'a>(&'a self, _bitmaps: &'a [StoredBitmap]) -> Io<'a, ()> {
+        Io::ok(())
+    }
+
+    /// Removes stored bitmap `name` from the image now.
+    fn remove_stored_bitmap<'a>(&'a self, _name: &'a str) -> Io<'a, ()> {
+        Io::ok(())
+    }
 }
 
 /// A dirty bitmap an image stores, as loaded.
@@ -234,6 +251,10 @@ pub struct Node {
     has_bitmaps: AtomicBool,
     /// Names of stored bitmaps that could not be loaded (inconsistent).
     inconsistent_bitmaps: Mutex<Vec<String>>,
+    /// Names of the bitmaps the image stores at close (`persistent`).
+    persistent: Mutex<Vec<String>>,
+    /// The persistent bitmaps were stored (close): not again at drop.
+    stored: AtomicBool,
     threshold: Mutex<WriteThreshold>,
     threshold_armed: AtomicBool,
     wr_highest_offset: AtomicU64,
@@ -278,6 +299,8 @@ impl Node {
             bitmaps: Mutex::new(BitmapSet::new()),
             has_bitmaps: AtomicBool::new(false),
             inconsistent_bitmaps: Mutex::new(Vec::new()),
+            persistent: Mutex::new(Vec::new()),
+            stored: AtomicBool::new(false),
             threshold: Mutex::new(threshold),
             threshold_armed: AtomicBool::new(false),
             wr_highest_offset: AtomicU64::new(0),
@@ -555,7 +578,100 @@ impl Node {
         let r = f(&mut set);
         self.has_bitmaps
             .store(set.iter().next().is_some(), Ordering::Relaxed);
+        // A removed bitmap is no longer stored either.
+        lock(&self.persistent).retain(|n| set.get(n).is_some());
         r
+    }
+
+    /// `persistent` of `block-dirty-bitmap-add`: the driver must be able
+    /// to store the bitmap (QEMU 7.2's `bdrv_can_store_new_dirty_bitmap`
+    /// and its messages).
+    pub fn check_persistent(&self, name: &str, granularity: u32) -> Result<(), String> {
+        self.driver
+            .can_store_bitmap(name, granularity)
+            .map_err(|e| {
+                if e.is_empty() {
+                    format!(
+                        "Can't store persistent bitmaps to {}: Operation not supported",
+                        self.name
+                    )
+                } else {
+                    format!(
+                        "Can't make bitmap '{name}' persistent in '{}': {e}",
+                        self.name
+                    )
+                }
+            })
+    }
+
+    /// Marks bitmap `name` persistent (stored in the image at close).
+    pub fn set_persistent(&self, name: &str) {
+        let mut p = lock(&self.persistent);
+        if !p.iter().any(|n| n == name) {
+            p.push(name.to_owned());
+        }
+    }
+
+    pub fn is_persistent(&self, name: &str) -> bool {
+        lock(&self.persistent).iter().any(|n| n == name)
+    }
+
+    /// The persistent bitmaps as the image is to store them.
+    fn persistent_bitmaps(&self) -> Vec<StoredBitmap> {
+        let names = lock(&self.persistent).clone();
+        let set = lock(&self.bitmaps);
+        // Newest first, the order of QEMU's list of a node's bitmaps
+        // (each one, loaded or added, goes to its head), which is the
+        // order it stores them in.
+        names
+            .iter()
+            .rev()
+            .filter_map(|n| set.get(n))
+            .map(|b| {
+                let mut dirty = Vec::new();
+                b.for_each_dirty(0, b.size(), &mut |o, l| dirty.push((o, l)));
+                StoredBitmap {
+                    name: b.name().to_owned(),
+                    granularity: b.granularity(),
+                    disabled: b.status() == DirtyBitmapStatus::Disabled,
+                    dirty,
+                    inconsistent: false,
+                }
+            })
+            .collect()
+    }
+
+    /// Removes bitmap `name` from the image at once (its clusters freed,
+    /// the other stored bitmaps untouched). Run in place: the driver's
+    /// file child answers at once; otherwise, or on failure, the log says
+    /// so and the store at close leaves the bitmap out.
+    pub fn remove_stored_bitmap(&self, name: &str) {
+        if self.driver.info().read_only {
+            return;
+        }
+        let mut fut = std::pin::pin!(self.driver.remove_stored_bitmap(name).wait());
+        match super::io::poll_once(fut.as_mut()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!(
+                "node {:?}: bitmap {name:?} stays in the image until close: {e}",
+                self.name
+            ),
+            None => tracing::warn!(
+                "node {:?}: bitmap {name:?} stays in the image until close: the driver would wait",
+                self.name
+            ),
+        }
+    }
+
+    /// Close: the persistent bitmaps are written into the image (QEMU's
+    /// `bdrv_close` storing them via `qcow2_store_persistent_dirty_bitmaps`).
+    /// Once; writes after it are not recorded in the image.
+    pub async fn store_bitmaps(&self) -> io::Result<()> {
+        if self.driver.info().read_only || self.stored.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let list = self.persistent_bitmaps();
+        self.driver.store_bitmaps(&list).wait().await
     }
 
     /// Loads the bitmaps the driver's image stores into the node's set.
@@ -569,6 +685,7 @@ impl Node {
             }
             let loaded = self
                 .add_bitmap(&b.name, Some(b.granularity), false)
+                .inspect(|()| self.set_persistent(&b.name))
                 .and_then(|()| {
                     self.with_bitmaps(|set| {
                         if let Some(m) = set.get_mut(&b.name) {
@@ -613,7 +730,7 @@ impl Node {
                     granularity: i.granularity,
                     recording: i.status == DirtyBitmapStatus::Active,
                     busy: i.status == DirtyBitmapStatus::Frozen,
-                    persistent: false,
+                    persistent: self.is_persistent(i.name),
                 }
             })
             .collect()
@@ -644,5 +761,27 @@ impl Node {
 
     pub fn events(&self) -> &Events {
         &self.events
+    }
+}
+
+/// A node dropped without [`Node::store_bitmaps`] (`blockdev-del`) stores
+/// them now, when the driver answers at once (a file child).
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.driver.info().read_only || self.stored.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut fut = std::pin::pin!(self.store_bitmaps());
+        match super::io::poll_once(fut.as_mut()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::error!(
+                "node {:?}: persistent dirty bitmaps not stored: {e}",
+                self.name
+            ),
+            None => tracing::error!(
+                "node {:?}: persistent dirty bitmaps not stored: the driver would wait",
+                self.name
+            ),
+        }
     }
 }

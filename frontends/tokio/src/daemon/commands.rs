@@ -375,8 +375,17 @@ fn bitmap_add(d: &Daemon, a: &Value, undo: &mut Vec<Undo>) -> Result<(), QmpErro
         }
         g => g.map(|g| g as u32),
     };
+    if a["persistent"].as_bool() == Some(true) {
+        // Checked with the granularity the bitmap gets (QEMU checks the
+        // store before it creates the bitmap, with the same default).
+        let g = granularity.unwrap_or(blockwire_core::block::dirty_bitmap::DEFAULT_GRANULARITY);
+        n.check_persistent(name, g).map_err(QmpError::generic)?;
+    }
     n.add_bitmap(name, granularity, a["disabled"].as_bool().unwrap_or(false))
         .map_err(|e| bitmap_error(e, name))?;
+    if a["persistent"].as_bool() == Some(true) {
+        n.set_persistent(name);
+    }
     undo.push(Undo::Remove {
         node: n,
         name: name.to_owned(),
@@ -605,6 +614,7 @@ pub enum Undo {
         name: String,
         granularity: u32,
         recording: bool,
+        persistent: bool,
         ranges: Vec<(u64, u64)>,
     },
     /// A cleared or merged-into bitmap's previous bits.
@@ -642,12 +652,16 @@ impl Undo {
                 name,
                 granularity,
                 recording,
+                persistent,
                 ranges,
             } => {
                 if node
                     .add_bitmap(&name, Some(granularity), !recording)
                     .is_ok()
                 {
+                    if persistent {
+                        node.set_persistent(&name);
+                    }
                     node.with_bitmaps(|s| set_bits(s, &name, &ranges));
                 }
             }
@@ -691,6 +705,7 @@ fn bitmap_op(d: &Daemon, cmd: &str, a: &Value, undo: &mut Vec<Undo>) -> Result<(
             name: name.clone(),
             granularity,
             recording,
+            persistent: node.is_persistent(&name),
             ranges: dirty_ranges(&node, &name),
         },
         "block-dirty-bitmap-clear" => Undo::Bits {
@@ -704,6 +719,7 @@ fn bitmap_op(d: &Daemon, cmd: &str, a: &Value, undo: &mut Vec<Undo>) -> Result<(
             recording,
         },
     };
+    let stored = cmd == "block-dirty-bitmap-remove" && node.is_persistent(&name);
     node.with_bitmaps(|set| match cmd {
         "block-dirty-bitmap-remove" => set.remove(&name).map(drop),
         // QEMU clears disabled bitmaps too (the core's clear is for
@@ -719,6 +735,12 @@ fn bitmap_op(d: &Daemon, cmd: &str, a: &Value, undo: &mut Vec<Undo>) -> Result<(
         _ => set.disable(&name),
     })
     .map_err(|e| bitmap_error(e, &name))?;
+    if stored {
+        // Out of the image now, as QEMU's
+        // bdrv_remove_persistent_dirty_bitmap; should that fail, the
+        // store at close leaves it out all the same.
+        node.remove_stored_bitmap(&name);
+    }
     undo.push(before);
     Ok(())
 }

@@ -428,6 +428,12 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
         {
             warn!("node {:?}: flush failed: {e}", n.name());
         }
+        if let Err(e) = crate::serve::store_bitmaps(&n).await {
+            warn!(
+                "node {:?}: persistent dirty bitmaps not stored: {e}",
+                n.name()
+            );
+        }
     }
     Ok(())
 }

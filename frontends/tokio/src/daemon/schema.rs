@@ -6,7 +6,7 @@
 
 use crate::block::qapi::block_export::BLOCK_DIRTY_BITMAP_OR_STR;
 use crate::block::qapi::drivers::{INET, UNIX};
-use crate::block::qapi::schema::{Enum, Int, Literal, Member, Struct, Type, Union, Variant};
+use crate::block::qapi::schema::{Enum, Int, Member, Struct, Type, Union, Variant};
 
 const fn args(name: &'static str, members: &'static [Member]) -> Struct {
     Struct {
@@ -132,8 +132,7 @@ pub static BLOCK_DIRTY_BITMAP_ADD: Struct = args(
         Member::req("node", Type::Str),
         Member::req("name", Type::Str),
         Member::opt("granularity", Type::Int(Int::U32)),
-        // Bitmaps live in memory: no format here stores them.
-        Member::unsupported("persistent", Type::Bool, Some(Literal::Bool(false))),
+        Member::opt("persistent", Type::Bool),
         Member::opt("disabled", Type::Bool),
     ],
 );

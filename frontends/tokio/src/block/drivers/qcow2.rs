@@ -35,8 +35,8 @@ use blockwire_core::block::contract::{STATE_HOLE, STATE_ZERO};
 use blockwire_core::qcow2::chain::{ChainGuard, DEFAULT_MAX_DEPTH};
 use blockwire_core::qcow2::layout::MAX_L1_BYTES;
 use blockwire_core::qcow2::{
-    Config, HeaderArea, Inflater, Load, MapResult, Mapping, Need, Plan, Qcow2, Qcow2Error, Source,
-    Step,
+    Alloc, Config, HeaderArea, Inflater, Load, MapResult, Mapping, Need, Plan, Qcow2, Qcow2Error,
+    Source, Step,
 };
 use tracing::error;
 
@@ -210,6 +210,9 @@ pub async fn open_image(file: &Node, how: Qcow2Open) -> io::Result<Opened> {
     }
     let metadata_preallocation = detect_metadata_preallocation(file, &q).await?;
     let bitmaps = load_bitmaps(file, &q, &bad).await?;
+    if !how.read_only {
+        mark_in_use(file, &mut q, &bitmaps).await?;
+    }
     Ok(Opened {
         q,
         how,
@@ -295,6 +298,56 @@ async fn load_bitmaps(
         });
     }
     Ok(out)
+}
+
+/// Opening to write, as QEMU's `qcow2_load_dirty_bitmaps` does: every
+/// loaded bitmap is marked `in_use` in the directory, in place and durably
+/// before any write, so that a crash before close leaves them marked
+/// inconsistent rather than silently stale; the driver stores them at
+/// close. The bitmaps autoclear bit then stays set.
+async fn mark_in_use(
+    file: &Node,
+    q: &mut Qcow2<Vec<u64>>,
+    loaded: &[StoredBitmap],
+) -> io::Result<()> {
+    use blockwire_core::qcow2::bitmaps::{self, Directory};
+    let Some(ext) = q.header_area().bitmaps else {
+        return Ok(());
+    };
+    if !q.bitmaps_consistent() || loaded.is_empty() {
+        return Ok(());
+    }
+    let mut dir = vec![0u8; ext.directory_size as usize];
+    read_clamped(file, ext.directory_offset, &mut dir).await?;
+    let (size, cb) = (q.size(), q.layout().cluster_bits);
+    let d = Directory::parse(&dir, ext.nb_bitmaps, size, cb)
+        .map_err(|e| invalid(format!("{}: {e}", file.filename())))?;
+    for e in d.entries(size, cb) {
+        if e.usable() {
+            let f = (e.flags | bitmaps::FLAG_IN_USE).to_be_bytes();
+            file.write(e.flags_host_offset(ext.directory_offset), &f, false)
+                .wait()
+                .await?;
+        }
+    }
+    file.flush().wait().await?;
+    q.track_bitmaps(true);
+    Ok(())
+}
+
+/// Dirty runs, sorted, as the core's encoder asks for them.
+struct Runs<'a>(&'a [(u64, u64)]);
+
+impl blockwire_core::qcow2::bitmaps::DirtySource for Runs<'_> {
+    fn for_each_dirty(&self, offset: u64, end: u64, f: &mut dyn FnMut(u64, u64)) {
+        let i = self.0.partition_point(|&(o, l)| o + l <= offset);
+        for &(o, l) in &self.0[i..] {
+            if o >= end {
+                break;
+            }
+            f(o, l);
+        }
+    }
 }
 
 /// QEMU's `qcow2_detect_metadata_preallocation`: the image has clearly
@@ -458,6 +511,9 @@ pub struct Qcow2Driver {
     metadata_preallocation: bool,
     /// The image's bitmaps until the node takes them.
     bitmaps: Mutex<Vec<StoredBitmap>>,
+    /// Names of stored bitmaps that were inconsistent at open: kept in the
+    /// directory as they are (QEMU keeps them until removed).
+    kept: Vec<String>,
 }
 
 /// What a write-like request plans.
@@ -483,6 +539,12 @@ impl Qcow2Driver {
             read_only: q.read_only(),
             pass_discard: image.how.pass_discard,
             metadata_preallocation: image.metadata_preallocation,
+            kept: image
+                .bitmaps
+                .iter()
+                .filter(|b| b.inconsistent)
+                .map(|b| b.name.clone())
+                .collect(),
             bitmaps: Mutex::new(image.bitmaps),
             file,
             backing,
@@ -707,6 +769,252 @@ impl Qcow2Driver {
         Ok(len)
     }
 
+    /// Grows the file to hold `end` (to whole clusters, what QEMU's
+    /// allocation leaves behind too): the file node refuses writes past
+    /// its end.
+    async fn grow(&self, end: u64) -> io::Result<()> {
+        if end > self.file.size() {
+            if self.file.driver_name() == "host_device" {
+                // A device does not grow: the image is full.
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let end = end.div_ceil(self.cluster) * self.cluster;
+            self.file.resize(end).wait().await?;
+        }
+        Ok(())
+    }
+
+    /// `n` contiguous new clusters for bitmap metadata; their refcounts
+    /// are durable after the next flush plan.
+    async fn alloc(&self, n: u64) -> io::Result<u64> {
+        loop {
+            let mut steps = Vec::new();
+            let a = lock(&self.image)
+                .alloc_clusters(n, &mut |s| steps.push(s))
+                .map_err(qerr)?;
+            match a {
+                Alloc::At(h) => return Ok(h),
+                Alloc::Need(Need::Load(l)) => self.load(l).await?,
+                Alloc::Need(Need::Flush) => self.flush_locked().await?,
+                Alloc::Planned(p) => match self.run_steps(&steps, &[]).await {
+                    Ok(()) => lock(&self.image).commit(p.ticket).map_err(qerr)?,
+                    Err(e) => {
+                        lock(&self.image).abort(p.ticket);
+                        return Err(e);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Writes `b` at `host` (newly allocated clusters).
+    async fn put(&self, host: u64, b: &[u8]) -> io::Result<()> {
+        self.grow(host + b.len() as u64).await?;
+        self.file.write(host, b, false).wait().await
+    }
+
+    /// Drops the clusters of `[host, host + len)` after the next flush.
+    async fn free(&self, host: u64, len: u64) -> io::Result<()> {
+        let len = len.div_ceil(self.cluster).max(1) * self.cluster;
+        loop {
+            let need = lock(&self.image).free_clusters(host, len).map_err(qerr)?;
+            match need {
+                None => return Ok(()),
+                Some(Need::Flush) => self.flush_locked().await?,
+                Some(Need::Load(l)) => self.load(l).await?,
+            }
+        }
+    }
+
+    /// Stores `list` as the image's persistent bitmaps, in QEMU's order
+    /// (`qcow2_store_persistent_dirty_bitmaps`): data clusters, tables and
+    /// a new directory written to new clusters and made durable with
+    /// their refcounts; then the header points at the new directory; then
+    /// what the old directory used is freed. A crash leaves the old or the
+    /// new set, with leaked clusters at worst. Entries that were
+    /// inconsistent at open are carried over as they are.
+    async fn store_locked(&self, list: &[StoredBitmap]) -> io::Result<()> {
+        use blockwire_core::qcow2::bitmaps::{self, Directory, TableEntry};
+        use blockwire_core::qcow2::header::BitmapsExt;
+        let (size, cb, old, consistent, version) = {
+            let q = lock(&self.image);
+            let a = q.header_area();
+            (
+                q.size(),
+                q.layout().cluster_bits,
+                a.bitmaps,
+                q.bitmaps_consistent(),
+                a.header.version,
+            )
+        };
+        if old.is_none() && list.is_empty() {
+            return Ok(());
+        }
+        if version < 3 {
+            return Err(invalid("Cannot store dirty bitmaps in qcow2 v2 files"));
+        }
+        let c = self.cluster;
+        let bad = |e: Qcow2Error| invalid(format!("{}: {e}", self.file.filename()));
+        // The old directory, trusted only while the autoclear bit says so
+        // (otherwise its clusters are leaked, as QEMU leaves them).
+        let old_dir = match old {
+            Some(ext) if consistent => {
+                let mut d = vec![0u8; ext.directory_size as usize];
+                read_clamped(&self.file, ext.directory_offset, &mut d).await?;
+                Directory::parse(&d, ext.nb_bitmaps, size, cb).map_err(bad)?;
+                Some((ext, d))
+            }
+            _ => None,
+        };
+        let mut dir = Vec::new();
+        let mut nb = 0u32;
+        if let Some((ext, d)) = &old_dir {
+            let od = Directory::parse(d, ext.nb_bitmaps, size, cb).map_err(bad)?;
+            for e in od.entries(size, cb) {
+                let name = String::from_utf8_lossy(e.name);
+                if self.kept.iter().any(|k| *k == name) && !list.iter().any(|b| b.name == name) {
+                    dir.extend_from_slice(e.raw);
+                    nb += 1;
+                }
+            }
+        }
+        let mut data = vec![0u8; c as usize];
+        for b in list {
+            let gb = b.granularity.trailing_zeros() as u8;
+            let n = bitmaps::table_entries(size, gb, cb);
+            let mut table = vec![0u8; (n * 8).div_ceil(c).max(1) as usize * c as usize];
+            for i in 0..n {
+                if bitmaps::encode_cluster(&Runs(&b.dirty), i, cb, gb, size, &mut data) {
+                    let h = self.alloc(1).await?;
+                    self.put(h, &data).await?;
+                    table[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&h.to_be_bytes());
+                }
+            }
+            let th = self.alloc(table.len() as u64 / c).await?;
+            self.put(th, &table).await?;
+            let flags = if b.disabled { 0 } else { bitmaps::FLAG_AUTO };
+            let mut ent = vec![0u8; bitmaps::entry_len(b.name.len(), 0)];
+            bitmaps::emit_entry(&mut ent, th, n as u32, flags, gb, b.name.as_bytes())
+                .map_err(bad)?;
+            dir.extend_from_slice(&ent);
+            nb += 1;
+        }
+        let ext = if nb == 0 {
+            None
+        } else {
+            let len = dir.len() as u64;
+            dir.resize((len.div_ceil(c) * c) as usize, 0);
+            let dh = self.alloc(dir.len() as u64 / c).await?;
+            self.put(dh, &dir).await?;
+            Some(BitmapsExt {
+                nb_bitmaps: nb,
+                directory_size: len,
+                directory_offset: dh,
+            })
+        };
+        // New clusters and their refcounts durable before anything points
+        // at them.
+        self.flush_locked().await?;
+        self.file.flush().wait().await?;
+        {
+            let mut q = lock(&self.image);
+            q.set_bitmaps_extension(ext).map_err(qerr)?;
+            q.track_bitmaps(true);
+        }
+        self.flush_locked().await?;
+        self.file.flush().wait().await?;
+        if let Some((ext, d)) = &old_dir {
+            let od = Directory::parse(d, ext.nb_bitmaps, size, cb).map_err(bad)?;
+            let mut frees = Vec::new();
+            for e in od.entries(size, cb) {
+                let name = String::from_utf8_lossy(e.name);
+                if self.kept.iter().any(|k| *k == name) && !list.iter().any(|b| b.name == name) {
+                    continue;
+                }
+                let mut t = vec![0u8; e.table_size as usize * 8];
+                read_clamped(&self.file, e.table_offset, &mut t).await?;
+                for x in t.chunks_exact(8) {
+                    let v = u64::from_be_bytes(x.try_into().expect("8 bytes"));
+                    if let Ok(TableEntry::At(h)) = bitmaps::decode_table_entry(v, cb) {
+                        frees.push((h, c));
+                    }
+                }
+                frees.push((e.table_offset, e.table_size as u64 * 8));
+            }
+            frees.push((ext.directory_offset, ext.directory_size));
+            for (h, l) in frees {
+                self.free(h, l).await?;
+            }
+            self.flush_locked().await?;
+        }
+        Ok(())
+    }
+
+    /// QEMU's `qcow2_co_remove_persistent_dirty_bitmap`: a new directory
+    /// without `name` (the other entries copied as they are, in-use flags
+    /// and all), made durable, pointed at by the header, then the
+    /// removed bitmap's clusters and the old directory freed.
+    async fn remove_locked(&self, name: &str) -> io::Result<()> {
+        use blockwire_core::qcow2::bitmaps::{self, Directory, TableEntry};
+        use blockwire_core::qcow2::header::BitmapsExt;
+        let (size, cb, old, consistent) = {
+            let q = lock(&self.image);
+            (
+                q.size(),
+                q.layout().cluster_bits,
+                q.header_area().bitmaps,
+                q.bitmaps_consistent(),
+            )
+        };
+        let Some(ext) = old.filter(|_| consistent) else {
+            return Ok(());
+        };
+        let c = self.cluster;
+        let bad = |e: Qcow2Error| invalid(format!("{}: {e}", self.file.filename()));
+        let mut d = vec![0u8; ext.directory_size as usize];
+        read_clamped(&self.file, ext.directory_offset, &mut d).await?;
+        let od = Directory::parse(&d, ext.nb_bitmaps, size, cb).map_err(bad)?;
+        let Some(gone) = od.find(name.as_bytes(), size, cb) else {
+            return Ok(());
+        };
+        let mut dir = Vec::new();
+        for e in od.entries(size, cb) {
+            if e.at != gone.at {
+                dir.extend_from_slice(e.raw);
+            }
+        }
+        let new = if dir.is_empty() {
+            None
+        } else {
+            let len = dir.len() as u64;
+            dir.resize((len.div_ceil(c) * c) as usize, 0);
+            let dh = self.alloc(dir.len() as u64 / c).await?;
+            self.put(dh, &dir).await?;
+            Some(BitmapsExt {
+                nb_bitmaps: ext.nb_bitmaps - 1,
+                directory_size: len,
+                directory_offset: dh,
+            })
+        };
+        self.flush_locked().await?;
+        self.file.flush().wait().await?;
+        lock(&self.image).set_bitmaps_extension(new).map_err(qerr)?;
+        self.flush_locked().await?;
+        self.file.flush().wait().await?;
+        let mut t = vec![0u8; gone.table_size as usize * 8];
+        read_clamped(&self.file, gone.table_offset, &mut t).await?;
+        for x in t.chunks_exact(8) {
+            let v = u64::from_be_bytes(x.try_into().expect("8 bytes"));
+            if let Ok(TableEntry::At(h)) = bitmaps::decode_table_entry(v, cb) {
+                self.free(h, c).await?;
+            }
+        }
+        self.free(gone.table_offset, gone.table_size as u64 * 8)
+            .await?;
+        self.free(ext.directory_offset, ext.directory_size).await?;
+        self.flush_locked().await
+    }
+
     /// Carries out one plan's steps in order.
     async fn run_steps(&self, steps: &[Step], payload: &[u8]) -> io::Result<()> {
         // The file node refuses writes past its end: grow it first, to
@@ -721,14 +1029,7 @@ impl Qcow2Driver {
             })
             .max()
             .unwrap_or(0);
-        if end > self.file.size() {
-            if self.file.driver_name() == "host_device" {
-                // A device does not grow: the image is full.
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            let end = end.div_ceil(self.cluster) * self.cluster;
-            self.file.resize(end).wait().await?;
-        }
+        self.grow(end).await?;
         for s in steps {
             match *s {
                 Step::Data {
@@ -986,6 +1287,64 @@ impl Driver for Qcow2Driver {
 
     fn stored_bitmaps(&self) -> Vec<StoredBitmap> {
         std::mem::take(&mut *lock(&self.bitmaps))
+    }
+
+    /// QEMU 7.2's `qcow2_co_can_store_new_dirty_bitmap` checks.
+    fn can_store_bitmap(&self, name: &str, granularity: u32) -> Result<(), String> {
+        use blockwire_core::qcow2::bitmaps;
+        let q = lock(&self.image);
+        if q.header_area().header.version < 3 {
+            return Err("Cannot store dirty bitmaps in qcow2 v2 files".into());
+        }
+        let gb = granularity.trailing_zeros();
+        if gb > bitmaps::MAX_GRANULARITY_BITS as u32 {
+            return Err(format!(
+                "Granularity exceeds maximum ({} bytes)",
+                1u64 << bitmaps::MAX_GRANULARITY_BITS
+            ));
+        }
+        if gb < bitmaps::MIN_GRANULARITY_BITS as u32 {
+            return Err(format!(
+                "Granularity is under minimum ({} bytes)",
+                1u64 << bitmaps::MIN_GRANULARITY_BITS
+            ));
+        }
+        // In 128 bits: the limits shifted by the granularity exceed 64.
+        let len = self.size as u128;
+        if len > (bitmaps::MAX_PHYS_SIZE as u128) << gb
+            || len > ((bitmaps::MAX_TABLE_SIZE * self.cluster) as u128) << gb
+        {
+            return Err(
+                "Too much space will be occupied by the bitmap. Use larger granularity".into(),
+            );
+        }
+        if name.len() > bitmaps::MAX_NAME {
+            return Err(format!(
+                "Name length exceeds maximum ({} characters)",
+                bitmaps::MAX_NAME
+            ));
+        }
+        Ok(())
+    }
+
+    fn remove_stored_bitmap<'a>(&'a self, name: &'a str) -> Io<'a, ()> {
+        if self.read_only {
+            return Io::ok(());
+        }
+        Io::pending(async move {
+            let _alone = self.requests.write().await;
+            self.remove_locked(name).await
+        })
+    }
+
+    fn store_bitmaps<'a>(&'a self, list: &'a [StoredBitmap]) -> Io<'a, ()> {
+        if self.read_only {
+            return Io::ok(());
+        }
+        Io::pending(async move {
+            let _alone = self.requests.write().await;
+            self.store_locked(list).await
+        })
     }
 
     fn block_status<'a>(&'a self, offset: u64, len: u64, out: &'a mut Vec<Status>) -> Io<'a, ()> {
