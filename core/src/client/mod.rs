@@ -383,21 +383,6 @@ impl<const N: usize> Client<N> {
         }
     }
 
-    /// In the middle of a read's data (a simple reply's or an
-    /// `OFFSET_DATA` chunk's): the read's cookie, the export offset of the
-    /// next data byte, and how many data bytes follow before the next
-    /// reply header or chunk. A frontend may receive those bytes straight
-    /// into the read's buffer and then pass them to
-    /// [`handle_input`](Self::handle_input) from there: the
-    /// [`Event::ReadData`] events then name bytes already in place, and
-    /// the data is never copied through the frontend's input buffer.
-    pub fn read_data_pending(&self) -> Option<(Cookie, u64, u64)> {
-        match &self.phase {
-            Phase::Transmission(t) => t.data_pending(),
-            _ => None,
-        }
-    }
-
     /// Selected metadata contexts: id, and the configured query that named
     /// it (`None` if the server's name matched none of them).
     pub fn contexts(&self) -> impl Iterator<Item = (u32, Option<&str>)> + '_ {

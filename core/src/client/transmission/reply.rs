@@ -134,20 +134,6 @@ impl<const N: usize> Transmission<N> {
         }
     }
 
-    /// Inside a read's data: its cookie, the offset of the next byte, and
-    /// how many data bytes come before the next header.
-    pub(crate) fn data_pending(&self) -> Option<(Cookie, u64, u64)> {
-        match self.rx {
-            Rx::Data {
-                slot,
-                offset,
-                remaining,
-                ..
-            } => Some((self.cookie_of(slot), offset, remaining)),
-            _ => None,
-        }
-    }
-
     pub(super) fn cookie_of(&self, slot: usize) -> Cookie {
         Cookie(self.inflight.get(slot).map_or(0, |s| s.cookie))
     }

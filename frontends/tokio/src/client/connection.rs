@@ -674,107 +674,26 @@ const DIRECT_PAYLOAD: usize = 64 << 10;
 const READ_BUFFER: usize = 1 << 20;
 const _: () = assert!(READ_BUFFER >= blockwire_core::client::INPUT_BUFFER);
 
-/// Read data at least this long is received straight into the read's
-/// buffer (see [`Direct`]) when our buffer is empty. Reads into our own
-/// buffer stay greedy (a cap to fetch only the next header, so that all
-/// data went direct, cost more in extra reads and wakeups than the copy
-/// it saved, in one interleaved run of mem-mem over a Unix socket).
-const DIRECT_READ: u64 = 16 << 10;
-
-/// A read's buffer, taken from its pending entry while data is received
-/// straight into `buf[at..at + n]` (nothing else touches a read's buffer
-/// until its reply completes, and only this task completes replies).
-struct Direct {
-    cookie: u64,
-    offset: u64,
-    at: usize,
-    n: usize,
-    buf: Vec<u8>,
-}
-
-impl State {
-    /// With our buffer empty and a read's data next on the wire, takes
-    /// that read's buffer to receive the data into.
-    fn take_direct(&mut self) -> Option<Direct> {
-        let (cookie, offset, remaining) = self.machine.read_data_pending()?;
-        if remaining < DIRECT_READ {
-            return None;
-        }
-        let p = self.pending.get_mut(&cookie.0)?;
-        let at = usize::try_from(offset.checked_sub(p.offset)?).ok()?;
-        let n = usize::try_from(remaining).ok()?.min(READ_BUFFER);
-        if at.checked_add(n)? > p.data.len() {
-            return None;
-        }
-        Some(Direct {
-            cookie: cookie.0,
-            offset,
-            at,
-            n,
-            buf: std::mem::take(&mut p.data),
-        })
-    }
-
-    /// Passes the `n` bytes received into `d` to the machine (which
-    /// reports them as read data, already in place) and gives the buffer
-    /// back to its request. False once the connection is over.
-    fn land_direct(&mut self, d: Direct, n: usize) -> bool {
-        let data = &d.buf[d.at..d.at + n];
-        // Only this task feeds the machine, so it still waits for exactly
-        // this data; anything else is a bug, not the server's doing.
-        let expected = self.machine.read_data_pending();
-        if expected.map(|(c, o, r)| (c.0, o, r >= n as u64)) != Some((d.cookie, d.offset, true)) {
-            self.fail_all(&ClientError::Closed(
-                "internal error: read data landed out of step with the protocol machine".into(),
-            ));
-            return false;
-        }
-        let mut fed = 0;
-        while fed < n {
-            let p = self.machine.handle_input(&data[fed..]);
-            fed += p.consumed;
-            match p.event {
-                Some(Event::ReadData { .. }) => {}
-                Some(Event::Failed(e)) => {
-                    self.fail_all(&ClientError::Protocol(e));
-                    return false;
-                }
-                _ if p.consumed == 0 => break,
-                _ => {}
-            }
-        }
-        if let Some(p) = self.pending.get_mut(&d.cookie) {
-            p.data = d.buf;
-        }
-        true
-    }
-}
-
 async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
     let mut buf = vec![0u8; READ_BUFFER.max(leftover.len())];
     let (mut start, mut end) = (0, leftover.len());
     buf[..end].copy_from_slice(&leftover);
     loop {
-        let mut direct = {
+        {
             let mut st = inner.lock();
             if !process(&mut st, &buf[start..end], &mut start) {
                 return;
             }
-            if start == end { st.take_direct() } else { None }
-        };
+        }
         if start == end {
             (start, end) = (0, 0);
         } else if end == buf.len() {
             buf.copy_within(start..end, 0);
             (start, end) = (0, end - start);
         }
-        let into = match &mut direct {
-            Some(d) => &mut d.buf[d.at..d.at + d.n],
-            None => &mut buf[end..],
-        };
         let read = match inner.request_timeout {
-            None => r.read(into).await,
-            Some(limit) => match read_or_time_out(&inner, &mut r, into, limit).await {
+            None => r.read(&mut buf[end..]).await,
+            Some(limit) => match read_or_time_out(&inner, &mut r, &mut buf[end..], limit).await {
                 Some(read) => read,
                 None => return,
             },
@@ -790,16 +709,8 @@ async fn reader(inner: Arc<Inner>, mut r: ReadHalf<Stream>, leftover: Vec<u8>) {
                 return;
             }
             Ok(n) => {
-                let mut st = inner.lock();
-                st.progress = Instant::now();
-                match direct {
-                    Some(d) => {
-                        if !st.land_direct(d, n) {
-                            return;
-                        }
-                    }
-                    None => end += n,
-                }
+                end += n;
+                inner.lock().progress = Instant::now();
             }
             Err(e) => {
                 inner.lock().fail_all(&e.into());
