@@ -241,10 +241,14 @@ impl Connection {
         offset: u64,
         len: u64,
         flags: CommandFlags,
-        payload: Option<Vec<u8>>,
-        into: Vec<u8>,
+        // A write's payload, or the buffer a read fills.
+        data: Vec<u8>,
         context: u32,
     ) -> Result<Reply> {
+        let (payload, into) = match kind {
+            Kind::Write => (Some(data), Vec::new()),
+            _ => (None, data),
+        };
         let permit = self
             .inner
             .slots
@@ -303,7 +307,6 @@ impl Connection {
                 offset,
                 len.into(),
                 CommandFlags::empty(),
-                None,
                 buf,
                 0,
             )
@@ -344,7 +347,7 @@ impl Connection {
         };
         let len = data.len() as u64;
         match self
-            .submit(Kind::Write, offset, len, flags, Some(data), Vec::new(), 0)
+            .submit(Kind::Write, offset, len, flags, data, 0)
             .await?
         {
             Reply::Data(d) => Ok(d),
@@ -363,17 +366,9 @@ impl Connection {
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.submit(
-            Kind::Flush,
-            0,
-            0,
-            CommandFlags::empty(),
-            None,
-            Vec::new(),
-            0,
-        )
-        .await
-        .map(drop)
+        self.submit(Kind::Flush, 0, 0, CommandFlags::empty(), Vec::new(), 0)
+            .await
+            .map(drop)
     }
 
     pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
@@ -382,7 +377,6 @@ impl Connection {
             offset,
             len,
             CommandFlags::empty(),
-            None,
             Vec::new(),
             0,
         )
@@ -396,7 +390,7 @@ impl Connection {
         let mut flags = CommandFlags::empty();
         flags.set(CommandFlags::FAST_ZERO, fast);
         flags.set(CommandFlags::NO_HOLE, no_hole);
-        self.submit(Kind::Zero, offset, len, flags, None, Vec::new(), 0)
+        self.submit(Kind::Zero, offset, len, flags, Vec::new(), 0)
             .await
             .map(drop)
     }
@@ -407,7 +401,6 @@ impl Connection {
             offset,
             len,
             CommandFlags::empty(),
-            None,
             Vec::new(),
             0,
         )
@@ -427,7 +420,6 @@ impl Connection {
                 offset,
                 len,
                 CommandFlags::empty(),
-                None,
                 Vec::new(),
                 id,
             )
