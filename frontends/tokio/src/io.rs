@@ -82,12 +82,22 @@ impl InBuf {
 
     /// Reads once from `r`; `Ok(0)` at end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.fill_upto(r, usize::MAX).await
+    }
+
+    /// Reads once from `r`, at most `max` bytes (at least one).
+    pub async fn fill_upto<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        max: usize,
+    ) -> io::Result<usize> {
         if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let n = r.read(&mut self.buf[self.end..]).await?;
+        let stop = self.end + max.clamp(1, self.buf.len() - self.end);
+        let n = r.read(&mut self.buf[self.end..stop]).await?;
         self.end += n;
         Ok(n)
     }
@@ -236,6 +246,17 @@ mod tests {
         let free = p.free.lock().unwrap();
         assert!(free.bytes <= MAX_POOLED_BYTES);
         assert_eq!(free.bytes, free.bufs.iter().map(|b| b.len()).sum::<usize>());
+    }
+
+    #[tokio::test]
+    async fn inbuf_fill_upto_reads_no_more_than_asked() {
+        let mut b = InBuf::new(8);
+        let mut src: &[u8] = b"abcdefghij";
+        assert_eq!(b.fill_upto(&mut src, 3).await.unwrap(), 3);
+        assert_eq!(b.data(), b"abc");
+        assert_eq!(b.fill_upto(&mut src, 0).await.unwrap(), 1);
+        assert_eq!(b.fill_upto(&mut src, 100).await.unwrap(), 4);
+        assert_eq!(b.data(), b"abcdefgh");
     }
 
     #[tokio::test]

@@ -13,13 +13,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use blockwire_core::block::Extent;
 use blockwire_core::client::{Cookie, Event, Export, Mode, RequestError};
 use blockwire_core::wire::{CommandFlags, TransmissionFlags};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use std::io::IoSlice;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::{Duration, Instant};
 
 use super::error::{ClientError, Result};
 use super::handshake::{self, Details, MAX_IN_FLIGHT, Machine, Options, Stream};
 use super::uri::NbdUri;
+use crate::io::write_all_vectored;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -58,6 +61,8 @@ struct Request {
     len: u64,
     flags: CommandFlags,
     payload: Option<Vec<u8>>,
+    /// A read: the buffer its data lands in (the caller's, to reuse it).
+    into: Vec<u8>,
     /// Block status: the context whose extents the caller wants.
     context: u32,
     reply: oneshot::Sender<Result<Reply>>,
@@ -68,6 +73,8 @@ struct Pending {
     kind: Kind,
     offset: u64,
     len: u64,
+    /// A read's data as it arrives; a write's payload once it is sent,
+    /// handed back to the caller for reuse.
     data: Vec<u8>,
     context: u32,
     extents: Vec<Extent>,
@@ -234,9 +241,14 @@ impl Connection {
         offset: u64,
         len: u64,
         flags: CommandFlags,
-        payload: Option<Vec<u8>>,
+        // A write's payload, or the buffer a read fills.
+        data: Vec<u8>,
         context: u32,
     ) -> Result<Reply> {
+        let (payload, into) = match kind {
+            Kind::Write => (Some(data), Vec::new()),
+            _ => (None, data),
+        };
         let permit = self
             .inner
             .slots
@@ -254,6 +266,7 @@ impl Connection {
             len,
             flags,
             payload,
+            into,
             context,
             reply,
             permit,
@@ -279,13 +292,22 @@ impl Connection {
     /// Read `len` bytes at `offset` into a new buffer (one request: `len`
     /// at most [`max_request`](Self::max_request)).
     pub async fn read_vec(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.read_into(offset, len, Vec::new()).await
+    }
+
+    /// Like [`read_vec`](Self::read_vec), into `buf` (resized to `len`;
+    /// its old contents are all overwritten, holes with zeroes). The reply's
+    /// data is copied once, from the socket's buffer into `buf`; passing
+    /// back the buffers of earlier reads spares allocating and zeroing a
+    /// fresh one per request, which at 256 KiB cost as much as the copy.
+    pub async fn read_into(&self, offset: u64, len: u32, buf: Vec<u8>) -> Result<Vec<u8>> {
         match self
             .submit(
                 Kind::Read,
                 offset,
                 len.into(),
                 CommandFlags::empty(),
-                None,
+                buf,
                 0,
             )
             .await?
@@ -311,15 +333,26 @@ impl Connection {
 
     /// Write `data` at `offset` in one request (at most `max_request`).
     pub async fn write_vec(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+        self.write_buf(offset, data, fua).await.map(drop)
+    }
+
+    /// Like [`write_vec`](Self::write_vec), handing `data` back once
+    /// written, for the caller to reuse (empty if the reply came before
+    /// the payload could be kept).
+    pub async fn write_buf(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<Vec<u8>> {
         let flags = if fua {
             CommandFlags::FUA
         } else {
             CommandFlags::empty()
         };
         let len = data.len() as u64;
-        self.submit(Kind::Write, offset, len, flags, Some(data), 0)
-            .await
-            .map(drop)
+        match self
+            .submit(Kind::Write, offset, len, flags, data, 0)
+            .await?
+        {
+            Reply::Data(d) => Ok(d),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Write `data` at `offset`, split as needed, pipelined.
@@ -333,15 +366,22 @@ impl Connection {
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.submit(Kind::Flush, 0, 0, CommandFlags::empty(), None, 0)
+        self.submit(Kind::Flush, 0, 0, CommandFlags::empty(), Vec::new(), 0)
             .await
             .map(drop)
     }
 
     pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.submit(Kind::Trim, offset, len, CommandFlags::empty(), None, 0)
-            .await
-            .map(drop)
+        self.submit(
+            Kind::Trim,
+            offset,
+            len,
+            CommandFlags::empty(),
+            Vec::new(),
+            0,
+        )
+        .await
+        .map(drop)
     }
 
     /// `NBD_CMD_WRITE_ZEROES`: `fast` fails with `ENOTSUP` unless the
@@ -350,15 +390,22 @@ impl Connection {
         let mut flags = CommandFlags::empty();
         flags.set(CommandFlags::FAST_ZERO, fast);
         flags.set(CommandFlags::NO_HOLE, no_hole);
-        self.submit(Kind::Zero, offset, len, flags, None, 0)
+        self.submit(Kind::Zero, offset, len, flags, Vec::new(), 0)
             .await
             .map(drop)
     }
 
     pub async fn cache(&self, offset: u64, len: u64) -> Result<()> {
-        self.submit(Kind::Cache, offset, len, CommandFlags::empty(), None, 0)
-            .await
-            .map(drop)
+        self.submit(
+            Kind::Cache,
+            offset,
+            len,
+            CommandFlags::empty(),
+            Vec::new(),
+            0,
+        )
+        .await
+        .map(drop)
     }
 
     /// Extents of `context` from `offset`, covering at most `len` bytes
@@ -373,7 +420,7 @@ impl Connection {
                 offset,
                 len,
                 CommandFlags::empty(),
-                None,
+                Vec::new(),
                 id,
             )
             .await?
@@ -440,12 +487,13 @@ fn refused(kind: Kind, error: RequestError) -> ClientError {
 
 /// Queue one request in the machine; returns its header bytes.
 /// `woke`: set if the table was empty (the reader must arm its timeout).
+/// Returns the payload to send after the header, and the cookie.
 fn enqueue(
     state: &mut State,
     req: Request,
     header: &mut Vec<u8>,
     woke: &mut bool,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<(Vec<u8>, u64)>> {
     let m = &mut state.machine;
     let cookie: std::result::Result<Cookie, RequestError> = match req.kind {
         Kind::Read => u32::try_from(req.len)
@@ -482,8 +530,12 @@ fn enqueue(
         m.payload_sent().map_err(|e| refused(req.kind, e))?;
     }
     let data = if req.kind == Kind::Read {
-        // Zeroed up front, so holes need no copying.
-        vec![0; req.len as usize]
+        // Only growth is zeroed: the machine completes a read `Ok` only
+        // once every byte came as data or a hole, and holes are zeroed as
+        // they come, so what a reused buffer held is never seen.
+        let mut d = req.into;
+        d.resize(req.len as usize, 0);
+        d
     } else {
         Vec::new()
     };
@@ -505,7 +557,7 @@ fn enqueue(
             _permit: req.permit,
         },
     );
-    Ok(req.payload)
+    Ok(req.payload.map(|p| (p, cookie.0)))
 }
 
 async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, rx: mpsc::UnboundedReceiver<Request>) {
@@ -520,10 +572,14 @@ async fn writer(inner: Arc<Inner>, w: WriteHalf<Stream>, rx: mpsc::UnboundedRece
 
 async fn write_requests(
     inner: &Inner,
-    w: WriteHalf<Stream>,
+    mut w: WriteHalf<Stream>,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    // Headers and small payloads gather in `out`, sent when the queue runs
+    // dry; a large payload goes out with what gathered before it in one
+    // vectored write, neither copied into a buffer nor preceded by a
+    // write of its lone header.
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_BUFFER);
     let mut header = Vec::with_capacity(64);
     let result: Result<()> = async {
         while let Some(first) = rx.recv().await {
@@ -544,14 +600,31 @@ async fn write_requests(
                 if woke && inner.request_timeout.is_some() {
                     inner.armed.notify_one();
                 }
-                w.write_all(&header).await?;
-                if let Some(p) = payload {
-                    w.write_all(&p).await?;
+                out.extend_from_slice(&header);
+                if let Some((p, cookie)) = payload {
+                    if p.len() < DIRECT_PAYLOAD && out.len() + p.len() <= OUT_BUFFER {
+                        out.extend_from_slice(&p);
+                    } else {
+                        let mut slices = [IoSlice::new(&out), IoSlice::new(&p)];
+                        write_all_vectored(&mut w, &mut slices).await?;
+                        out.clear();
+                    }
                     // The server took a payload: alive, if slow to answer.
-                    inner.lock().progress = Instant::now();
+                    let mut st = inner.lock();
+                    st.progress = Instant::now();
+                    // Handed back with the reply, for the caller to reuse.
+                    if let Some(pending) = st.pending.get_mut(&cookie) {
+                        pending.data = p;
+                    }
+                }
+                if out.len() >= OUT_BUFFER {
+                    w.write_all(&out).await?;
+                    out.clear();
                 }
                 next = rx.try_recv().ok();
             }
+            w.write_all(&out).await?;
+            out.clear();
             w.flush().await?;
             inner.lock().progress = Instant::now();
         }
@@ -582,6 +655,11 @@ async fn write_requests(
         inner.lock().fail_all(&e);
     }
 }
+
+/// Bytes of headers and small payloads gathered before a write.
+const OUT_BUFFER: usize = 256 << 10;
+/// Payloads this large are sent from the caller's buffer, not copied.
+const DIRECT_PAYLOAD: usize = 64 << 10;
 
 /// The reader's buffer: large reads for throughput, and far more than the
 /// machine's largest whole unit.
@@ -700,7 +778,19 @@ fn process(st: &mut State, input: &[u8], start: &mut usize) -> bool {
                     }
                 }
             }
-            Event::ReadHole { .. } => {}
+            Event::ReadHole {
+                cookie,
+                offset,
+                len,
+            } => {
+                // The buffer may be a reused one: holes are zeroed here.
+                if let Some(p) = st.pending.get_mut(&cookie.0) {
+                    let at = (offset - p.offset) as usize;
+                    if let Some(dst) = p.data.get_mut(at..at + len as usize) {
+                        dst.fill(0);
+                    }
+                }
+            }
             Event::BlockStatus {
                 cookie,
                 context_id,
@@ -724,7 +814,7 @@ fn process(st: &mut State, input: &[u8], start: &mut usize) -> bool {
                 if let Some(p) = st.pending.remove(&cookie.0) {
                     let r = match result {
                         Ok(()) => Ok(match p.kind {
-                            Kind::Read => Reply::Data(p.data),
+                            Kind::Read | Kind::Write => Reply::Data(p.data),
                             Kind::BlockStatus => Reply::Extents(p.extents),
                             _ => Reply::Done,
                         }),

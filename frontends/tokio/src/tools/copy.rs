@@ -68,11 +68,32 @@ struct Job {
     dst_zeroed: bool,
     bar: ProgressBar,
     error: Mutex<Option<String>>,
+    /// Buffers of finished requests, reused by the next reads: a fresh
+    /// 256 KiB buffer per request is a zeroing pass (and often page faults)
+    /// as costly as the copy itself. At most one per request in flight.
+    bufs: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Job {
     fn failed(&self) -> bool {
         self.error.lock().map(|e| e.is_some()).unwrap_or(true)
+    }
+
+    fn take_buf(&self) -> Vec<u8> {
+        self.bufs
+            .lock()
+            .ok()
+            .and_then(|mut b| b.pop())
+            .unwrap_or_default()
+    }
+
+    fn put_buf(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        if let Ok(mut b) = self.bufs.lock() {
+            b.push(buf);
+        }
     }
 
     fn fail(&self, e: String) {
@@ -84,13 +105,15 @@ impl Job {
     async fn run(&self, i: usize, item: Item) -> Result<(), String> {
         match item {
             Item::Data { offset, len } => {
-                let data = self.src.read(i, offset, len).await?;
+                let data = self.src.read(i, offset, len, self.take_buf()).await?;
                 if data.iter().all(|&b| b == 0) {
                     if !self.dst_zeroed {
                         self.dst.zero(i, offset, len).await?;
                     }
+                    self.put_buf(data);
                 } else {
-                    self.dst.write(i, offset, data).await?;
+                    let back = self.dst.write(i, offset, data).await?;
+                    self.put_buf(back);
                 }
                 self.bar.inc(len);
             }
@@ -172,6 +195,7 @@ pub async fn run(args: CopyArgs) -> Result<(), String> {
         dst_zeroed,
         bar: progress_bar(size, args.no_progress),
         error: Mutex::new(None),
+        bufs: Mutex::new(Vec::new()),
     });
     let slots = (width * args.requests.max(1)) as u32;
     let sem = Arc::new(Semaphore::new(slots as usize));

@@ -311,32 +311,46 @@ impl Endpoint {
         }
     }
 
-    pub async fn read(&self, i: usize, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    /// Reads `len` bytes at `offset` into `buf` (resized; a buffer from an
+    /// earlier read or write, so that no request allocates and zeroes one).
+    pub async fn read(
+        &self,
+        i: usize,
+        offset: u64,
+        len: u64,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
         match self {
             Endpoint::Nbd { pool, .. } => pool
                 .get(i)
-                .read_vec(offset, len as u32)
+                .read_into(offset, len as u32, buf)
                 .await
                 .map_err(|e| e.to_string()),
             Endpoint::File { file, path, .. } => {
                 let (file, path) = (file.clone(), path.clone());
                 blocking(move || {
-                    let mut buf = vec![0; len as usize];
+                    // Every byte is overwritten by the read.
+                    buf.resize(len as usize, 0);
                     file.read_exact_at(&mut buf, offset)
                         .map_err(|e| read_err(&path, offset, len, e))?;
                     Ok(buf)
                 })
                 .await
             }
-            Endpoint::Null => Ok(vec![0; len as usize]),
+            Endpoint::Null => {
+                buf.clear();
+                buf.resize(len as usize, 0);
+                Ok(buf)
+            }
         }
     }
 
-    pub async fn write(&self, i: usize, offset: u64, data: Vec<u8>) -> Result<(), String> {
+    /// Writes `data` at `offset`; hands the buffer back for reuse.
+    pub async fn write(&self, i: usize, offset: u64, data: Vec<u8>) -> Result<Vec<u8>, String> {
         match self {
             Endpoint::Nbd { pool, .. } => pool
                 .get(i)
-                .write_vec(offset, data, false)
+                .write_buf(offset, data, false)
                 .await
                 .map_err(|e| e.to_string()),
             Endpoint::File { file, path, .. } => {
@@ -348,11 +362,12 @@ impl Endpoint {
                             data.len(),
                             path.display()
                         )
-                    })
+                    })?;
+                    Ok(data)
                 })
                 .await
             }
-            Endpoint::Null => Ok(()),
+            Endpoint::Null => Ok(data),
         }
     }
 
