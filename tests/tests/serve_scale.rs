@@ -83,3 +83,25 @@ fn huge_memory_export_metadata_is_not_resident() {
         RSS_BOUND / MIB
     );
 }
+
+/// A 4 TiB disk's 16 MiB map and 8 MiB bitmap are below glibc's largest
+/// dynamic mmap threshold: they must still not be resident (the server
+/// fixes the threshold). Compared with a null export of the same size,
+/// which has neither.
+#[test]
+fn mid_size_memory_export_metadata_is_not_resident() {
+    if is_standin() {
+        return;
+    }
+    let null = Server::start(&["--null", "4T"]).expect("server");
+    let base = rss(null.pids()[0]);
+    drop(null);
+    let srv = Server::start(&["--memory", "4T", "--dirty-bitmap", "b0"]).expect("server");
+    let got = rss(srv.pids()[0]);
+    assert!(
+        got < base + 4 * MIB,
+        "4 TiB memory export + bitmap: RSS {} KiB, a null export's {} KiB (+4 MiB allowed; map and bitmap are 24 MiB)",
+        got / 1024,
+        base / 1024
+    );
+}
