@@ -4,12 +4,23 @@
 //! cluster) and dirty bitmaps (1 bit per granule). Everything works a word at a
 //! time where it can, because a query over a 2^63-byte disk may span millions
 //! of granules and must not be linear in bytes.
+//!
+//! Cells are stored XORed with their initial value, so a fresh map is all
+//! zero words whatever its initial state (a sparse disk starts `HoleZero`,
+//! all ones). With storage from [`try_zeroed`], which asks the allocator for
+//! zeroed memory (large blocks come straight from the kernel, untouched),
+//! and [`Cells::new`] writing only words that are not already zero, a map's
+//! memory becomes resident only where the disk was written: a 16 TiB RAM
+//! disk's 64 MiB allocation map and a 32 MiB dirty bitmap cost nothing until
+//! used, instead of being resident from the start.
 
 /// `BITS`-wide cells (1 or 2) packed little-endian into `u64` words.
 #[derive(Clone, Debug)]
 pub(crate) struct Cells<S, const BITS: u32> {
     words: S,
     len: u64,
+    /// [`Self::pattern`] of the initial value: what a stored zero word means.
+    base: u64,
 }
 
 impl<S, const BITS: u32> Cells<S, BITS> {
@@ -42,16 +53,24 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BITS: u32> Cells<S, BITS> {
         if words.as_ref().len() < need {
             return None;
         }
-        let pat = Self::pattern(init);
+        // Only nonzero words are written: a zeroed heap block stays
+        // untouched (not resident) until a cell in it changes.
         for w in words.as_mut().iter_mut() {
-            *w = pat;
+            if *w != 0 {
+                *w = 0;
+            }
         }
-        Some(Self { words, len })
+        Some(Self {
+            words,
+            len,
+            base: Self::pattern(init),
+        })
     }
 
+    /// Word `i / PER_WORD` in value space (stored XOR base).
     fn word(&self, i: u64) -> u64 {
         // Indices below `len` always fit: `new` checked the storage length.
-        self.words.as_ref()[(i / Self::PER_WORD) as usize]
+        self.words.as_ref()[(i / Self::PER_WORD) as usize] ^ self.base
     }
 
     /// Value of cell `i` (`i < len`).
@@ -63,7 +82,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BITS: u32> Cells<S, BITS> {
     /// Sets cells `[start, end)` (clipped to `len`) to `v`.
     pub(crate) fn fill(&mut self, start: u64, end: u64, v: u8) {
         let end = end.min(self.len);
-        let pat = Self::pattern(v);
+        let pat = Self::pattern(v) ^ self.base;
         let mut i = start;
         let words = self.words.as_mut();
         while i < end {
@@ -158,10 +177,17 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>, const BITS: u32> Cells<S, BITS> {
 
 /// A zeroed heap buffer of `words` words, `None` if the allocation fails
 /// (a 2^63-byte disk at a fine granularity must not abort the process).
+///
+/// `vec![0; n]` asks the allocator for zeroed memory (`calloc`), which for
+/// large blocks maps fresh pages without writing them, so the buffer is
+/// not resident until used; `resize` would write every word. That form
+/// aborts on failure, hence the fallible reservation first, released before
+/// the real allocation (the forbidden-`unsafe` core has no fallible zeroed
+/// allocation on stable Rust).
 #[cfg(feature = "alloc")]
 pub(crate) fn try_zeroed(words: usize) -> Option<alloc::vec::Vec<u64>> {
-    let mut v = alloc::vec::Vec::new();
-    v.try_reserve_exact(words).ok()?;
-    v.resize(words, 0);
-    Some(v)
+    let mut probe: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
+    probe.try_reserve_exact(words).ok()?;
+    drop(probe);
+    Some(alloc::vec![0u64; words])
 }

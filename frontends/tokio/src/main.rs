@@ -19,7 +19,28 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
+/// Fixes glibc's mmap threshold at 4 MiB. Left dynamic, it rises to the
+/// size of any large block freed (up to 32 MiB), and blocks below it then
+/// come from the heap, where `calloc` must write its zeroes: a RAM disk's
+/// allocation map or a dirty bitmap of 4 to 32 MiB (a 1 to 32 TiB disk)
+/// would be resident from the start instead of page by page as written
+/// (`benches/scale`, `tests/tests/serve_scale.rs`). Smaller maps are small;
+/// I/O buffers above 4 MiB are rare and worth a fresh mapping anyway.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; called first thing
+    // in main, before any other thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold() {}
+
 fn main() -> ExitCode {
+    fix_mmap_threshold();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
