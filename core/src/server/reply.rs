@@ -253,6 +253,12 @@ impl ReplyEncoder {
     /// In simple mode this is the whole reply's header, so it must cover the
     /// entire request and `done` is ignored. Frontends get these from
     /// [`ReadReply`](super::ReadReply), which keeps those rules.
+    ///
+    /// In structured mode `len` is at most `u32::MAX - 8`: the chunk's
+    /// 32-bit length counts the offset too (the spec: larger reads "MUST
+    /// be split"). `ReadReply`'s pieces are bounded by the maximum payload,
+    /// far below; a larger `len` is a caller's bug, caught by a debug
+    /// assertion.
     pub fn data(&self, to: impl Into<ReplyTo>, offset: u64, len: u32, done: bool) -> ReplyHeader {
         let to = to.into();
         if !self.mode.structured() {
