@@ -123,7 +123,10 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             if off == 0 || off > MAX_HOST_OFFSET {
                 continue;
             }
-            if self.overlap_check(off, off + (1 << cb)).is_ok() {
+            // Not a cluster waiting in the free queue (see find_free).
+            if self.overlap_check(off, off + (1 << cb)).is_ok()
+                && self.pending_free_in(k, 1).is_none()
+            {
                 pick = Some(k);
                 break;
             }
@@ -184,6 +187,20 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             while n < want && i + n < per && lay.refcount_get(words, i + n) == 0 {
                 n += 1;
             }
+            // A cluster waiting in the free queue is still referenced by
+            // the on-disk L2/L1 until the change dropping it is durable;
+            // with a sound image its refcount is not 0 yet. Only a corrupt
+            // image (a live table or data cluster counted 0) gets here, and
+            // claiming it would let the queued decrement later free the new
+            // owner. QEMU frees at once and refuses the underflow, so the
+            // cluster is never handed out twice: skip it the same way.
+            if let Some(p) = self.pending_free_in(start, n) {
+                if p == start {
+                    k = start + 1;
+                    continue;
+                }
+                n = p - start;
+            }
             let s_off = start << cb;
             let e_off = (start + n) << cb;
             if let Err(e) = self.overlap_check(s_off, e_off) {
@@ -223,6 +240,20 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             };
             self.frees_n += 1;
         }
+    }
+
+    /// The first cluster of `[start, start + n)` (cluster indices) that a
+    /// queued free covers.
+    fn pending_free_in(&self, start: u64, n: u64) -> Option<u64> {
+        let cb = self.lay.cluster_bits;
+        self.frees[..self.frees_n]
+            .iter()
+            .filter_map(|f| {
+                let a = f.host >> cb;
+                let b = a + u64::from(f.clusters);
+                (a < start + n && start < b).then(|| a.max(start))
+            })
+            .min()
     }
 
     /// Free-queue slots available to a new plan.
