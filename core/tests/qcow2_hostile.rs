@@ -643,6 +643,49 @@ mod qcow2_hostile {
         }
     }
 
+    /// An L2 table without COPIED but counted once (found by the fuzzer):
+    /// its copy-on-write frees the old cluster, which the next new table
+    /// reuses while the old table's copy is still cached. The cache must
+    /// hold one table per cluster, or the write lands in the stale copy
+    /// and the flush overwrites it with the new, empty one.
+    #[test]
+    fn cow_freed_l2_cluster_reused_by_a_new_table() {
+        if !have_qemu() {
+            return;
+        }
+        // 512-byte clusters: header c0, refcount table c1, block c2, L1
+        // c3; L2 #0 at c4 (data c5), L2 #1 at c6 (data c7).
+        let mut b = make(
+            "l2reuse",
+            "cluster_size=512",
+            "1M",
+            &["write -P 1 0 512", "write -P 2 32k 512"],
+        );
+        let l1 = get64(&b, 40) as usize;
+        let l2 = get64(&b, l1 + 8);
+        assert_eq!(l2 & ((1 << 56) - 1), 6 << 9, "layout as planned");
+        be64(&mut b, l1 + 8, l2 & !(1 << 63));
+        let mut img = open(&b, false).unwrap();
+        // Copy-on-write of L2 #1; c6 is freed by the flush.
+        img.write((32 << 10) + 512, &[0x22; 512]).unwrap();
+        img.flush().unwrap();
+        // A new table for L1 #3 takes the lowest free cluster, c6.
+        let data = vec![0x5a; 512];
+        img.write(96 << 10, &data).unwrap();
+        img.flush().unwrap();
+        let mut r = vec![0; 512];
+        img.read(96 << 10, &mut r).unwrap();
+        assert!(r == data, "the write reads back");
+        img.read(32 << 10, &mut r).unwrap();
+        assert!(
+            r.iter().all(|&x| x == 2),
+            "the copied table still maps guest 32k"
+        );
+        let mut again = open(&img.store.mem, true).unwrap();
+        again.read(96 << 10, &mut r).unwrap();
+        assert!(r == data, "the write survives a reopen");
+    }
+
     /// A live L2 table the refcounts count as free (found by the fuzzer):
     /// its copy-on-write queues a free of the old table, and the data
     /// cluster allocated in the same write must not be that cluster, or

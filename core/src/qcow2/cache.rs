@@ -103,6 +103,19 @@ impl CacheGeom {
         self.touch(w, i, clock);
     }
 
+    /// Empties the slot caching `offset`, if there is one and it is clean
+    /// and unpinned; `false` if it is dirty or pinned (still in use).
+    pub(crate) fn forget(&self, w: &mut [u64], offset: u64) -> bool {
+        match self.find(w, offset) {
+            Some(i) if self.tag(w, i) & (DIRTY | PIN_MASK) != 0 => false,
+            Some(i) => {
+                self.set_tag(w, i, 0);
+                true
+            }
+            None => true,
+        }
+    }
+
     /// Cluster offset held by slot `i`, if any.
     pub(crate) fn offset_of(&self, w: &[u64], i: usize) -> Option<u64> {
         let t = self.tag(w, i);

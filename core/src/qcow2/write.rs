@@ -322,8 +322,21 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             return Err(Stop::Need(Need::Flush));
         }
         let (k, _) = self.find_free(1)?;
-        self.claim(k, 1)?;
         let new = k << cb;
+        // A slot still caching the cluster just found holds a table no L1
+        // entry references any more: the old side of an earlier
+        // copy-on-write whose cluster a corrupt image counted once, freed
+        // since. Left there, a lookup of the new table would find the
+        // stale copy first and the flush would write both. Dirty or
+        // pinned, it is still live and the refcount lied: refuse.
+        if !geom.forget(self.words.as_mut(), new) {
+            return Err(Stop::Err(Qcow2Error::Overlap {
+                what: Meta::L2Table,
+                with: Meta::L2Table,
+                offset: new,
+            }));
+        }
+        self.claim(k, 1)?;
         let clock = self.tick();
         let w = self.words.as_mut();
         geom.assign(w, slot, new, clock);
