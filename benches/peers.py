@@ -32,12 +32,15 @@ MiB = 1 << 20
 DISK = GiB
 CLK = os.sysconf("SC_CLK_TCK")
 
-SERVERS = ["blockwire-mem", "nbdkit-mem", "qemu-nbd-file", "blockwire-file",
+SERVERS = ["blockwire-mem", "nbdkit-mem", "nbdkit-file", "qemu-nbd-file", "blockwire-file",
            "qemu-nbd-qcow2", "blockwire-qcow2"]
+# With --base-bin: the same two exports served by an earlier build, so a
+# change is measured against what it replaced in one interleaved run.
+BASE = ["blockwire-mem-base", "blockwire-file-base"]
 BLOCKWIRE = ["blockwire-mem", "blockwire-file", "blockwire-qcow2"]
 # Both serve the same qcow2 image, made by qemu-img from the random data.
 QCOW2 = ["qemu-nbd-qcow2", "blockwire-qcow2"]
-PEERS = ["nbdkit-mem", "qemu-nbd-file"]
+PEERS = ["nbdkit-mem", "nbdkit-file", "qemu-nbd-file"]
 TRANSPORTS = ["unix", "tcp"]
 
 # name -> (kind, fio options, reads data)
@@ -88,7 +91,7 @@ def reset_hwm(pid):
 
 
 class Server:
-    def __init__(self, kind, transport, work, disk_file, logdir, qcow2_file=None):
+    def __init__(self, kind, transport, work, disk_file, logdir, qcow2_file=None, base_bin=None):
         self.kind = kind
         sock = work / f"{kind}.sock"
         if sock.exists():
@@ -102,12 +105,18 @@ class Server:
             self.addr = (socket.AF_INET, ("127.0.0.1", port))
         if kind.startswith("blockwire"):
             listen = f"unix:{sock}" if transport == "unix" else f"tcp:127.0.0.1:{port}"
-            backing = (["--memory", "1G"] if kind == "blockwire-mem" else
+            backing = (["--memory", "1G"] if kind.startswith("blockwire-mem") else
                        [str(qcow2_file)] if kind == "blockwire-qcow2" else [str(disk_file)])
-            cmd = [str(BW), "serve", *backing, "--listen", listen, "-q"]
+            binary = base_bin if kind in BASE else BW
+            cmd = [str(binary), "serve", *backing, "--listen", listen, "-q"]
         elif kind == "nbdkit-mem":
             where = ["-U", str(sock)] if transport == "unix" else ["-i", "127.0.0.1", "-p", str(port)]
             cmd = ["nbdkit", "-f", "--exit-with-parent", *where, "memory", "1G"]
+        elif kind == "nbdkit-file":
+            # The file plugin's defaults (cache=default, fadvise=normal):
+            # what a user of nbdkit gets, as qemu-nbd runs with writeback.
+            where = ["-U", str(sock)] if transport == "unix" else ["-i", "127.0.0.1", "-p", str(port)]
+            cmd = ["nbdkit", "-f", "--exit-with-parent", *where, "file", str(disk_file)]
         elif kind == "qemu-nbd-file":
             where = ["-k", str(sock)] if transport == "unix" else ["-b", "127.0.0.1", "-p", str(port)]
             cmd = ["qemu-nbd", "-f", "raw", "-t", "--shared=8", "--cache=writeback",
@@ -269,6 +278,9 @@ def main():
     ap.add_argument("--transports", default=",".join(TRANSPORTS))
     ap.add_argument("--jobs", default=",".join(JOBS))
     ap.add_argument("--no-criterion", action="store_true")
+    ap.add_argument("--base-bin", metavar="PATH",
+                    help="also run blockwire-mem-base and blockwire-file-base with this "
+                    "earlier build of blockwire, interleaved with the rest")
     ap.add_argument("--perf", metavar="DIR",
                     help="perf record -g each blockwire server during its job into DIR")
     ap.add_argument("--note", default="", help="text added to the results file")
@@ -276,6 +288,8 @@ def main():
     if a.quick:
         a.seconds, a.reps = 2, 1
     servers = [s for s in a.servers.split(",") if s]
+    if a.base_bin:
+        servers += [b for b in BASE if b not in servers]
     if not shutil.which("qemu-nbd") and "qemu-nbd-file" in servers:
         servers.remove("qemu-nbd-file")
     if not shutil.which("qemu-img"):
@@ -294,6 +308,8 @@ def main():
 
     info = machine()
     info.update(seconds=a.seconds, reps=a.reps, note=a.note)
+    if a.base_bin:
+        info["base_bin"] = str(a.base_bin)
     crit = {} if a.no_criterion else criterion()
 
     work = Path(tempfile.mkdtemp(prefix="bw-peers-", dir="/dev/shm"))
@@ -321,10 +337,10 @@ def main():
                 for job in jobs:
                     kind, opts, reads = JOBS[job]
                     for sv in order:
-                        s = Server(sv, tr, work, disk, logdir, qcow2)
+                        s = Server(sv, tr, work, disk, logdir, qcow2, a.base_bin)
                         perf = None
                         try:
-                            if reads and sv.endswith("-mem"):
+                            if reads and "-mem" in sv:
                                 subprocess.run(["nbdcopy", str(src), s.uri], check=True)
                             reset_hwm(s.pid)
                             cpu0 = proc_cpu(s.pid)
