@@ -138,42 +138,50 @@ def goals(t, raw):
     lb, _ = loopback(raw)
     lines = []
 
-    def verdict(bad):
+    def verdict(bad, seen):
+        # A goal no row measured (no peer in the run) is not met by default.
+        if not seen:
+            return "not measured (no peer in this run)"
         return "met" if not bad else "**not met** (" + ", ".join(bad) + ")"
 
     four_k = ("randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32")
     for b in [b for b in BLOCKWIRE if b in t.servers]:
         lines.append(f"\n**{b}**\n")
         bad, bad32 = [], []
+        seen = seen32 = 0
         for label, job, tr, m, hi in t.rows(PERF_ROWS):
             if m not in ("iops", "mibs"):
                 continue
             r = t.ratio(job, tr, b, m, hi)
             if r is None:
                 continue
+            seen += 1
+            seen32 += job.endswith("qd32")
             if r < 1.1:
                 bad.append(f"{job} {tr} {r:.2f}")
             if job.endswith("qd32") and r < 1.3:
                 bad32.append(f"{job} {tr} {r:.2f}")
-        lines.append("- every row ≥ 1.1× the best peer: " + verdict(bad))
-        lines.append("- 4 KiB QD32 rows ≥ 1.3×: " + verdict(bad32))
-        bad = []
+        lines.append("- every row ≥ 1.1× the best peer: " + verdict(bad, seen))
+        lines.append("- 4 KiB QD32 rows ≥ 1.3×: " + verdict(bad32, seen32))
+        bad, seen = [], 0
         for tr in t.transports:
             for job in t.jobs:
                 r = t.ratio(job, tr, b, "cpu_s_per_gib", False)
                 need = 2 if job in four_k else 1
+                seen += r is not None
                 if r is not None and r < need:
                     bad.append(f"{job} {tr} {r:.2f}")
         lines.append("- CPU s/GiB ≤ ½ the best peer's on 4 KiB rows, ≤ the best peer's "
-                     "elsewhere (ratio ≥ 2 / ≥ 1): " + verdict(bad))
-        bad = []
+                     "elsewhere (ratio ≥ 2 / ≥ 1): " + verdict(bad, seen))
+        bad, seen = [], 0
         for tr in t.transports:
             for job in t.jobs:
                 r = t.ratio(job, tr, b, "hwm_mib", False)
+                seen += r is not None
                 if r is not None and r < 1:
                     bad.append(f"{job} {tr} {r:.2f}")
         lines.append(f"- VmHWM ≤ the lightest of {', '.join(LIKE[b])} on every row: "
-                     + verdict(bad))
+                     + verdict(bad, seen))
         parts = []
         for job in ("read-1m-qd8", "write-1m-qd8"):
             for tr in t.transports:
