@@ -228,7 +228,7 @@ pub struct Qcow2<S> {
     /// A flush or growth plan is in flight: no other plan or commit.
     pub(crate) flushing: bool,
     /// Refcount table growth between plan and commit.
-    pub(crate) grow: Option<super::write::Grow>,
+    pub(crate) grow: Option<super::plan::Grow>,
     /// The caller keeps the image's bitmaps up to date (loads them, records
     /// writes, stores them): the bitmaps autoclear bit may stay set.
     pub(crate) bitmaps_tracked: bool,

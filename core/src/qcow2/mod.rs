@@ -126,23 +126,29 @@
 //!
 //! The modules: [`header`] (cluster 0), [`layout`] (geometry, entry
 //! formats), [`create`] (new images), [`compress`], [`bitmaps`],
-//! [`chain`], [`write`](mod@write) (plans), [`error`].
+//! [`chain`], [`plan`] (the steps and tickets of write, write-zeroes,
+//! discard, flush and table growth, planned in `write`, `zero`, `flush`
+//! and `alloc`), [`error`].
 
+mod alloc;
 pub mod bitmaps;
 mod cache;
 pub mod chain;
 pub mod compress;
 pub mod create;
 pub mod error;
+mod flush;
 pub mod header;
 mod image;
 pub mod layout;
+pub mod plan;
 mod refcount;
-pub mod write;
+mod write;
+mod zero;
 
+pub use alloc::Alloc;
 pub use compress::Inflater;
 pub use error::{Meta, Qcow2Error};
 pub use header::{Header, HeaderArea};
 pub use image::{Config, Load, MapResult, Mapping, Need, Qcow2, Run};
-pub use write::Alloc;
-pub use write::{MetaSrc, Plan, Planned, Source, Step, Ticket};
+pub use plan::{MetaSrc, Plan, Planned, Source, Step, Ticket};
