@@ -68,6 +68,19 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
             }
             let mut zeroed = true;
             for k in k0..k0 + f.clusters as u64 {
+                if f.shared {
+                    // See queue_shared_free: below 2 the decrement could
+                    // free a cluster claimed since by new data; leak it.
+                    match self.refcount(k) {
+                        Ok(n) if n >= 2 => {}
+                        Ok(_) | Err(Stop::Grow) => {
+                            zeroed = false;
+                            continue;
+                        }
+                        Err(Stop::Err(e)) => return Err(e),
+                        Err(_) => return Err(Qcow2Error::Protocol),
+                    }
+                }
                 match self.refcount_add(k, -1) {
                     Ok(v) => zeroed &= v == 0,
                     // A cluster without a block has refcount 0 already:

@@ -178,6 +178,10 @@ pub(crate) struct PendingFree {
     pub epoch: u64,
     /// Discard the host range once the refcount hits zero.
     pub discard: bool,
+    /// The reference dropped was an active entry without `COPIED`, which
+    /// a consistent image counts at least twice (see
+    /// [`Qcow2::queue_shared_free`]).
+    pub shared: bool,
 }
 
 /// An open qcow2 image over caller-provided words `S`.

@@ -55,7 +55,6 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
     }
 
     /// Refcount of host cluster index `k`.
-    #[cfg(test)]
     pub(crate) fn refcount(&mut self, k: u64) -> Result<u64, Stop> {
         match self.refblock_slot(k) {
             Err(Stop::Grow) => Ok(0),
@@ -228,6 +227,23 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
     /// `[host, host + len)`, applied by a flush plan once the L2 change
     /// dropping them is on disk. Uses a slot reserved by the plan.
     pub(crate) fn queue_free(&mut self, host: u64, len: u64, discard: bool) {
+        self.queue(host, len, discard, false);
+    }
+
+    /// [`queue_free`](Self::queue_free) for the cluster of an active L1 or
+    /// L2 entry without `COPIED`. A consistent image counts such a cluster
+    /// at least twice (`qemu-img check` reports refcount 1 without `COPIED`
+    /// as an OFLAG_COPIED error), so the decrement is applied only while
+    /// the count is 2 or more. Below that the image lied about the cluster:
+    /// it was counted 0 and may have been handed to new data or a new
+    /// table since, which the decrement would then free under its owner.
+    /// The cluster leaks instead (QEMU's rule: leaks are allowed,
+    /// corruption never).
+    pub(crate) fn queue_shared_free(&mut self, host: u64, len: u64, discard: bool) {
+        self.queue(host, len, discard, true);
+    }
+
+    fn queue(&mut self, host: u64, len: u64, discard: bool, shared: bool) {
         let cb = self.lay.cluster_bits;
         let first = host >> cb;
         let last = (host + len.max(1) - 1) >> cb;
@@ -237,6 +253,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                 clusters: (last - first + 1) as u32,
                 epoch: self.epoch + 1,
                 discard,
+                shared,
             };
             self.frees_n += 1;
         }

@@ -144,8 +144,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
         self.l1_dirty = (self.l1_dirty.0.min(li), self.l1_dirty.1.max(li + 1));
         if off != 0 {
             // The old table loses the active L1's reference once the new L1
-            // entry is durable.
-            self.queue_free(off, 1 << cb, false);
+            // entry is durable. Its L1 entry has no COPIED: shared.
+            self.queue_shared_free(off, 1 << cb, false);
         }
         Ok(slot)
     }
@@ -380,7 +380,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                         (host, alloc | touched, zero & !(alloc | touched))
                     } else {
                         if host != 0 && !copied {
-                            self.queue_free(host, c, false);
+                            self.queue_shared_free(host, c, false);
                         }
                         // Subclusters whose data lived in the old host
                         // cluster were copied over.

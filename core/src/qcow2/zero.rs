@@ -284,7 +284,11 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Qcow2<S> {
                             0
                         };
                     if whole && host != 0 && (z.unmap || !copied) {
-                        self.queue_free(host, c, z.discard);
+                        if copied {
+                            self.queue_free(host, c, z.discard);
+                        } else {
+                            self.queue_shared_free(host, c, z.discard);
+                        }
                         lay.encode_l2(0, false, 0, zero_bits & lay.all_subs())
                     } else {
                         lay.encode_l2(host, copied, alloc2, zero_bits & !alloc2)

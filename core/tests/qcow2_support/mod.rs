@@ -963,3 +963,42 @@ pub fn check_refcounts(b: &[u8]) -> (u64, u64) {
     }
     (errors, leaks)
 }
+
+/// An image qemu-img creates with `opts` and qemu-io fills with `prefill`.
+pub fn make_image(name: &str, opts: &str, size: &str, prefill: &[&str]) -> Vec<u8> {
+    let d = tmpdir(name);
+    let p = d.join("h.qcow2");
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    let ps = p.to_str().unwrap().to_string();
+    args.push(&ps);
+    args.push(size);
+    run("qemu-img", &args);
+    if !prefill.is_empty() {
+        qemu_io(&p, prefill);
+    }
+    std::fs::read(&p).unwrap()
+}
+
+/// Opens image bytes in memory (no backing file can be found).
+pub fn open_bytes(b: &[u8], ro: bool) -> Result<Image, Qcow2Error> {
+    Image::open_store(
+        Store::mem(b.to_vec()),
+        std::path::Path::new("/nonexistent"),
+        &default_cfg(ro),
+    )
+}
+
+pub fn be32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+pub fn be64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+pub fn get64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
+}
