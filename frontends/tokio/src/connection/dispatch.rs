@@ -12,9 +12,8 @@ use std::io;
 use std::sync::Arc;
 
 use blockwire_core::block::Extent;
-use blockwire_core::block::stats::AcctType;
 use blockwire_core::server::{
-    Command, Fault, ReadChunk, ReadReply, ReplyEncoder, Request, StatusError, status_from,
+    Command, Fault, ReadChunk, ReadReply, ReplyEncoder, Request, StatusError, Step, status_from,
 };
 use blockwire_core::wire::Errno;
 use tokio::sync::mpsc;
@@ -113,22 +112,13 @@ pub(super) fn dispatch(
     );
 }
 
-fn acct_kind(req: &Request) -> Option<AcctType> {
-    match req.command {
-        Command::Read { .. } => Some(AcctType::Read),
-        Command::Write { .. } | Command::WriteZeroes { .. } => Some(AcctType::Write),
-        Command::Flush => Some(AcctType::Flush),
-        Command::Trim { .. } => Some(AcctType::Unmap),
-        Command::Cache { .. } | Command::BlockStatus { .. } => None,
-    }
-}
-
 /// Carries out one request, accounts it on the export's node, and returns
 /// its reply.
 async fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
     let node = job.node();
-    let kind = acct_kind(req);
-    let cookie = kind.map(|k| node.acct().start(now_ns(), k, req.len()));
+    let cookie = req
+        .acct_type()
+        .map(|k| node.acct().start(now_ns(), k, req.len()));
     let result = run(job, req, data).await;
     let failed = match &result {
         Ok(_) => None,
@@ -181,48 +171,39 @@ fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
     )
 }
 
-fn ok(job: &Job, req: &Request) -> io::Result<Reply> {
-    Ok(Reply::Short(job.encoder.result(req, Ok(()))))
-}
-
-async fn run(job: &Job, req: &Request, data: Vec<u8>) -> io::Result<Reply> {
+async fn run(job: &Job, req: &Request, mut data: Vec<u8>) -> io::Result<Reply> {
     let node = job.node();
-    match req.command {
-        Command::Read { .. } => read(job, req).await,
-        Command::Write { offset, len, fua } => {
-            let r = node.write(offset, &data[..len as usize], fua).wait().await;
-            job.pool.put(data);
-            r.and_then(|()| ok(job, req))
-        }
-        Command::Flush => node.flush().wait().await.and_then(|()| ok(job, req)),
-        Command::Trim { offset, len, fua } => {
-            node.discard(offset, len).wait().await?;
-            if fua {
-                node.flush().wait().await?;
+    for step in req.plan() {
+        match step {
+            Step::Read => return read(job, req).await,
+            Step::BlockStatus => return block_status(job, req).await,
+            // The node makes a write durable itself (`fua`).
+            Step::Write { offset, len, fua } => {
+                let data = std::mem::take(&mut data);
+                let r = node.write(offset, &data[..len as usize], fua).wait().await;
+                job.pool.put(data);
+                r?
             }
-            ok(job, req)
-        }
-        Command::WriteZeroes {
-            offset,
-            len,
-            may_trim,
-            fast,
-            fua,
-        } => {
-            let z = Zeroes {
-                may_unmap: may_trim,
+            Step::Discard { offset, len } => node.discard(offset, len).wait().await?,
+            Step::WriteZeroes {
+                offset,
+                len,
+                may_trim,
                 fast,
                 fua,
-            };
-            node.write_zeroes(offset, len, z).wait().await?;
-            ok(job, req)
+            } => {
+                let z = Zeroes {
+                    may_unmap: may_trim,
+                    fast,
+                    fua,
+                };
+                node.write_zeroes(offset, len, z).wait().await?
+            }
+            Step::Cache { offset, len } => node.cache(offset, len).wait().await?,
+            Step::Flush => node.flush().wait().await?,
         }
-        Command::Cache { offset, len } => {
-            node.cache(offset, len).wait().await?;
-            ok(job, req)
-        }
-        Command::BlockStatus { .. } => block_status(job, req).await,
     }
+    Ok(Reply::Short(job.encoder.result(req, Ok(()))))
 }
 
 /// A read, as the core plans its reply: one data chunk, or data and hole
