@@ -12,6 +12,7 @@ use std::io;
 use std::sync::Arc;
 
 use blockwire_core::block::Extent;
+use blockwire_core::block::contract::StatusGather;
 use blockwire_core::server::{
     Command, Fault, ReadChunk, ReadReply, ReplyEncoder, Request, StatusError, Step, status_from,
 };
@@ -255,8 +256,8 @@ async fn read(job: &Job, req: &Request) -> io::Result<Reply> {
 }
 
 /// The node's status of `[offset, offset+len)` as extents of one field
-/// (`base:allocation` flags or the allocation depth), asking again where
-/// the node stopped short, until `max` extents.
+/// (`base:allocation` flags or the allocation depth), gathered as the core
+/// plans it, until `max` extents.
 async fn status(
     node: &Node,
     offset: u64,
@@ -265,29 +266,13 @@ async fn status(
     out: &mut Vec<Extent>,
     field: impl Fn(&crate::block::Status) -> u64,
 ) -> io::Result<()> {
-    let mut pos = offset;
-    let end = offset + len;
+    let mut gather = StatusGather::new(offset, len);
     let mut runs = Vec::new();
-    while pos < end && out.len() < max {
+    while let Some((pos, n)) = gather.query().filter(|_| out.len() < max) {
         runs.clear();
-        node.block_status(pos, end - pos, &mut runs).wait().await?;
-        let before = pos;
-        for s in &runs {
-            let n = s.len.min(end - pos);
-            if n == 0 {
-                continue;
-            }
-            out.push(Extent::new(n, field(s)));
-            pos += n;
-            if pos >= end {
-                break;
-            }
-        }
-        if pos == before {
-            // A node that answers nothing: the rest is data, always safe.
-            out.push(Extent::new(end - pos, 0));
-            break;
-        }
+        node.block_status(pos, n, &mut runs).wait().await?;
+        let extents = runs.iter().map(|s| Extent::new(s.len, field(s)));
+        gather.answer(extents, |e| out.push(e));
     }
     Ok(())
 }
@@ -295,54 +280,33 @@ async fn status(
 /// One chunk per selected context, assembled by the core from what the
 /// node (or a bitmap) says.
 async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
-    let Command::BlockStatus {
-        offset,
-        len,
-        contexts,
-        ..
-    } = req.command
-    else {
+    let Command::BlockStatus { contexts, .. } = req.command else {
         return Err(io::Error::other("not a block status request"));
     };
     // Gather each context's extents first (node I/O may wait), then let
     // the core encode: it asks synchronously.
-    let max = if matches!(req.command, Command::BlockStatus { req_one: true, .. }) {
-        1
-    } else {
-        MAX_STATUS_EXTENTS as usize
-    };
+    let q = job.encoder.status_query(req, MAX_STATUS_EXTENTS);
+    let max = if q.req_one { 1 } else { q.max_extents as usize };
+    let (node, at, len) = (job.node(), q.offset, q.length);
+    let einval = || io::Error::from_raw_os_error(libc::EINVAL);
     let mut answers: Vec<(u32, Vec<Extent>)> = Vec::new();
     for id in contexts.iter() {
-        let kind = job
-            .export
-            .contexts
-            .get(id as usize)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut ex = Vec::new();
-        match kind {
-            ContextKind::Allocation => {
-                status(job.node(), offset, len, max, &mut ex, |s| s.flags).await?
-            }
+        match job.export.contexts.get(id as usize).ok_or_else(einval)? {
+            ContextKind::Allocation => status(node, at, len, max, &mut ex, |s| s.flags).await?,
             ContextKind::AllocationDepth => {
-                status(job.node(), offset, len, max, &mut ex, |s| {
-                    u64::from(s.depth)
-                })
-                .await?
+                status(node, at, len, max, &mut ex, |s| u64::from(s.depth)).await?
             }
-            ContextKind::DirtyBitmap { node, name } => {
-                let q = job.encoder.status_query(req, MAX_STATUS_EXTENTS);
-                node.with_bitmaps(|set| {
-                    let bm = set
-                        .get(name)
-                        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-                    bm.block_status(&q, &mut |e| {
+            ContextKind::DirtyBitmap { node, name } => node.with_bitmaps(|set| {
+                let answer = set
+                    .get(name)
+                    .ok_or_else(einval)?
+                    .block_status(&q, &mut |e| {
                         ex.push(e);
                         true
-                    })
-                    .map(|_| ())
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-                })?
-            }
+                    });
+                answer.map(|_| ()).map_err(|_| einval())
+            })?,
         }
         answers.push((id, ex));
     }
@@ -355,11 +319,8 @@ async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
         &mut out,
         |id, _, sink| {
             if let Some((_, ex)) = answers.iter().find(|(i, _)| *i == id) {
-                for e in ex {
-                    if !sink(*e) {
-                        break;
-                    }
-                }
+                // `all` stops where the sink is full.
+                let _ = ex.iter().all(|e| sink(*e));
             }
             Ok::<(), io::Error>(())
         },
