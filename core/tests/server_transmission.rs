@@ -931,6 +931,24 @@ fn read_replies_follow_one_hole_rule() {
 }
 
 #[test]
+fn device_limits_become_block_sizes() {
+    use blockwire_core::server::BlockSizes;
+    let b = |a, p, m| {
+        let s = BlockSizes::of_device(a, p, m);
+        assert!(s.is_valid(), "{s:?}");
+        (s.minimum, s.preferred, s.maximum)
+    };
+    assert_eq!(b(0, 0, 0), (1, 4096, DEFAULT_MAX_PAYLOAD));
+    assert_eq!(b(3, 65537, 1 << 20), (4, 1 << 17, 1 << 20));
+    // A large alignment: the preferred size and the maximum follow it.
+    assert_eq!(b(1 << 16, 512, 4096), (1 << 16, 1 << 16, 1 << 16));
+    assert_eq!(
+        b(1 << 30, 1 << 30, 1 << 30),
+        (MAX_MIN_BLOCK, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD)
+    );
+}
+
+#[test]
 fn device_caps_become_flags() {
     use blockwire_core::server::DeviceCaps;
     let rw = DeviceCaps {

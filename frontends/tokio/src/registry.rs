@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX;
 use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
-use blockwire_core::wire::{DEFAULT_MAX_PAYLOAD, MAX_MIN_BLOCK, TransmissionFlags};
+use blockwire_core::wire::TransmissionFlags;
 
 use crate::block::{Event, Graph, GraphError, Node};
 
@@ -125,11 +125,6 @@ fn find_bitmap(node: &Arc<Node>, name: &str) -> Option<Arc<Node>> {
         .find_map(|c| find_bitmap(&c.node, name))
 }
 
-fn pow2_clamp(v: u64, lo: u32, hi: u32) -> u32 {
-    let v = v.clamp(u64::from(lo), u64::from(hi));
-    (v as u32).next_power_of_two().min(hi)
-}
-
 impl Export {
     /// `block-export-add type=nbd`: checks the node and bitmaps as QEMU's
     /// NBD server does, and takes hold of the node.
@@ -178,14 +173,11 @@ impl Export {
             rotational: false,
         }
         .transmission_flags();
-        let minimum = pow2_clamp(u64::from(info.align.max(1)), 1, MAX_MIN_BLOCK);
-        let preferred =
-            pow2_clamp(u64::from(info.preferred_block.max(4096)), 512, 1 << 25).max(minimum);
-        let maximum = match info.max_transfer {
-            0 => DEFAULT_MAX_PAYLOAD,
-            m => m.min(DEFAULT_MAX_PAYLOAD),
-        }
-        .max(preferred);
+        let block_sizes = BlockSizes::of_device(
+            info.align.into(),
+            info.preferred_block.into(),
+            info.max_transfer.into(),
+        );
         let context_names = contexts.iter().map(ContextKind::name).collect();
         lease.made = true;
         Ok(Self {
@@ -195,12 +187,8 @@ impl Export {
             node,
             writable: cfg.writable,
             flags,
-            block_sizes: BlockSizes {
-                minimum,
-                preferred,
-                maximum,
-            },
-            block_size_required: minimum > 1,
+            block_sizes,
+            block_size_required: block_sizes.minimum > 1,
             contexts,
             context_names,
             clients: Arc::new(AtomicUsize::new(0)),
