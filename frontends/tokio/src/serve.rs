@@ -225,32 +225,15 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
     Ok(())
 }
 
-/// Flushes `node` where its I/O may run (a blocking node on the blocking
-/// pool).
+/// Flushes `node` where its I/O may run.
 pub(crate) async fn flush(node: &Arc<Node>) -> io::Result<()> {
-    if node.blocking() {
-        let n = node.clone();
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(n.flush().wait()))
-            .await
-            .map_err(io::Error::other)?
-    } else {
-        node.flush().wait().await
-    }
+    node.run(|n| async move { n.flush().wait().await }).await
 }
 
 /// Stores `node`'s persistent dirty bitmaps (close) where its I/O may
-/// run, as [`flush`].
+/// run.
 pub(crate) async fn store_bitmaps(node: &Arc<Node>) -> io::Result<()> {
-    if node.blocking() {
-        let n = node.clone();
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(n.store_bitmaps()))
-            .await
-            .map_err(io::Error::other)?
-    } else {
-        node.store_bitmaps().await
-    }
+    node.run(|n| async move { n.store_bitmaps().await }).await
 }
 
 /// On `SIGUSR1`, logs the graph as `query-named-block-nodes` and
