@@ -121,31 +121,26 @@ async fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
         .acct_type()
         .map(|k| node.acct().start(now_ns(), k, req.len()));
     let result = run(job, req, data).await;
-    let failed = match &result {
-        Ok(_) => None,
-        Err(e) => Some(e),
-    };
     if let Some(c) = cookie {
         let mut acct = node.acct();
-        match failed {
-            None => acct.done(c, now_ns()),
-            Some(_) => acct.failed(c, now_ns()),
+        match result {
+            Ok(_) => acct.done(c, now_ns()),
+            Err(_) => acct.failed(c, now_ns()),
         }
     }
-    match result {
-        Ok(reply) => reply,
-        Err(e) => {
-            if let Some(op) = io_operation(req, &e) {
-                node.events().send(Event::IoError {
-                    node_name: node.name().to_owned(),
-                    operation: op,
-                    nospace: e.raw_os_error() == Some(libc::ENOSPC),
-                    reason: e.to_string(),
-                });
-            }
-            error_reply(job, req, &e)
-        }
+    let e = match result {
+        Ok(reply) => return reply,
+        Err(e) => e,
+    };
+    if let Some(op) = io_operation(req, &e) {
+        node.events().send(Event::IoError {
+            node_name: node.name().to_owned(),
+            operation: op,
+            nospace: e.raw_os_error() == Some(libc::ENOSPC),
+            reason: e.to_string(),
+        });
     }
+    error_reply(job, req, &e)
 }
 
 /// The operation a failure is reported as in `BLOCK_IO_ERROR`, for
@@ -157,10 +152,13 @@ fn io_operation(req: &Request, e: &io::Error) -> Option<&'static str> {
     ) {
         return None;
     }
-    match req.command {
-        Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => Some("read"),
-        _ => Some("write"),
-    }
+    Some(match req.command {
+        Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => "read",
+        Command::Write { .. }
+        | Command::Flush
+        | Command::Trim { .. }
+        | Command::WriteZeroes { .. } => "write",
+    })
 }
 
 fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
@@ -215,14 +213,11 @@ async fn read(job: &Job, req: &Request) -> io::Result<Reply> {
         return Err(io::Error::other("not a read"));
     };
     let (start, len) = (req.offset(), req.len());
-    let mut buf = job.pool.get(len as usize);
     let mut extents: Vec<Extent> = Vec::new();
     if plan.wants_status() {
-        if let Err(e) = status(node, start, len, usize::MAX, &mut extents, |s| s.flags).await {
-            job.pool.put(buf);
-            return Err(e);
-        }
+        status(node, start, len, usize::MAX, &mut extents, |s| s.flags).await?;
     }
+    let mut buf = job.pool.get(len as usize);
     let mut status = status_from(&extents, start);
     let mut parts = Vec::new();
     while let Some(chunk) = plan.next_chunk(u64::MAX, &mut status) {
