@@ -114,17 +114,6 @@ impl Drop for ClientGuard {
     }
 }
 
-/// Finds a bitmap on `node` or down its chain of children, as QEMU looks
-/// for an export's bitmaps.
-fn find_bitmap(node: &Arc<Node>, name: &str) -> Option<Arc<Node>> {
-    if node.has_bitmap(name) {
-        return Some(node.clone());
-    }
-    node.children()
-        .iter()
-        .find_map(|c| find_bitmap(&c.node, name))
-}
-
 impl Export {
     /// `block-export-add type=nbd`: checks the node and bitmaps as QEMU's
     /// NBD server does, and takes hold of the node.
@@ -142,7 +131,8 @@ impl Export {
             contexts.push(ContextKind::AllocationDepth);
         }
         for b in &cfg.bitmaps {
-            let Some(owner) = find_bitmap(&node, b) else {
+            // Where QEMU looks for an export's bitmaps: the node or below.
+            let Some(owner) = node.find_below(&|n| n.has_bitmap(b)) else {
                 return Err(GraphError::Generic(format!("Bitmap '{b}' is not found")));
             };
             let recording = owner.bitmaps().iter().any(|i| i.name == *b && i.recording);

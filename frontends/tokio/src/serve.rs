@@ -57,16 +57,13 @@ pub(crate) fn qapi_export(
     graph: &Graph,
     multi_conn: bool,
 ) -> Result<ExportConfig, String> {
-    fn below(node: &Arc<Node>, name: &str) -> bool {
-        node.name() == name || node.children().iter().any(|c| below(&c.node, name))
-    }
     let top = graph
         .get(&e.node_name)
         .ok_or_else(|| format!("Cannot find device='' nor node-name='{}'", e.node_name))?;
     let mut bitmaps = Vec::new();
     for b in &e.bitmaps {
         if let BitmapRef::Node { node, name } = b {
-            if !below(&top, node) {
+            if top.find_below(&|n| n.name() == node).is_none() {
                 return Err(format!(
                     "Bitmap '{name}' of node '{node}' cannot be exported: \
                      blockwire exports bitmaps of the exported node or of nodes below it"

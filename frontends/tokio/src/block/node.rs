@@ -341,6 +341,15 @@ impl Node {
         self.driver.children()
     }
 
+    /// This node or the first below it, depth first, that `pred` accepts:
+    /// where an export looks for its bitmaps.
+    pub fn find_below(self: &Arc<Self>, pred: &dyn Fn(&Node) -> bool) -> Option<Arc<Node>> {
+        if pred(self) {
+            return Some(self.clone());
+        }
+        self.children().iter().find_map(|c| c.node.find_below(pred))
+    }
+
     pub fn filename(&self) -> String {
         self.driver.filename()
     }

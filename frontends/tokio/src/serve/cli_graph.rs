@@ -10,9 +10,9 @@ use blockwire_core::block::zero_policy::Discard;
 use tracing::info;
 
 use super::Error;
+use crate::block::Graph;
 use crate::block::drivers::file::FileDriver;
 use crate::block::options::{Aio, BlockdevOptions, BlockdevRef, DriverOptions, OnOffAuto};
-use crate::block::{Graph, Node};
 use crate::cli::{ExportSpec, ImageFormat, ServeArgs, SourceSpec};
 use crate::registry::ExportConfig;
 
@@ -281,13 +281,13 @@ pub(super) async fn sugar(
     }
     for b in &p.bitmaps {
         // A bitmap the image stores (qcow2) is exported as it is.
-        if inconsistent_bitmap_below(&node, b) {
+        if node.find_below(&|n| n.has_inconsistent_bitmap(b)).is_some() {
             return Err(ctx(&format!(
                 "Bitmap '{b}' is inconsistent and cannot be used (stored in the image, in use by a writer that did not close it; remove it with qemu-img bitmap --remove)"
             ))
             .into());
         }
-        if has_bitmap_below(&node, b) {
+        if node.find_below(&|n| n.has_bitmap(b)).is_some() {
             info!("export {:?}: dirty bitmap {b:?} from the image", p.name);
             continue;
         }
@@ -304,22 +304,6 @@ pub(super) async fn sugar(
         allocation_depth: p.allocation_depth,
         multi_conn: args.multi_conn(),
     })
-}
-
-fn has_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
-    node.has_bitmap(name)
-        || node
-            .children()
-            .iter()
-            .any(|c| has_bitmap_below(&c.node, name))
-}
-
-fn inconsistent_bitmap_below(node: &Arc<Node>, name: &str) -> bool {
-    node.has_inconsistent_bitmap(name)
-        || node
-            .children()
-            .iter()
-            .any(|c| inconsistent_bitmap_below(&c.node, name))
 }
 
 /// A file name that names an RBD image, as qemu-nbd reads it (a local
