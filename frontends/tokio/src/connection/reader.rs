@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use blockwire_core::server::{CloseReason, Event, Request, Server, Session, ShortReply};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, warn};
 
 use super::dispatch::{Job, dispatch};
@@ -152,11 +152,7 @@ pub(super) async fn transmission<S: Socket>(
                                 tokio::select! {
                                     r = rd.read_exact(&mut buf[have..payload]) => { r?; }
                                     _ = writer_gone.notified() => return Ok(()),
-                                    _ = shutdown.wait_for(|s| *s) => {
-                                        server.shutdown();
-                                        return Ok(());
-                                    }
-                                    _ = kicked.wait_for(|s| *s) => {
+                                    _ = stopped(&mut shutdown, &mut kicked) => {
                                         server.shutdown();
                                         return Ok(());
                                     }
@@ -190,11 +186,7 @@ pub(super) async fn transmission<S: Socket>(
             }
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|s| *s) => {
-                    server.shutdown();
-                    return Ok(());
-                }
-                _ = kicked.wait_for(|s| *s) => {
+                _ = stopped(&mut shutdown, &mut kicked) => {
                     server.shutdown();
                     return Ok(());
                 }
@@ -214,4 +206,14 @@ pub(super) async fn transmission<S: Socket>(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Resolves once the server shuts down or the export is removed by force
+/// (`kicked`): either way the connection stops reading requests.
+async fn stopped(shutdown: &mut watch::Receiver<bool>, kicked: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|s| *s) => {}
+        _ = kicked.wait_for(|s| *s) => {}
+    }
 }
