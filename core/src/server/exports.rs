@@ -170,7 +170,8 @@ pub struct ExportInfo<'a> {
 /// time hands each connection a snapshot, so positions stay meaningful for
 /// the connection's lifetime.
 pub trait Exports {
-    /// Position of the export called `name`; `""` names the default export.
+    /// Position of the export called `name`. The machine makes `""`, if no
+    /// export has that name, the default export: the first.
     fn find(&self, name: &str) -> Option<usize>;
 
     /// The export at `index`, or `None` past the last.
@@ -193,6 +194,14 @@ impl<T: Exports + ?Sized> Exports for &T {
     fn meta_context(&self, export: usize, index: usize) -> Option<&str> {
         (**self).meta_context(export, index)
     }
+}
+
+/// The export a client's `name` asks for: the one of that name, else for
+/// `""` the default export (the first), the spec's reading of an empty name.
+pub(super) fn resolve(exports: &impl Exports, name: &str) -> Option<usize> {
+    exports
+        .find(name)
+        .or_else(|| (name.is_empty() && exports.export(0).is_some()).then_some(0))
 }
 
 /// A set of metadata contexts of one export, by id (position).

@@ -51,7 +51,7 @@ impl<'n> Export<'n> {
 
 impl Exports for Export<'_> {
     fn find(&self, name: &str) -> Option<usize> {
-        (name.is_empty() || name == self.name).then_some(0)
+        (name == self.name).then_some(0)
     }
 
     fn export(&self, index: usize) -> Option<ExportInfo<'_>> {

@@ -310,12 +310,7 @@ pub struct Snapshot(pub Arc<ExportTable>);
 
 impl Exports for Snapshot {
     fn find(&self, name: &str) -> Option<usize> {
-        match self.0.find(name) {
-            Some(i) => Some(i),
-            // "" is the default export: the first, whatever its name.
-            None if name.is_empty() && !self.0.is_empty() => Some(0),
-            None => None,
-        }
+        self.0.find(name)
     }
 
     fn export(&self, index: usize) -> Option<ExportInfo<'_>> {
@@ -379,13 +374,11 @@ mod tests {
         let snap = Snapshot(r.snapshot());
         r.remove("a").unwrap();
         assert_eq!(snap.find("b"), Some(1));
-        assert_eq!(snap.find(""), Some(0));
         assert_eq!(snap.export(0).unwrap().name, "a");
         assert_eq!(snap.meta_context(1, 1), Some("qemu:allocation-depth"));
         assert_eq!(snap.meta_context(1, 2), None);
         let now = Snapshot(r.snapshot());
         assert_eq!(now.find("a"), None);
-        assert_eq!(now.find(""), Some(0));
         assert_eq!(now.export(0).unwrap().name, "b");
         // The node of a removed export is free once nobody uses the export.
         assert_eq!(g.users("n0"), 1);
