@@ -4,7 +4,6 @@
 mod cli_graph;
 
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::block::{Graph, Node};
 use crate::cli::{ServeArgs, TlsMode};
 use crate::connection::ConnContext;
 use crate::listen::{self, Inherited, ListenAddr, Listener, Tracker};
+use crate::pid_file::PidFile;
 use crate::registry::{Export, ExportConfig, Registry};
 use crate::{shutdown, tls};
 
@@ -246,21 +246,4 @@ fn report_on_sigusr1(graph: Arc<Graph>) -> io::Result<()> {
         }
     });
     Ok(())
-}
-
-/// Removes the pid file on drop.
-pub(crate) struct PidFile(PathBuf);
-
-impl PidFile {
-    pub(crate) fn create(p: &Path) -> Result<Self, Error> {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("{}: cannot write pid file: {e}", p.display()))?;
-        Ok(Self(p.to_owned()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
