@@ -186,8 +186,8 @@ impl Request {
         let (first, then) = match self.command {
             Command::Read { .. } => (Step::Read, None),
             Command::BlockStatus { .. } => (Step::BlockStatus, None),
-            // An empty write stores nothing; its FUA still asks for
-            // everything before it to be durable.
+            // An empty write stores nothing; with FUA it is a flush, the
+            // safe reading of "durable before the reply".
             Command::Write {
                 len: 0, fua: false, ..
             } => return Plan::EMPTY,
