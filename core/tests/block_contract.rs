@@ -221,4 +221,20 @@ mod block_contract {
         assert!(got.is_empty());
         assert_eq!(s, StatusSummary::default());
     }
+
+    #[test]
+    fn status_gather_clips_skips_empty_runs_and_asks_again_where_short() {
+        let mut g = StatusGather::new(100, 1000);
+        let mut got = Vec::new();
+        g.answer([Extent::new(0, 1), Extent::new(300, 3)], |e| got.push(e));
+        assert_eq!(g.query(), Some((400, 700)));
+        // Runs past the end are clipped, and the rest of an answer is dropped.
+        g.answer([Extent::new(900, 0), Extent::new(5, 2)], |e| got.push(e));
+        assert_eq!(g.query(), None);
+        assert_eq!(got, [Extent::new(300, 3), Extent::new(700, 0)]);
+        // Nothing to gather: nothing asked, nothing said.
+        let mut g = StatusGather::new(7, 0);
+        assert_eq!(g.query(), None);
+        g.answer([Extent::new(1, 1)], |_| panic!("extent for an empty range"));
+    }
 }

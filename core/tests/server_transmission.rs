@@ -3,7 +3,11 @@
 mod common;
 
 use blockwire_core::block::Extent;
-use blockwire_core::server::{CloseReason, Command, ContextSet, ReplyEncoder, Request};
+use blockwire_core::block::contract::BlockError;
+use blockwire_core::block::stats::AcctType;
+use blockwire_core::server::{
+    CloseReason, Command, ContextSet, Fault, ReplyEncoder, Request, Step,
+};
 use blockwire_core::wire::*;
 use common::*;
 
@@ -602,6 +606,111 @@ fn extended_requests_carry_64_bit_effect_lengths() {
     assert_eq!(expect_request(&mut p).len(), 1 << 20);
 }
 
+// ---- what a request asks of the device ----
+
+#[test]
+fn plans_spell_out_fua_and_empty_writes() {
+    let plan = |command| Request { cookie: 1, command }.plan().collect::<Vec<_>>();
+    let write = |len, fua| Command::Write {
+        offset: 8,
+        len,
+        fua,
+    };
+    assert_eq!(
+        plan(write(512, true)),
+        [Step::Write {
+            offset: 8,
+            len: 512,
+            fua: true
+        }]
+    );
+    // An empty write stores nothing; with FUA it is a flush.
+    assert_eq!(plan(write(0, false)), []);
+    assert_eq!(plan(write(0, true)), [Step::Flush]);
+    let trim = |fua| Command::Trim {
+        offset: 8,
+        len: 4096,
+        fua,
+    };
+    assert_eq!(
+        plan(trim(false)),
+        [Step::Discard {
+            offset: 8,
+            len: 4096
+        }]
+    );
+    assert_eq!(
+        plan(trim(true)),
+        [
+            Step::Discard {
+                offset: 8,
+                len: 4096
+            },
+            Step::Flush
+        ]
+    );
+    let zeroes = Command::WriteZeroes {
+        offset: 8,
+        len: 4096,
+        may_trim: true,
+        fast: true,
+        fua: true,
+    };
+    assert_eq!(
+        plan(zeroes),
+        [Step::WriteZeroes {
+            offset: 8,
+            len: 4096,
+            may_trim: true,
+            fast: true,
+            fua: true
+        }]
+    );
+    assert_eq!(plan(Command::Flush), [Step::Flush]);
+    assert_eq!(
+        plan(Command::Cache { offset: 8, len: 1 }),
+        [Step::Cache { offset: 8, len: 1 }]
+    );
+    let read = Command::Read {
+        offset: 0,
+        len: 1,
+        no_fragment: false,
+    };
+    assert_eq!(plan(read), [Step::Read]);
+    let r = Request {
+        cookie: 1,
+        command: read,
+    };
+    assert_eq!(r.acct_type(), Some(AcctType::Read));
+    let r = Request {
+        cookie: 1,
+        command: zeroes,
+    };
+    assert_eq!(r.acct_type(), Some(AcctType::Write));
+    let r = Request {
+        cookie: 1,
+        command: trim(true),
+    };
+    assert_eq!(r.acct_type(), Some(AcctType::Unmap));
+    let r = Request {
+        cookie: 1,
+        command: Command::Cache { offset: 0, len: 1 },
+    };
+    assert_eq!(r.acct_type(), None);
+}
+
+#[test]
+fn device_errors_reach_the_client_with_their_message() {
+    let f = Fault::from(BlockError::NoSpace);
+    assert_eq!(
+        (f.errno, f.message),
+        (Errno::ENOSPC, "no space left on the device")
+    );
+    let f = Fault::from(BlockError::Io(5));
+    assert_eq!((f.errno, f.message), (Errno::EIO, "I/O error"));
+    assert_eq!(BlockError::Io(5).to_string(), "I/O error (errno 5)");
+}
+
 // ---- reply encoding ----
 
 fn a_request(cmd: CommandType, flags: CommandFlags, offset: u64, length: u64) -> Request {
@@ -819,6 +928,24 @@ fn read_replies_follow_one_hole_rule() {
         Some(ReadChunk::Empty(_))
     ));
     assert!(p.next_chunk(1, |_, m| Extent::new(m, 0)).is_none());
+}
+
+#[test]
+fn device_limits_become_block_sizes() {
+    use blockwire_core::server::BlockSizes;
+    let b = |a, p, m| {
+        let s = BlockSizes::of_device(a, p, m);
+        assert!(s.is_valid(), "{s:?}");
+        (s.minimum, s.preferred, s.maximum)
+    };
+    assert_eq!(b(0, 0, 0), (1, 4096, DEFAULT_MAX_PAYLOAD));
+    assert_eq!(b(3, 65537, 1 << 20), (4, 1 << 17, 1 << 20));
+    // A large alignment: the preferred size and the maximum follow it.
+    assert_eq!(b(1 << 16, 512, 4096), (1 << 16, 1 << 16, 1 << 16));
+    assert_eq!(
+        b(1 << 30, 1 << 30, 1 << 30),
+        (MAX_MIN_BLOCK, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD)
+    );
 }
 
 #[test]

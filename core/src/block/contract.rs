@@ -438,3 +438,70 @@ impl<'q, 's> ExtentEmitter<'q, 's> {
         self.summary
     }
 }
+
+/// The status of a range gathered from a device that may answer only part
+/// of what it is asked (a driver stops at a cluster or an object edge):
+/// ask again where it stopped short, until the range is covered.
+///
+/// ```
+/// use blockwire_core::block::Extent;
+/// use blockwire_core::block::contract::StatusGather;
+///
+/// let mut g = StatusGather::new(0, 8192);
+/// let mut got = Vec::new();
+/// assert_eq!(g.query(), Some((0, 8192)));
+/// g.answer([Extent::new(4096, 3)], |e| got.push(e));
+/// assert_eq!(g.query(), Some((4096, 4096)));
+/// // An answer that covers nothing: the rest is data.
+/// g.answer([], |e| got.push(e));
+/// assert_eq!(g.query(), None);
+/// assert_eq!(got, [Extent::new(4096, 3), Extent::new(4096, 0)]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusGather {
+    pos: u64,
+    end: u64,
+}
+
+impl StatusGather {
+    /// Gathering `[offset, offset + length)`.
+    pub const fn new(offset: u64, length: u64) -> Self {
+        Self {
+            pos: offset,
+            end: offset.saturating_add(length),
+        }
+    }
+
+    /// The range to ask the device for next, as `(offset, length)`; `None`
+    /// once the whole range is described.
+    pub const fn query(&self) -> Option<(u64, u64)> {
+        if self.pos < self.end {
+            Some((self.pos, self.end - self.pos))
+        } else {
+            None
+        }
+    }
+
+    /// The device's answer to [`query`](Self::query): its runs in order
+    /// from the offset asked, passed on to `out` clipped to the range,
+    /// empty ones dropped. An answer that describes nothing ends the
+    /// gathering with the rest as data (status 0, always a safe answer), so
+    /// a device that never answers cannot make a caller loop.
+    pub fn answer(&mut self, runs: impl IntoIterator<Item = Extent>, mut out: impl FnMut(Extent)) {
+        let before = self.pos;
+        for run in runs {
+            if self.pos >= self.end {
+                break;
+            }
+            let n = run.length.min(self.end - self.pos);
+            if n > 0 {
+                out(Extent::new(n, run.flags));
+                self.pos += n;
+            }
+        }
+        if self.pos == before && self.pos < self.end {
+            out(Extent::new(self.end - self.pos, 0));
+            self.pos = self.end;
+        }
+    }
+}

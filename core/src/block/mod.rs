@@ -43,18 +43,30 @@ mod error_text {
         };
     }
 
+    impl BlockError {
+        /// What went wrong, in words for a user or a client (the message
+        /// of an NBD error chunk).
+        pub const fn message(&self) -> &'static str {
+            match self {
+                BlockError::OutOfRange => "request outside the device",
+                BlockError::Misaligned => "request not aligned to the device",
+                BlockError::TooLarge => "request too large for the device",
+                BlockError::Invalid => "invalid request or configuration",
+                BlockError::NotSupported => "not supported by the device",
+                BlockError::NoSpace => "no space left on the device",
+                BlockError::Busy => "not permitted in the current state",
+                BlockError::StorageTooSmall => "storage too small for the geometry",
+                BlockError::Io(_) => "I/O error",
+            }
+        }
+    }
+
     impl fmt::Display for BlockError {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.message())?;
             match self {
-                BlockError::OutOfRange => f.write_str("request outside the device"),
-                BlockError::Misaligned => f.write_str("request not aligned to the device"),
-                BlockError::TooLarge => f.write_str("request too large for the device"),
-                BlockError::Invalid => f.write_str("invalid request or configuration"),
-                BlockError::NotSupported => f.write_str("not supported by the device"),
-                BlockError::NoSpace => f.write_str("no space left on the device"),
-                BlockError::Busy => f.write_str("not permitted in the current state"),
-                BlockError::StorageTooSmall => f.write_str("storage too small for the geometry"),
-                BlockError::Io(e) => write!(f, "I/O error (errno {e})"),
+                BlockError::Io(e) => write!(f, " (errno {e})"),
+                _ => Ok(()),
             }
         }
     }

@@ -21,6 +21,37 @@ impl BlockSizes {
         maximum: DEFAULT_MAX_PAYLOAD,
     };
 
+    /// What an export over a device advertises, from the device's
+    /// request alignment, preferred request size and longest transfer (0
+    /// for no limit): each rounded up to a power of two within the spec's
+    /// bounds, the preferred size at least 4 KiB (the page size clients
+    /// cache in) and at most the default maximum payload, the maximum the
+    /// device's limit or the default payload, whichever is lower, but never
+    /// below the preferred size.
+    pub const fn of_device(align: u64, preferred: u64, max_transfer: u64) -> Self {
+        let minimum = pow2_within(align, 1, MAX_MIN_BLOCK);
+        let mut preferred = pow2_within(
+            if preferred > 4096 { preferred } else { 4096 },
+            512,
+            DEFAULT_MAX_PAYLOAD,
+        );
+        if preferred < minimum {
+            preferred = minimum;
+        }
+        let mut maximum = DEFAULT_MAX_PAYLOAD;
+        if max_transfer > 0 && max_transfer < maximum as u64 {
+            maximum = max_transfer as u32;
+        }
+        if maximum < preferred {
+            maximum = preferred;
+        }
+        Self {
+            minimum,
+            preferred,
+            maximum,
+        }
+    }
+
     /// Whether these values obey the spec's rules for advertising them:
     /// minimum a power of two ≤ 64 KiB, preferred a power of two ≥
     /// max(minimum, 512), maximum ≥ preferred.
@@ -31,6 +62,18 @@ impl BlockSizes {
             && self.preferred >= self.minimum
             && self.preferred >= 512
             && self.maximum >= self.preferred
+    }
+}
+
+/// `v` rounded up to a power of two within `[lo, hi]` (both powers of
+/// two).
+const fn pow2_within(v: u64, lo: u32, hi: u32) -> u32 {
+    if v <= lo as u64 {
+        lo
+    } else if v >= hi as u64 {
+        hi
+    } else {
+        (v as u32).next_power_of_two()
     }
 }
 
@@ -127,7 +170,8 @@ pub struct ExportInfo<'a> {
 /// time hands each connection a snapshot, so positions stay meaningful for
 /// the connection's lifetime.
 pub trait Exports {
-    /// Position of the export called `name`; `""` names the default export.
+    /// Position of the export called `name`. The machine makes `""`, if no
+    /// export has that name, the default export: the first.
     fn find(&self, name: &str) -> Option<usize>;
 
     /// The export at `index`, or `None` past the last.
@@ -150,6 +194,14 @@ impl<T: Exports + ?Sized> Exports for &T {
     fn meta_context(&self, export: usize, index: usize) -> Option<&str> {
         (**self).meta_context(export, index)
     }
+}
+
+/// The export a client's `name` asks for: the one of that name, else for
+/// `""` the default export (the first), the spec's reading of an empty name.
+pub(super) fn resolve(exports: &impl Exports, name: &str) -> Option<usize> {
+    exports
+        .find(name)
+        .or_else(|| (name.is_empty() && exports.export(0).is_some()).then_some(0))
 }
 
 /// A set of metadata contexts of one export, by id (position).

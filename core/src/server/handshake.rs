@@ -2,7 +2,7 @@
 
 use core::fmt::Write as _;
 
-use super::exports::{ContextSet, ExportInfo, Exports};
+use super::exports::{ContextSet, ExportInfo, Exports, resolve};
 use super::{
     CloseReason, MAX_CONTEXTS, MAX_OPTION_LENGTH, OPTION_BUFFER, ServerConfig, Session,
     TRANSMIT_BUFFER, TlsPolicy,
@@ -598,11 +598,11 @@ impl Handshake {
     fn parse(&self, option: OptionType, data: &[u8], exports: &impl Exports) -> Parsed {
         match option {
             OptionType::EXPORT_NAME => {
-                Parsed::Export(nbd_string(data).and_then(|n| exports.find(n)))
+                Parsed::Export(nbd_string(data).and_then(|n| resolve(exports, n)))
             }
             OptionType::INFO | OptionType::GO => match InfoRequest::parse(data) {
                 Ok(r) => Parsed::Info {
-                    export: exports.find(r.name),
+                    export: resolve(exports, r.name),
                     want: InfoWanted {
                         name: r.requests.contains(InfoType::NAME),
                         description: r.requests.contains(InfoType::DESCRIPTION),
@@ -631,7 +631,7 @@ impl Handshake {
     }
 
     fn select_contexts(r: MetaContextRequest<'_>, set: bool, exports: &impl Exports) -> Parsed {
-        let Some(export) = exports.find(r.export) else {
+        let Some(export) = resolve(exports, r.export) else {
             return Parsed::Contexts {
                 export: None,
                 selected: ContextSet::EMPTY,

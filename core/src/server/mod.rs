@@ -7,7 +7,8 @@
 //!   greeting, option replies).
 //! * Requests come out as typed [`Request`]s, validated against every rule
 //!   of the spec, with one [`Command`] variant per command carrying exactly
-//!   what it means. Their replies are encoded with the session's
+//!   what it means, and [`Request::plan`] says what carrying one out asks
+//!   of the device, step by step. Their replies are encoded with the session's
 //!   [`ReplyEncoder`]: [`ReplyEncoder::result`] for requests without data,
 //!   a [`ReadReply`] plan for reads (data and hole chunks), and
 //!   [`ReplyEncoder::block_status`] for block status. The frontend never
@@ -93,7 +94,7 @@ pub use reply::{
     ErrorReply, ExtentBuf, Fault, MAX_ERROR_MESSAGE, MAX_REPLY_HEADER, ReplyEncoder, ReplyHeader,
     ReplyTo, ShortReply, StatusError,
 };
-pub use request::{Command, Request};
+pub use request::{Command, Plan, Request, Step};
 
 use core::time::Duration;
 

@@ -14,7 +14,7 @@ use zerocopy::IntoBytes;
 
 use super::Request;
 use crate::block::Extent;
-use crate::block::contract::{MAX_EXTENT_LEN_32, StatusQuery};
+use crate::block::contract::{BlockError, MAX_EXTENT_LEN_32, StatusQuery};
 use crate::wire::chunk::{ErrorPayload, Hole, StatusHead, descriptor_size, emit_descriptor};
 use crate::wire::codec::{Overflow, Sink};
 use crate::wire::headers::{ErrorChunk, ExtendedReply, OffsetData, SimpleReply, StructuredReply};
@@ -64,6 +64,14 @@ pub struct Fault<'m> {
 impl<'m> Fault<'m> {
     pub const fn new(errno: Errno, message: &'m str) -> Self {
         Self { errno, message }
+    }
+}
+
+/// A device's failure as the client is told it: its NBD error and its
+/// message.
+impl From<BlockError> for Fault<'static> {
+    fn from(e: BlockError) -> Self {
+        Self::new(Errno(e.nbd_errno()), e.message())
     }
 }
 

@@ -9,6 +9,7 @@
 //! carried.
 
 use super::exports::ContextSet;
+use crate::block::stats::AcctType;
 use crate::wire::{CommandFlags, CommandType};
 
 /// A validated transmission request.
@@ -179,6 +180,62 @@ impl Request {
         )
     }
 
+    /// What carrying out the request asks of the device, step by step:
+    /// the one reading of NBD's command semantics both frontends execute.
+    pub const fn plan(&self) -> Plan {
+        let (first, then) = match self.command {
+            Command::Read { .. } => (Step::Read, None),
+            Command::BlockStatus { .. } => (Step::BlockStatus, None),
+            // An empty write stores nothing; with FUA it is a flush, the
+            // safe reading of "durable before the reply".
+            Command::Write {
+                len: 0, fua: false, ..
+            } => return Plan::EMPTY,
+            Command::Write { len: 0, .. } => (Step::Flush, None),
+            Command::Write { offset, len, fua } => (Step::Write { offset, len, fua }, None),
+            Command::Flush => (Step::Flush, None),
+            // A discard has no durable form: FUA is a flush after it (as
+            // QEMU's NBD server does).
+            Command::Trim { offset, len, fua } => (
+                Step::Discard { offset, len },
+                if fua { Some(Step::Flush) } else { None },
+            ),
+            Command::WriteZeroes {
+                offset,
+                len,
+                may_trim,
+                fast,
+                fua,
+            } => (
+                Step::WriteZeroes {
+                    offset,
+                    len,
+                    may_trim,
+                    fast,
+                    fua,
+                },
+                None,
+            ),
+            Command::Cache { offset, len } => (Step::Cache { offset, len }, None),
+        };
+        Plan {
+            steps: [Some(first), then],
+            next: 0,
+        }
+    }
+
+    /// How the request is accounted in the device's I/O statistics
+    /// (QEMU's `BlockAcctType`); `None` for requests QEMU does not count.
+    pub const fn acct_type(&self) -> Option<AcctType> {
+        match self.command {
+            Command::Read { .. } => Some(AcctType::Read),
+            Command::Write { .. } | Command::WriteZeroes { .. } => Some(AcctType::Write),
+            Command::Flush => Some(AcctType::Flush),
+            Command::Trim { .. } => Some(AcctType::Unmap),
+            Command::Cache { .. } | Command::BlockStatus { .. } => None,
+        }
+    }
+
     /// The meaningful flags, as the wire would carry them (for logs and
     /// tests; the variant fields are what to act on).
     pub fn flags(&self) -> CommandFlags {
@@ -205,5 +262,68 @@ impl Request {
             Command::Flush | Command::Cache { .. } => {}
         }
         f
+    }
+}
+
+/// One step of carrying out a request, from [`Request::plan`].
+///
+/// `Read`, `BlockStatus` and `Write` are always a plan's only step (they
+/// build the reply or wait for a payload); after the device operations of
+/// any other plan the reply is [`ReplyEncoder::result`], with the error of
+/// the first step that failed (the steps after it are not run).
+///
+/// [`ReplyEncoder::result`]: super::ReplyEncoder::result
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send the reply [`ReadReply`](super::ReadReply) plans.
+    Read,
+    /// Send the reply [`ReplyEncoder::block_status`] assembles.
+    ///
+    /// [`ReplyEncoder::block_status`]: super::ReplyEncoder::block_status
+    BlockStatus,
+    /// Store the request's payload, `len` bytes (never 0) at `offset`.
+    /// `fua`: durable before it completes; a device that cannot write
+    /// durably flushes after it.
+    Write { offset: u64, len: u32, fua: bool },
+    /// Discard the range (advisory: doing nothing is correct).
+    Discard { offset: u64, len: u64 },
+    /// Make the range read as zeroes; `may_trim`: deallocating it is
+    /// allowed; `fast`: fail with `ENOTSUP` rather than write zeroes
+    /// slowly; `fua` as for `Write`.
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast: bool,
+        fua: bool,
+    },
+    /// Prefetch the range (advisory).
+    Cache { offset: u64, len: u64 },
+    /// Make every completed write durable.
+    Flush,
+}
+
+/// The steps of one request, in order (at most two, none for an empty
+/// write without FUA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    steps: [Option<Step>; 2],
+    next: u8,
+}
+
+impl Plan {
+    const EMPTY: Self = Self {
+        steps: [None, None],
+        next: 0,
+    };
+}
+
+impl Iterator for Plan {
+    type Item = Step;
+
+    fn next(&mut self) -> Option<Step> {
+        let step = *self.steps.get(self.next as usize)?;
+        self.next += 1;
+        step
     }
 }

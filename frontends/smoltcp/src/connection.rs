@@ -3,15 +3,15 @@
 use blockwire_core::block::Extent;
 use blockwire_core::block::contract::BlockError;
 use blockwire_core::server::{
-    Command, Event, Fault, ReadReply, ReplyEncoder, Request, Server, ServerConfig, StatusError,
+    Event, Fault, ReadReply, ReplyEncoder, Request, Server, ServerConfig, StatusError, Step,
 };
 use blockwire_core::time::Instant;
-use blockwire_core::wire::{Errno, HeaderMode};
+use blockwire_core::wire::HeaderMode;
 use smoltcp::socket::tcp;
 
 use crate::block_device::BlockDevice;
 use crate::export::Export;
-use crate::read_stream::{ReadStream, Step};
+use crate::read_stream::{ReadStream, Step as ReadStep};
 use crate::reply_slot::{REPLY_SLOT, ReplySlot};
 use crate::stats::ServerStats;
 
@@ -174,14 +174,14 @@ impl<'n> Connection<'n> {
                 return Flow::Drained;
             };
             match read.step(socket, device) {
-                Step::Header(h) => {
+                ReadStep::Header(h) => {
                     stats.read_chunks += 1;
                     r.slot.set(h.as_bytes());
                 }
-                Step::Data(n) => stats.read_bytes += n as u64,
-                Step::Blocked => return Flow::Blocked,
-                Step::Done => r.read = None,
-                Step::Failed => return Flow::Broken,
+                ReadStep::Data(n) => stats.read_bytes += n as u64,
+                ReadStep::Blocked => return Flow::Blocked,
+                ReadStep::Done => r.read = None,
+                ReadStep::Failed => return Flow::Broken,
             }
         }
     }
@@ -264,54 +264,55 @@ impl Replies {
         stats: &mut ServerStats,
     ) {
         stats.requests += 1;
-        let result = match req.command {
-            Command::Read { .. } => {
-                // The RAM disk answers status from its map: asking is cheap.
-                if let Some(plan) = ReadReply::new(&req, self.encoder, true) {
-                    self.read = Some(ReadStream::new(plan));
+        let mut result = Ok(());
+        for step in req.plan() {
+            result = match step {
+                Step::Read => {
+                    // The RAM disk answers status from its map: asking is
+                    // cheap.
+                    if let Some(plan) = ReadReply::new(&req, self.encoder, true) {
+                        self.read = Some(ReadStream::new(plan));
+                    }
+                    return;
                 }
-                return;
-            }
-            Command::Write { len: 0, fua, .. } => fua_flush(device, fua),
-            Command::Write { fua, .. } => {
-                self.write = Some(PendingWrite {
-                    req,
+                Step::BlockStatus => return self.block_status(&req, device),
+                Step::Write { fua, .. } => {
+                    self.write = Some(PendingWrite {
+                        req,
+                        fua,
+                        error: None,
+                    });
+                    return;
+                }
+                Step::Discard { offset, len } => device.trim(offset, len),
+                Step::WriteZeroes {
+                    offset,
+                    len,
+                    may_trim,
+                    fast,
                     fua,
-                    error: None,
-                });
-                return;
-            }
-            Command::Flush => device.flush(),
-            Command::Trim { offset, len, fua } => device
-                .trim(offset, len)
-                .and_then(|()| fua_flush(device, fua)),
-            Command::WriteZeroes {
-                offset,
-                len,
-                may_trim,
-                fast,
-                fua,
-            } => {
-                if fast && !device.fast_zero() {
-                    Err(BlockError::NotSupported)
-                } else {
-                    device
-                        .write_zeroes(offset, len, may_trim)
-                        .and_then(|()| fua_flush(device, fua))
+                } => {
+                    if fast && !device.fast_zero() {
+                        Err(BlockError::NotSupported)
+                    } else {
+                        device
+                            .write_zeroes(offset, len, may_trim)
+                            .and_then(|()| fua_flush(device, fua))
+                    }
                 }
+                // Advisory: a device in memory has nothing to prefetch.
+                Step::Cache { .. } => Ok(()),
+                Step::Flush => device.flush(),
+            };
+            if result.is_err() {
+                break;
             }
-            // Advisory: a device in memory has nothing to prefetch.
-            Command::Cache { .. } => Ok(()),
-            Command::BlockStatus { .. } => {
-                self.block_status(&req, device);
-                return;
-            }
-        };
+        }
         self.finish(&req, result);
     }
 
     fn finish(&mut self, req: &Request, result: Result<(), BlockError>) {
-        let r = result.map_err(|e| Fault::new(Errno(e.nbd_errno()), describe(e)));
+        let r = result.map_err(Fault::from);
         self.slot.set(self.encoder.result(req, r).as_bytes());
     }
 
@@ -335,22 +336,7 @@ impl Replies {
     }
 }
 
-/// Complete a write-like request: `FUA` means durable before the reply.
+/// The device has no durable write: `FUA` is a flush after it.
 fn fua_flush<D: BlockDevice + ?Sized>(device: &mut D, fua: bool) -> Result<(), BlockError> {
     if fua { device.flush() } else { Ok(()) }
-}
-
-/// The message of an error chunk.
-fn describe(e: BlockError) -> &'static str {
-    match e {
-        BlockError::OutOfRange => "request outside the device",
-        BlockError::Misaligned => "request not aligned to the device",
-        BlockError::TooLarge => "request too large for the device",
-        BlockError::Invalid => "invalid request",
-        BlockError::NotSupported => "not supported by the device",
-        BlockError::NoSpace => "no space left on the device",
-        BlockError::Busy => "not permitted",
-        BlockError::StorageTooSmall => "device storage too small",
-        BlockError::Io(_) => "device I/O error",
-    }
 }

@@ -2,7 +2,7 @@
 
 use blockwire_core::block::contract::Op;
 use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
-use blockwire_core::wire::{DEFAULT_MAX_PAYLOAD, TransmissionFlags, context};
+use blockwire_core::wire::{TransmissionFlags, context};
 
 use crate::block_device::BlockDevice;
 
@@ -34,33 +34,24 @@ impl<'n> Export<'n> {
             rotational: false,
         };
         let flags = caps.transmission_flags();
+        // No limit from the device's longest transfer: reads and writes
+        // reach it in pieces no larger than the socket's buffers.
         let limits = device.limits();
-        let minimum = pow2_clamp(limits.align, 1, 1 << 16);
-        let preferred = pow2_clamp(limits.opt_write_zero.max(4096), 512, 1 << 20).max(minimum);
+        let block_sizes = BlockSizes::of_device(limits.align, limits.opt_write_zero, 0);
         Self {
             name,
             description,
             size: device.size(),
             flags,
-            block_sizes: BlockSizes {
-                minimum,
-                preferred,
-                maximum: DEFAULT_MAX_PAYLOAD.max(preferred),
-            },
-            block_size_required: minimum > 1,
+            block_sizes,
+            block_size_required: block_sizes.minimum > 1,
         }
     }
 }
 
-/// `v` rounded up to a power of two within `[lo, hi]`.
-fn pow2_clamp(v: u64, lo: u32, hi: u32) -> u32 {
-    let v = v.clamp(u64::from(lo), u64::from(hi));
-    (v as u32).next_power_of_two().min(hi)
-}
-
 impl Exports for Export<'_> {
     fn find(&self, name: &str) -> Option<usize> {
-        (name.is_empty() || name == self.name).then_some(0)
+        (name == self.name).then_some(0)
     }
 
     fn export(&self, index: usize) -> Option<ExportInfo<'_>> {

@@ -238,6 +238,8 @@ impl<'n, 's, D: BlockDevice> NbdServer<'n, 's, D> {
     }
 }
 
+/// One slot's turn: steps its state as far as it goes now. Returns whether
+/// anything happened.
 #[allow(clippy::too_many_arguments)]
 fn serve<'n, D: BlockDevice>(
     slot: &mut State<'n>,
@@ -250,80 +252,72 @@ fn serve<'n, D: BlockDevice>(
     core_now: CoreInstant,
     stats: &mut ServerStats,
 ) -> bool {
-    match slot {
-        State::Listening => {
-            if !socket.is_open() {
-                // A port of 0 is the only error, and `new` cannot fix it.
-                let _ = socket.listen(port);
-                return false;
+    let mut progress = false;
+    loop {
+        match slot {
+            State::Listening => {
+                if !socket.is_open() {
+                    // A port of 0 is the only error, and `new` cannot fix it.
+                    let _ = socket.listen(port);
+                    return progress;
+                }
+                // may_send: ESTABLISHED, or CLOSE-WAIT for a client that
+                // sent its requests and FIN before we got to it.
+                if !socket.may_send() {
+                    return progress;
+                }
+                stats.connections += 1;
+                *slot = State::Serving(Connection::new(*export, *config, core_now));
+                progress = true;
             }
-            // may_send: ESTABLISHED, or CLOSE-WAIT for a client that sent
-            // its requests and FIN before we got to it.
-            if !socket.may_send() {
-                return false;
-            }
-            stats.connections += 1;
-            *slot = State::Serving(Connection::new(*export, *config, core_now));
-            serve(
-                slot, socket, device, export, config, port, now, core_now, stats,
-            );
-            true
-        }
-        State::Serving(conn) => {
-            if !socket.is_active() {
-                // Reset by the peer, timed out, or aborted after a device
-                // failure.
-                let _ = device.flush();
-                *slot = State::Resetting;
-                return serve(
-                    slot, socket, device, export, config, port, now, core_now, stats,
-                );
-            }
-            conn.handle_timeout(core_now);
-            let progress = conn.pump(socket, device, stats);
-            if conn.is_finished() {
+            State::Serving(conn) => {
+                if !socket.is_active() {
+                    // Reset by the peer, timed out, or aborted after a
+                    // device failure.
+                    let _ = device.flush();
+                    *slot = State::Resetting;
+                    continue;
+                }
+                conn.handle_timeout(core_now);
+                progress |= conn.pump(socket, device, stats);
+                if !conn.is_finished() {
+                    return progress;
+                }
                 // Whatever the client wrote is made durable when it leaves,
                 // as qemu-nbd does on close.
                 let _ = device.flush();
                 socket.close();
                 *slot = State::Closing(now);
-                serve(
-                    slot, socket, device, export, config, port, now, core_now, stats,
-                );
+                progress = true;
+            }
+            State::Closing(since) => {
+                use tcp::State as S;
+                // Done once the client acknowledged all our data and our
+                // FIN (FIN-WAIT-2, TIME-WAIT), or both sides finished
+                // (CLOSED). Nothing is owed after that; TIME-WAIT's 10 s
+                // would only keep the slot from the next client.
+                let done = matches!(socket.state(), S::Closed | S::FinWait2 | S::TimeWait);
+                if !done && now < *since + CLOSE_DEADLINE {
+                    return progress;
+                }
+                socket.abort();
+                *slot = State::Resetting;
+                progress = true;
+            }
+            State::Resetting => {
+                // An aborted socket keeps its peer until the interface has
+                // sent the reset; one that closed cleanly has none left.
+                if socket.remote_endpoint().is_some() && !socket.is_open() {
+                    return progress;
+                }
+                if socket.is_open() {
+                    socket.abort();
+                    return progress;
+                }
+                *slot = State::Listening;
+                let _ = socket.listen(port);
                 return true;
             }
-            progress
-        }
-        State::Closing(since) => {
-            use tcp::State as S;
-            // Done once the client acknowledged all our data and our FIN
-            // (FIN-WAIT-2, TIME-WAIT), or both sides finished (CLOSED).
-            // Nothing is owed after that; TIME-WAIT's 10 s would only keep
-            // the slot from the next client.
-            let done = matches!(socket.state(), S::Closed | S::FinWait2 | S::TimeWait);
-            if !done && now < *since + CLOSE_DEADLINE {
-                return false;
-            }
-            socket.abort();
-            *slot = State::Resetting;
-            serve(
-                slot, socket, device, export, config, port, now, core_now, stats,
-            );
-            true
-        }
-        State::Resetting => {
-            // An aborted socket keeps its peer until the interface has sent
-            // the reset; one that closed cleanly has none left.
-            if socket.remote_endpoint().is_some() && !socket.is_open() {
-                return false;
-            }
-            if socket.is_open() {
-                socket.abort();
-                return false;
-            }
-            *slot = State::Listening;
-            let _ = socket.listen(port);
-            true
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod connection;
 pub mod daemon;
 pub mod io;
 pub mod listen;
+pub mod pid_file;
 pub mod registry;
 pub mod serve;
 pub mod shutdown;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX;
 use blockwire_core::server::{BlockSizes, DeviceCaps, ExportInfo, Exports};
-use blockwire_core::wire::{DEFAULT_MAX_PAYLOAD, MAX_MIN_BLOCK, TransmissionFlags};
+use blockwire_core::wire::TransmissionFlags;
 
 use crate::block::{Event, Graph, GraphError, Node};
 
@@ -114,22 +114,6 @@ impl Drop for ClientGuard {
     }
 }
 
-/// Finds a bitmap on `node` or down its chain of children, as QEMU looks
-/// for an export's bitmaps.
-fn find_bitmap(node: &Arc<Node>, name: &str) -> Option<Arc<Node>> {
-    if node.has_bitmap(name) {
-        return Some(node.clone());
-    }
-    node.children()
-        .iter()
-        .find_map(|c| find_bitmap(&c.node, name))
-}
-
-fn pow2_clamp(v: u64, lo: u32, hi: u32) -> u32 {
-    let v = v.clamp(u64::from(lo), u64::from(hi));
-    (v as u32).next_power_of_two().min(hi)
-}
-
 impl Export {
     /// `block-export-add type=nbd`: checks the node and bitmaps as QEMU's
     /// NBD server does, and takes hold of the node.
@@ -147,7 +131,8 @@ impl Export {
             contexts.push(ContextKind::AllocationDepth);
         }
         for b in &cfg.bitmaps {
-            let Some(owner) = find_bitmap(&node, b) else {
+            // Where QEMU looks for an export's bitmaps: the node or below.
+            let Some(owner) = node.find_below(&|n| n.has_bitmap(b)) else {
                 return Err(GraphError::Generic(format!("Bitmap '{b}' is not found")));
             };
             let recording = owner.bitmaps().iter().any(|i| i.name == *b && i.recording);
@@ -178,14 +163,11 @@ impl Export {
             rotational: false,
         }
         .transmission_flags();
-        let minimum = pow2_clamp(u64::from(info.align.max(1)), 1, MAX_MIN_BLOCK);
-        let preferred =
-            pow2_clamp(u64::from(info.preferred_block.max(4096)), 512, 1 << 25).max(minimum);
-        let maximum = match info.max_transfer {
-            0 => DEFAULT_MAX_PAYLOAD,
-            m => m.min(DEFAULT_MAX_PAYLOAD),
-        }
-        .max(preferred);
+        let block_sizes = BlockSizes::of_device(
+            info.align.into(),
+            info.preferred_block.into(),
+            info.max_transfer.into(),
+        );
         let context_names = contexts.iter().map(ContextKind::name).collect();
         lease.made = true;
         Ok(Self {
@@ -195,12 +177,8 @@ impl Export {
             node,
             writable: cfg.writable,
             flags,
-            block_sizes: BlockSizes {
-                minimum,
-                preferred,
-                maximum,
-            },
-            block_size_required: minimum > 1,
+            block_sizes,
+            block_size_required: block_sizes.minimum > 1,
             contexts,
             context_names,
             clients: Arc::new(AtomicUsize::new(0)),
@@ -332,12 +310,7 @@ pub struct Snapshot(pub Arc<ExportTable>);
 
 impl Exports for Snapshot {
     fn find(&self, name: &str) -> Option<usize> {
-        match self.0.find(name) {
-            Some(i) => Some(i),
-            // "" is the default export: the first, whatever its name.
-            None if name.is_empty() && !self.0.is_empty() => Some(0),
-            None => None,
-        }
+        self.0.find(name)
     }
 
     fn export(&self, index: usize) -> Option<ExportInfo<'_>> {
@@ -401,13 +374,11 @@ mod tests {
         let snap = Snapshot(r.snapshot());
         r.remove("a").unwrap();
         assert_eq!(snap.find("b"), Some(1));
-        assert_eq!(snap.find(""), Some(0));
         assert_eq!(snap.export(0).unwrap().name, "a");
         assert_eq!(snap.meta_context(1, 1), Some("qemu:allocation-depth"));
         assert_eq!(snap.meta_context(1, 2), None);
         let now = Snapshot(r.snapshot());
         assert_eq!(now.find("a"), None);
-        assert_eq!(now.find(""), Some(0));
         assert_eq!(now.export(0).unwrap().name, "b");
         // The node of a removed export is free once nobody uses the export.
         assert_eq!(g.users("n0"), 1);

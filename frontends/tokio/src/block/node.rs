@@ -341,6 +341,15 @@ impl Node {
         self.driver.children()
     }
 
+    /// This node or the first below it, depth first, that `pred` accepts:
+    /// where an export looks for its bitmaps.
+    pub fn find_below(self: &Arc<Self>, pred: &dyn Fn(&Node) -> bool) -> Option<Arc<Node>> {
+        if pred(self) {
+            return Some(self.clone());
+        }
+        self.children().iter().find_map(|c| c.node.find_below(pred))
+    }
+
     pub fn filename(&self) -> String {
         self.driver.filename()
     }
@@ -356,6 +365,26 @@ impl Node {
 
     pub fn waits(&self) -> bool {
         self.waits
+    }
+
+    /// Runs `op` on the node where its I/O may run: on the blocking pool
+    /// for a node that blocks its thread (the runtime's threads must not
+    /// block), right here for any other.
+    pub async fn run<T, F>(
+        self: &Arc<Self>,
+        op: impl FnOnce(Arc<Node>) -> F + Send + 'static,
+    ) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = io::Result<T>> + Send,
+    {
+        if !self.blocking {
+            return op(self.clone()).await;
+        }
+        let (node, handle) = (self.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || handle.block_on(op(node)))
+            .await
+            .map_err(io::Error::other)?
     }
 
     pub fn options(&self) -> NodeOptions {

@@ -12,9 +12,9 @@ use std::io;
 use std::sync::Arc;
 
 use blockwire_core::block::Extent;
-use blockwire_core::block::stats::AcctType;
+use blockwire_core::block::contract::StatusGather;
 use blockwire_core::server::{
-    Command, Fault, ReadChunk, ReadReply, ReplyEncoder, Request, StatusError, status_from,
+    Command, Fault, ReadChunk, ReadReply, ReplyEncoder, Request, StatusError, Step, status_from,
 };
 use blockwire_core::wire::Errno;
 use tokio::sync::mpsc;
@@ -115,48 +115,34 @@ pub(super) fn dispatch(
     );
 }
 
-fn acct_kind(req: &Request) -> Option<AcctType> {
-    match req.command {
-        Command::Read { .. } => Some(AcctType::Read),
-        Command::Write { .. } | Command::WriteZeroes { .. } => Some(AcctType::Write),
-        Command::Flush => Some(AcctType::Flush),
-        Command::Trim { .. } => Some(AcctType::Unmap),
-        Command::Cache { .. } | Command::BlockStatus { .. } => None,
-    }
-}
-
 /// Carries out one request, accounts it on the export's node, and returns
 /// its reply.
 async fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
     let node = job.node();
-    let kind = acct_kind(req);
-    let cookie = kind.map(|k| node.acct().start(now_ns(), k, req.len()));
+    let cookie = req
+        .acct_type()
+        .map(|k| node.acct().start(now_ns(), k, req.len()));
     let result = run(job, req, data).await;
-    let failed = match &result {
-        Ok(_) => None,
-        Err(e) => Some(e),
-    };
     if let Some(c) = cookie {
         let mut acct = node.acct();
-        match failed {
-            None => acct.done(c, now_ns()),
-            Some(_) => acct.failed(c, now_ns()),
+        match result {
+            Ok(_) => acct.done(c, now_ns()),
+            Err(_) => acct.failed(c, now_ns()),
         }
     }
-    match result {
-        Ok(reply) => reply,
-        Err(e) => {
-            if let Some(op) = io_operation(req, &e) {
-                node.events().send(Event::IoError {
-                    node_name: node.name().to_owned(),
-                    operation: op,
-                    nospace: e.raw_os_error() == Some(libc::ENOSPC),
-                    reason: e.to_string(),
-                });
-            }
-            error_reply(job, req, &e)
-        }
+    let e = match result {
+        Ok(reply) => return reply,
+        Err(e) => e,
+    };
+    if let Some(op) = io_operation(req, &e) {
+        node.events().send(Event::IoError {
+            node_name: node.name().to_owned(),
+            operation: op,
+            nospace: e.raw_os_error() == Some(libc::ENOSPC),
+            reason: e.to_string(),
+        });
     }
+    error_reply(job, req, &e)
 }
 
 /// The operation a failure is reported as in `BLOCK_IO_ERROR`, for
@@ -168,10 +154,13 @@ fn io_operation(req: &Request, e: &io::Error) -> Option<&'static str> {
     ) {
         return None;
     }
-    match req.command {
-        Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => Some("read"),
-        _ => Some("write"),
-    }
+    Some(match req.command {
+        Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => "read",
+        Command::Write { .. }
+        | Command::Flush
+        | Command::Trim { .. }
+        | Command::WriteZeroes { .. } => "write",
+    })
 }
 
 fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
@@ -183,48 +172,39 @@ fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
     )
 }
 
-fn ok(job: &Job, req: &Request) -> io::Result<Reply> {
-    Ok(Reply::Short(job.encoder.result(req, Ok(()))))
-}
-
-async fn run(job: &Job, req: &Request, data: Vec<u8>) -> io::Result<Reply> {
+async fn run(job: &Job, req: &Request, mut data: Vec<u8>) -> io::Result<Reply> {
     let node = job.node();
-    match req.command {
-        Command::Read { .. } => read(job, req).await,
-        Command::Write { offset, len, fua } => {
-            let r = node.write(offset, &data[..len as usize], fua).wait().await;
-            job.pool.put(data);
-            r.and_then(|()| ok(job, req))
-        }
-        Command::Flush => node.flush().wait().await.and_then(|()| ok(job, req)),
-        Command::Trim { offset, len, fua } => {
-            node.discard(offset, len).wait().await?;
-            if fua {
-                node.flush().wait().await?;
+    for step in req.plan() {
+        match step {
+            Step::Read => return read(job, req).await,
+            Step::BlockStatus => return block_status(job, req).await,
+            // The node makes a write durable itself (`fua`).
+            Step::Write { offset, len, fua } => {
+                let data = std::mem::take(&mut data);
+                let r = node.write(offset, &data[..len as usize], fua).wait().await;
+                job.pool.put(data);
+                r?
             }
-            ok(job, req)
-        }
-        Command::WriteZeroes {
-            offset,
-            len,
-            may_trim,
-            fast,
-            fua,
-        } => {
-            let z = Zeroes {
-                may_unmap: may_trim,
+            Step::Discard { offset, len } => node.discard(offset, len).wait().await?,
+            Step::WriteZeroes {
+                offset,
+                len,
+                may_trim,
                 fast,
                 fua,
-            };
-            node.write_zeroes(offset, len, z).wait().await?;
-            ok(job, req)
+            } => {
+                let z = Zeroes {
+                    may_unmap: may_trim,
+                    fast,
+                    fua,
+                };
+                node.write_zeroes(offset, len, z).wait().await?
+            }
+            Step::Cache { offset, len } => node.cache(offset, len).wait().await?,
+            Step::Flush => node.flush().wait().await?,
         }
-        Command::Cache { offset, len } => {
-            node.cache(offset, len).wait().await?;
-            ok(job, req)
-        }
-        Command::BlockStatus { .. } => block_status(job, req).await,
     }
+    Ok(Reply::Short(job.encoder.result(req, Ok(()))))
 }
 
 /// A read, as the core plans its reply: one data chunk, or data and hole
@@ -235,14 +215,11 @@ async fn read(job: &Job, req: &Request) -> io::Result<Reply> {
         return Err(io::Error::other("not a read"));
     };
     let (start, len) = (req.offset(), req.len());
-    let mut buf = job.pool.get(len as usize);
     let mut extents: Vec<Extent> = Vec::new();
     if plan.wants_status() {
-        if let Err(e) = status(node, start, len, usize::MAX, &mut extents, |s| s.flags).await {
-            job.pool.put(buf);
-            return Err(e);
-        }
+        status(node, start, len, usize::MAX, &mut extents, |s| s.flags).await?;
     }
+    let mut buf = job.pool.get(len as usize);
     let mut status = status_from(&extents, start);
     // Most reads are one chunk: the list of parts is only allocated for a
     // second (a heap allocation and free a request otherwise).
@@ -282,8 +259,8 @@ async fn read(job: &Job, req: &Request) -> io::Result<Reply> {
 }
 
 /// The node's status of `[offset, offset+len)` as extents of one field
-/// (`base:allocation` flags or the allocation depth), asking again where
-/// the node stopped short, until `max` extents.
+/// (`base:allocation` flags or the allocation depth), gathered as the core
+/// plans it, until `max` extents.
 async fn status(
     node: &Node,
     offset: u64,
@@ -292,29 +269,13 @@ async fn status(
     out: &mut Vec<Extent>,
     field: impl Fn(&crate::block::Status) -> u64,
 ) -> io::Result<()> {
-    let mut pos = offset;
-    let end = offset + len;
+    let mut gather = StatusGather::new(offset, len);
     let mut runs = Vec::new();
-    while pos < end && out.len() < max {
+    while let Some((pos, n)) = gather.query().filter(|_| out.len() < max) {
         runs.clear();
-        node.block_status(pos, end - pos, &mut runs).wait().await?;
-        let before = pos;
-        for s in &runs {
-            let n = s.len.min(end - pos);
-            if n == 0 {
-                continue;
-            }
-            out.push(Extent::new(n, field(s)));
-            pos += n;
-            if pos >= end {
-                break;
-            }
-        }
-        if pos == before {
-            // A node that answers nothing: the rest is data, always safe.
-            out.push(Extent::new(end - pos, 0));
-            break;
-        }
+        node.block_status(pos, n, &mut runs).wait().await?;
+        let extents = runs.iter().map(|s| Extent::new(s.len, field(s)));
+        gather.answer(extents, |e| out.push(e));
     }
     Ok(())
 }
@@ -322,54 +283,33 @@ async fn status(
 /// One chunk per selected context, assembled by the core from what the
 /// node (or a bitmap) says.
 async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
-    let Command::BlockStatus {
-        offset,
-        len,
-        contexts,
-        ..
-    } = req.command
-    else {
+    let Command::BlockStatus { contexts, .. } = req.command else {
         return Err(io::Error::other("not a block status request"));
     };
     // Gather each context's extents first (node I/O may wait), then let
     // the core encode: it asks synchronously.
-    let max = if matches!(req.command, Command::BlockStatus { req_one: true, .. }) {
-        1
-    } else {
-        MAX_STATUS_EXTENTS as usize
-    };
+    let q = job.encoder.status_query(req, MAX_STATUS_EXTENTS);
+    let max = if q.req_one { 1 } else { q.max_extents as usize };
+    let (node, at, len) = (job.node(), q.offset, q.length);
+    let einval = || io::Error::from_raw_os_error(libc::EINVAL);
     let mut answers: Vec<(u32, Vec<Extent>)> = Vec::new();
     for id in contexts.iter() {
-        let kind = job
-            .export
-            .contexts
-            .get(id as usize)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut ex = Vec::new();
-        match kind {
-            ContextKind::Allocation => {
-                status(job.node(), offset, len, max, &mut ex, |s| s.flags).await?
-            }
+        match job.export.contexts.get(id as usize).ok_or_else(einval)? {
+            ContextKind::Allocation => status(node, at, len, max, &mut ex, |s| s.flags).await?,
             ContextKind::AllocationDepth => {
-                status(job.node(), offset, len, max, &mut ex, |s| {
-                    u64::from(s.depth)
-                })
-                .await?
+                status(node, at, len, max, &mut ex, |s| u64::from(s.depth)).await?
             }
-            ContextKind::DirtyBitmap { node, name } => {
-                let q = job.encoder.status_query(req, MAX_STATUS_EXTENTS);
-                node.with_bitmaps(|set| {
-                    let bm = set
-                        .get(name)
-                        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-                    bm.block_status(&q, &mut |e| {
+            ContextKind::DirtyBitmap { node, name } => node.with_bitmaps(|set| {
+                let answer = set
+                    .get(name)
+                    .ok_or_else(einval)?
+                    .block_status(&q, &mut |e| {
                         ex.push(e);
                         true
-                    })
-                    .map(|_| ())
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-                })?
-            }
+                    });
+                answer.map(|_| ()).map_err(|_| einval())
+            })?,
         }
         answers.push((id, ex));
     }
@@ -382,11 +322,8 @@ async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
         &mut out,
         |id, _, sink| {
             if let Some((_, ex)) = answers.iter().find(|(i, _)| *i == id) {
-                for e in ex {
-                    if !sink(*e) {
-                        break;
-                    }
-                }
+                // `all` stops where the sink is full.
+                let _ = ex.iter().all(|e| sink(*e));
             }
             Ok::<(), io::Error>(())
         },

@@ -467,16 +467,9 @@ async fn block_resize(d: &Daemon, a: &Value) -> Reply {
     if node.read_only() {
         return Err(QmpError::generic("Block node is read-only"));
     }
-    let n = node.clone();
-    let r = if n.blocking() {
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(n.resize(size as u64).wait()))
-            .await
-            .map_err(|e| QmpError::generic(e.to_string()))?
-    } else {
-        n.resize(size as u64).wait().await
-    };
-    r.map_err(|e| QmpError::generic(e.to_string()))?;
+    node.run(move |n| async move { n.resize(size as u64).wait().await })
+        .await
+        .map_err(|e| QmpError::generic(e.to_string()))?;
     Ok(json!({}))
 }
 

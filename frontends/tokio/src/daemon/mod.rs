@@ -30,8 +30,9 @@ use crate::block::Graph;
 use crate::block::qapi::{self, ServeConfig, keyval};
 use crate::connection::ConnContext;
 use crate::listen::{self, ListenAddr, Listener, Tracker};
+use crate::pid_file::PidFile;
 use crate::registry::Registry;
-use crate::serve::{Error, PidFile};
+use crate::serve::Error;
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
