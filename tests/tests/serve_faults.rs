@@ -352,10 +352,27 @@ fn sigterm_mid_load_loses_no_acknowledged_write() {
 /// its grace period) with status 0, rather than wait for it forever.
 #[test]
 fn sigterm_with_a_client_that_never_reads() {
-    use std::io::Write;
     let Some(mut srv) = Server::start(&["--memory", "64M"]) else {
         return;
     };
+    let c = queue_big_reads(&srv);
+    std::thread::sleep(Duration::from_millis(500));
+    for st in srv.stop() {
+        assert!(
+            st.success(),
+            "server exit status after SIGTERM: {st}\n{}",
+            srv.stderr()
+        );
+    }
+    drop(c);
+}
+
+/// Connects to the default export with the shortest fixed-newstyle
+/// handshake (`NBD_OPT_EXPORT_NAME ""`, simple replies) and sends 64 reads
+/// of 4 MiB, 256 MiB in all: far more than the socket buffers hold, and
+/// more than the connection may have in flight. Never reads a reply.
+fn queue_big_reads(srv: &Server) -> UnixStream {
+    use std::io::Write;
     let mut c = UnixStream::connect(&srv.sock).expect("unix connect");
     let mut greeting = [0u8; 18];
     c.read_exact(&mut greeting).unwrap();
@@ -366,7 +383,6 @@ fn sigterm_with_a_client_that_never_reads() {
     c.write_all(&opt).unwrap();
     let mut info = [0u8; 134];
     c.read_exact(&mut info).unwrap();
-    // 64 reads of 4 MiB: far more than the socket buffers hold.
     for cookie in 0..64u64 {
         let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
         r.extend_from_slice(&[0, 0, 0, 0]);
@@ -375,15 +391,45 @@ fn sigterm_with_a_client_that_never_reads() {
         r.extend_from_slice(&(4u32 << 20).to_be_bytes());
         c.write_all(&r).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
-    for st in srv.stop() {
-        assert!(
-            st.success(),
-            "server exit status after SIGTERM: {st}\n{}",
-            srv.stderr()
-        );
+    c
+}
+
+/// The peak resident set of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Requests in flight cost at most the connection's byte budget (4 MiB)
+/// in read buffers, and the buffer pool keeps no more than that: 256 MiB
+/// of reads queued by a client that never reads its replies leave the
+/// server's peak RSS far below them. Before the budget was tied to memory,
+/// all 64 reads were served at once and the peak passed 256 MiB.
+#[test]
+fn queued_reads_do_not_grow_the_server_past_its_budget() {
+    if is_standin() {
+        return;
     }
-    drop(c);
+    // A memory export reads unwritten ranges as zeroes without allocating
+    // them: what the server holds is its buffers.
+    let Some(srv) = Server::start(&["--memory", "512M"]) else {
+        return;
+    };
+    let pid = srv.pids()[0];
+    let _c = queue_big_reads(&srv);
+    // Give the server time to take what it will. VmHWM keeps the peak
+    // whenever it came; a slow machine could only make this miss a
+    // regression, never fail a server that keeps its bound.
+    std::thread::sleep(Duration::from_secs(1));
+    let peak = peak_rss_kib(pid);
+    assert!(
+        peak < 64 << 10,
+        "server peak RSS {peak} KiB with 256 MiB of reads queued (expected its base plus a few MiB)"
+    );
 }
 
 /// `blkdebug=` on an `--export` injects errors into that export only.

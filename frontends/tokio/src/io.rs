@@ -136,10 +136,13 @@ struct Pooled {
 /// With fewer, every request past the pool paid for a fresh zeroed buffer:
 /// a third of the server's time at 4K random reads, iodepth 32.
 const POOLED: usize = crate::connection::MAX_IN_FLIGHT + 8;
-/// Bytes kept for reuse per connection at most.
-const MAX_POOLED_BYTES: usize = 128 << 20;
-/// Larger buffers are freed after use rather than kept.
-const MAX_POOLED_LEN: usize = 32 << 20;
+/// Bytes kept for reuse per connection at most: what the connection may
+/// have in flight, so that the pool never holds more than the budget let
+/// the client use at once.
+const MAX_POOLED_BYTES: usize = crate::connection::BYTE_BUDGET;
+/// Larger buffers (a request over the budget) are freed after use rather
+/// than kept.
+const MAX_POOLED_LEN: usize = MAX_POOLED_BYTES;
 /// Smallest buffer handed out: a page, so that a 4 KiB request does not
 /// zero sixteen pages it never uses.
 const MIN_LEN: usize = 4 << 10;

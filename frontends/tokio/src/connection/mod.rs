@@ -30,8 +30,16 @@ use handshake::{Handshake, bounded, handshake};
 
 /// Requests one connection may have in flight.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Read and write payload bytes one connection may have in flight.
-pub const BYTE_BUDGET: usize = 256 << 20;
+/// Read and write payload bytes one connection may have in flight (a
+/// request larger than this waits until it can hold all of it, alone).
+/// With the buffer pool bounded by the same figure, a connection's
+/// buffers never exceed twice this, whatever the client queues: the
+/// server's memory is its base plus connections × 2 × `BYTE_BUDGET`, or
+/// one maximal request. Four MiB keeps four 1 MiB or sixteen 256 KiB
+/// requests in flight, more than a file on tmpfs or in the page cache
+/// needs to keep the socket busy; at 256 MiB, `nbdcopy`'s 4 × 64 requests
+/// of 256 KiB held three times nbdkit's peak RSS.
+pub const BYTE_BUDGET: usize = 4 << 20;
 /// Input buffer per connection: many small requests per read.
 const INPUT_BUFFER: usize = 256 << 10;
 
