@@ -3,7 +3,7 @@
 mod common;
 
 use blockwire_core::block::Extent;
-use blockwire_core::block::contract::BlockError;
+use blockwire_core::block::contract::{BlockError, Zeroes};
 use blockwire_core::block::stats::AcctType;
 use blockwire_core::server::{
     CloseReason, Command, ContextSet, Fault, ReplyEncoder, Request, Step,
@@ -649,21 +649,22 @@ fn plans_spell_out_fua_and_empty_writes() {
             Step::Flush
         ]
     );
+    let how = Zeroes {
+        may_unmap: true,
+        fast: true,
+        fua: true,
+    };
     let zeroes = Command::WriteZeroes {
         offset: 8,
         len: 4096,
-        may_trim: true,
-        fast: true,
-        fua: true,
+        how,
     };
     assert_eq!(
         plan(zeroes),
         [Step::WriteZeroes {
             offset: 8,
             len: 4096,
-            may_trim: true,
-            fast: true,
-            fua: true
+            how
         }]
     );
     assert_eq!(plan(Command::Flush), [Step::Flush]);

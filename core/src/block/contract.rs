@@ -144,6 +144,20 @@ pub const fn check_range(offset: u64, length: u64, size: u64) -> Result<u64, Blo
     }
 }
 
+/// How a range is to be made to read as zeroes: NBD's `WRITE_ZEROES`
+/// flags, QEMU's `BDRV_REQ_MAY_UNMAP`, `BDRV_REQ_NO_FALLBACK` and
+/// `BDRV_REQ_FUA`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Zeroes {
+    /// The range may be deallocated (no `NBD_CMD_FLAG_NO_HOLE`).
+    pub may_unmap: bool,
+    /// Fail with `NotSupported` rather than write zeroes slowly
+    /// (`NBD_CMD_FLAG_FAST_ZERO`).
+    pub fast: bool,
+    /// Durable before it completes.
+    pub fua: bool,
+}
+
 /// Size and alignment limits of a device, named as blkdebug's options name
 /// them. Zero means "no particular limit / preference".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -163,6 +163,44 @@ pub struct ExportInfo<'a> {
     pub block_size_required: bool,
 }
 
+impl<'a> ExportInfo<'a> {
+    /// An export of a device that can do `caps`, needing `block_sizes`:
+    /// clients must honour them when the device has an alignment (a
+    /// minimum above 1).
+    pub const fn of_device(
+        name: &'a str,
+        description: &'a str,
+        size: u64,
+        caps: DeviceCaps,
+        block_sizes: BlockSizes,
+    ) -> Self {
+        Self {
+            name,
+            description,
+            size,
+            flags: caps.transmission_flags(),
+            block_sizes,
+            block_size_required: block_sizes.minimum > 1,
+        }
+    }
+}
+
+/// One export on its own is a table of one that offers `base:allocation`
+/// only: all a frontend with a single export and no other context needs.
+impl Exports for ExportInfo<'_> {
+    fn find(&self, name: &str) -> Option<usize> {
+        (name == self.name).then_some(0)
+    }
+
+    fn export(&self, index: usize) -> Option<ExportInfo<'_>> {
+        (index == 0).then_some(*self)
+    }
+
+    fn meta_context(&self, export: usize, index: usize) -> Option<&str> {
+        (export == 0 && index == 0).then_some(crate::wire::context::BASE_ALLOCATION)
+    }
+}
+
 /// The frontend's table of exports, consulted during the handshake.
 ///
 /// Exports are addressed by position so the machine can walk them for

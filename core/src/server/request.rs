@@ -9,6 +9,7 @@
 //! carried.
 
 use super::exports::ContextSet;
+use crate::block::contract::Zeroes;
 use crate::block::stats::AcctType;
 use crate::wire::{CommandFlags, CommandType};
 
@@ -41,12 +42,8 @@ pub enum Command {
     WriteZeroes {
         offset: u64,
         len: u64,
-        /// No `NBD_CMD_FLAG_NO_HOLE`: the range may be deallocated.
-        may_trim: bool,
-        /// `NBD_CMD_FLAG_FAST_ZERO`: fail with `ENOTSUP` rather than write
-        /// zeroes slowly.
-        fast: bool,
-        fua: bool,
+        /// `NO_HOLE`, `FAST_ZERO` and `FUA`, as what they ask.
+        how: Zeroes,
     },
     /// `NBD_CMD_CACHE`: advisory prefetch.
     Cache { offset: u64, len: u64 },
@@ -94,9 +91,11 @@ impl Request {
             C::WRITE_ZEROES => Command::WriteZeroes {
                 offset,
                 len: length,
-                may_trim: !flags.contains(CommandFlags::NO_HOLE),
-                fast: flags.contains(CommandFlags::FAST_ZERO),
-                fua,
+                how: Zeroes {
+                    may_unmap: !flags.contains(CommandFlags::NO_HOLE),
+                    fast: flags.contains(CommandFlags::FAST_ZERO),
+                    fua,
+                },
             },
             C::CACHE => Command::Cache {
                 offset,
@@ -200,22 +199,9 @@ impl Request {
                 Step::Discard { offset, len },
                 if fua { Some(Step::Flush) } else { None },
             ),
-            Command::WriteZeroes {
-                offset,
-                len,
-                may_trim,
-                fast,
-                fua,
-            } => (
-                Step::WriteZeroes {
-                    offset,
-                    len,
-                    may_trim,
-                    fast,
-                    fua,
-                },
-                None,
-            ),
+            Command::WriteZeroes { offset, len, how } => {
+                (Step::WriteZeroes { offset, len, how }, None)
+            }
             Command::Cache { offset, len } => (Step::Cache { offset, len }, None),
         };
         Plan {
@@ -248,15 +234,10 @@ impl Request {
         match self.command {
             Command::Read { no_fragment, .. } => set(no_fragment, CommandFlags::DF),
             Command::Write { fua, .. } | Command::Trim { fua, .. } => set(fua, CommandFlags::FUA),
-            Command::WriteZeroes {
-                may_trim,
-                fast,
-                fua,
-                ..
-            } => {
-                set(fua, CommandFlags::FUA);
-                set(!may_trim, CommandFlags::NO_HOLE);
-                set(fast, CommandFlags::FAST_ZERO);
+            Command::WriteZeroes { how, .. } => {
+                set(how.fua, CommandFlags::FUA);
+                set(!how.may_unmap, CommandFlags::NO_HOLE);
+                set(how.fast, CommandFlags::FAST_ZERO);
             }
             Command::BlockStatus { req_one, .. } => set(req_one, CommandFlags::REQ_ONE),
             Command::Flush | Command::Cache { .. } => {}
@@ -287,16 +268,9 @@ pub enum Step {
     Write { offset: u64, len: u32, fua: bool },
     /// Discard the range (advisory: doing nothing is correct).
     Discard { offset: u64, len: u64 },
-    /// Make the range read as zeroes; `may_trim`: deallocating it is
-    /// allowed; `fast`: fail with `ENOTSUP` rather than write zeroes
-    /// slowly; `fua` as for `Write`.
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-        may_trim: bool,
-        fast: bool,
-        fua: bool,
-    },
+    /// Make the range read as zeroes, as `how` says (`fua`: a device
+    /// that cannot zero durably flushes after it).
+    WriteZeroes { offset: u64, len: u64, how: Zeroes },
     /// Prefetch the range (advisory).
     Cache { offset: u64, len: u64 },
     /// Make every completed write durable.

@@ -285,19 +285,13 @@ impl Replies {
                     return;
                 }
                 Step::Discard { offset, len } => device.trim(offset, len),
-                Step::WriteZeroes {
-                    offset,
-                    len,
-                    may_trim,
-                    fast,
-                    fua,
-                } => {
-                    if fast && !device.fast_zero() {
+                Step::WriteZeroes { offset, len, how } => {
+                    if how.fast && !device.fast_zero() {
                         Err(BlockError::NotSupported)
                     } else {
                         device
-                            .write_zeroes(offset, len, may_trim)
-                            .and_then(|()| fua_flush(device, fua))
+                            .write_zeroes(offset, len, how.may_unmap)
+                            .and_then(|()| fua_flush(device, how.fua))
                     }
                 }
                 // Advisory: a device in memory has nothing to prefetch.

@@ -21,7 +21,7 @@ use smoltcp::time::{Duration, Instant};
 
 use crate::block_device::BlockDevice;
 use crate::connection::Connection;
-use crate::export::Export;
+use crate::export::{self, Export};
 use crate::stats::ServerStats;
 use crate::time::to_core;
 
@@ -143,7 +143,7 @@ impl<'n, 's, D: BlockDevice> NbdServer<'n, 's, D> {
         slots: &'s mut [ConnectionSlot<'n>],
     ) -> Self {
         config.tls = blockwire_core::server::TlsPolicy::Off;
-        let mut export = Export::of(&device, name, "");
+        let mut export = export::of(&device, name, "");
         if slots.len() < MULTI_CONN_MIN_SLOTS {
             export.flags = export.flags.difference(TransmissionFlags::CAN_MULTI_CONN);
         }

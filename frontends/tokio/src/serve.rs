@@ -3,7 +3,6 @@
 
 mod cli_graph;
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use blockwire_core::server::ServerConfig;
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use crate::block::export_options::{BitmapRef, ExportOptions};
-use crate::block::{Graph, Node};
+use crate::block::{Graph, report};
 use crate::cli::{ServeArgs, TlsMode};
 use crate::connection::ConnContext;
 use crate::listen::{self, Inherited, ListenAddr, Listener, Tracker};
@@ -28,60 +26,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// The default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
-/// One line about an export for the log: its node chain.
-fn describe(export: &Export) -> String {
-    let mut chain = Vec::new();
-    let mut n = Some(export.node.clone());
-    while let Some(node) = n {
-        chain.push(format!("{} ({})", node.name(), node.driver_name()));
-        n = node
-            .children()
-            .into_iter()
-            .find(|c| c.role != "backing")
-            .map(|c| c.node);
-    }
-    format!(
-        "export {:?}: {} bytes{}, {}",
-        export.name,
-        export.node.size(),
-        if export.writable { "" } else { ", read-only" },
-        chain.join(" -> ")
-    )
-}
-
-/// `BlockExportOptions` as the registry's export configuration. A bitmap
-/// given as `{node, name}` must be on the exported node or below it,
-/// where the export looks bitmaps up.
-pub(crate) fn qapi_export(
-    e: &ExportOptions,
-    graph: &Graph,
-    multi_conn: bool,
-) -> Result<ExportConfig, String> {
-    let top = graph
-        .get(&e.node_name)
-        .ok_or_else(|| format!("Cannot find device='' nor node-name='{}'", e.node_name))?;
-    let mut bitmaps = Vec::new();
-    for b in &e.bitmaps {
-        if let BitmapRef::Node { node, name } = b {
-            if top.find_below(&|n| n.name() == node).is_none() {
-                return Err(format!(
-                    "Bitmap '{name}' of node '{node}' cannot be exported: \
-                     blockwire exports bitmaps of the exported node or of nodes below it"
-                ));
-            }
-        }
-        bitmaps.push(b.name().to_owned());
-    }
-    Ok(ExportConfig {
-        id: e.id.clone(),
-        node_name: e.node_name.clone(),
-        name: e.name.clone(),
-        description: e.description.clone().unwrap_or_default(),
-        writable: e.writable,
-        bitmaps,
-        allocation_depth: e.allocation_depth,
-        multi_conn,
-    })
+/// Makes the export `cfg`, logs it and adds it to `registry`.
+fn add_export(graph: &Arc<Graph>, registry: &Registry, cfg: ExportConfig) -> Result<(), String> {
+    let export = Export::new(graph, cfg).map_err(|e| e.to_string())?;
+    let ro = if export.writable { "" } else { ", read-only" };
+    let (name, size) = (&export.name, export.node.size());
+    info!(
+        "export {name:?}: {size} bytes{ro}, {}",
+        report::chain(&export.node)
+    );
+    registry.add(export).map(drop).map_err(|e| e.to_string())
 }
 
 /// Builds the graph and the exports the command line asks for: the
@@ -93,18 +47,13 @@ async fn build(args: &ServeArgs, graph: &Arc<Graph>, registry: &Registry) -> Res
     for (i, p) in cli_graph::plans(args).into_iter().enumerate() {
         let name = p.name.clone();
         let cfg = cli_graph::sugar(i, p, args, graph).await?;
-        let export = Export::new(graph, cfg).map_err(|e| format!("export {name:?}: {e}"))?;
-        info!("{}", describe(&export));
-        registry
-            .add(export)
-            .map_err(|e| format!("export {name:?}: {e}"))?;
+        add_export(graph, registry, cfg).map_err(|e| format!("export {name:?}: {e}"))?;
     }
     for (i, e) in qapi.exports.iter().enumerate() {
         qapi.check_export(i, graph)?;
-        let cfg = qapi_export(e, graph, args.multi_conn()).map_err(|m| qapi.export_error(i, m))?;
-        let export = Export::new(graph, cfg).map_err(|m| qapi.export_error(i, m))?;
-        info!("{}", describe(&export));
-        registry.add(export).map_err(|m| qapi.export_error(i, m))?;
+        let cfg = e.config(graph, args.multi_conn());
+        cfg.and_then(|cfg| add_export(graph, registry, cfg))
+            .map_err(|m| qapi.export_error(i, m))?;
     }
     Ok(())
 }
@@ -125,7 +74,7 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
     let graph = Arc::new(Graph::new());
     let registry = Arc::new(Registry::new());
     build(&args, &graph, &registry).await?;
-    report_on_sigusr1(graph.clone())?;
+    report::log_on_sigusr1(graph.clone())?;
 
     let mode = args.tls_mode();
     let acceptor = match mode {
@@ -201,49 +150,7 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    for e in registry.snapshot().iter() {
-        if let Err(err) = flush(&e.node).await {
-            warn!("export {:?}: flush failed: {err}", e.name);
-        }
-        // Closing: every node below stores its persistent bitmaps (a
-        // qcow2 image's, loaded at open), top down as QEMU's close does.
-        let mut todo = vec![e.node.clone()];
-        while let Some(n) = todo.pop() {
-            if let Err(err) = store_bitmaps(&n).await {
-                warn!(
-                    "node {:?}: persistent dirty bitmaps not stored: {err}",
-                    n.name()
-                );
-            }
-            todo.extend(n.children().into_iter().map(|c| c.node));
-        }
-    }
+    graph.close().await;
     info!("stopped");
-    Ok(())
-}
-
-/// Flushes `node` where its I/O may run.
-pub(crate) async fn flush(node: &Arc<Node>) -> io::Result<()> {
-    node.run(|n| async move { n.flush().wait().await }).await
-}
-
-/// Stores `node`'s persistent dirty bitmaps (close) where its I/O may
-/// run.
-pub(crate) async fn store_bitmaps(node: &Arc<Node>) -> io::Result<()> {
-    node.run(|n| async move { n.store_bitmaps().await }).await
-}
-
-/// On `SIGUSR1`, logs the graph as `query-named-block-nodes` and
-/// `query-blockstats` would answer.
-fn report_on_sigusr1(graph: Arc<Graph>) -> io::Result<()> {
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-    tokio::spawn(async move {
-        while usr1.recv().await.is_some() {
-            let nodes = crate::block::report::named_block_nodes(&graph, true);
-            let stats = crate::block::report::blockstats(&graph, crate::block::node::now_ns());
-            info!("query-named-block-nodes: {nodes}");
-            info!("query-blockstats: {stats}");
-        }
-    });
     Ok(())
 }

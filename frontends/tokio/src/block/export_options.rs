@@ -5,6 +5,7 @@
 //! other options fills them in directly.
 
 use super::graph::Graph;
+use crate::registry::ExportConfig;
 
 /// Longest export name or description (`NBD_MAX_STRING_SIZE`).
 pub const NBD_MAX_STRING_SIZE: usize = 4096;
@@ -90,5 +91,36 @@ impl ExportOptions {
             }
         }
         Ok(())
+    }
+
+    /// The registry's configuration of this export. A bitmap given as
+    /// `{node, name}` must be on the exported node or below it, where the
+    /// export looks bitmaps up.
+    pub fn config(&self, graph: &Graph, multi_conn: bool) -> Result<ExportConfig, String> {
+        let top = graph
+            .get(&self.node_name)
+            .ok_or_else(|| format!("Cannot find device='' nor node-name='{}'", self.node_name))?;
+        let mut bitmaps = Vec::new();
+        for b in &self.bitmaps {
+            if let BitmapRef::Node { node, name } = b
+                && top.find_below(&|n| n.name() == node).is_none()
+            {
+                return Err(format!(
+                    "Bitmap '{name}' of node '{node}' cannot be exported: \
+                     blockwire exports bitmaps of the exported node or of nodes below it"
+                ));
+            }
+            bitmaps.push(b.name().to_owned());
+        }
+        Ok(ExportConfig {
+            id: self.id.clone(),
+            node_name: self.node_name.clone(),
+            name: self.name.clone(),
+            description: self.description.clone().unwrap_or_default(),
+            writable: self.writable,
+            bitmaps,
+            allocation_depth: self.allocation_depth,
+            multi_conn,
+        })
     }
 }

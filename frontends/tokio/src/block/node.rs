@@ -66,16 +66,8 @@ impl Status {
     }
 }
 
-/// How a write-zeroes request may be carried out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Zeroes {
-    /// The range may be deallocated (NBD without `NO_HOLE`).
-    pub may_unmap: bool,
-    /// Fail with `ENOTSUP` rather than write zeroes slowly.
-    pub fast: bool,
-    /// Durable before completion.
-    pub fua: bool,
-}
+/// How a range is zeroed: the core's, as NBD and QEMU define it.
+pub use blockwire_core::block::contract::Zeroes;
 
 /// What a driver tells its parents and the exports above it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -189,3 +189,35 @@ pub fn blockstats(graph: &Graph, now_ns: u64) -> Value {
             .collect(),
     )
 }
+
+/// A node and the chain of data children below it, as one line for a log
+/// (`name (driver) -> name (driver)`); backing nodes are left out.
+pub fn chain(node: &Arc<Node>) -> String {
+    let mut chain = Vec::new();
+    let mut n = Some(node.clone());
+    while let Some(node) = n {
+        chain.push(format!("{} ({})", node.name(), node.driver_name()));
+        n = node
+            .children()
+            .into_iter()
+            .find(|c| c.role != "backing")
+            .map(|c| c.node);
+    }
+    chain.join(" -> ")
+}
+
+/// On `SIGUSR1`, logs the graph as `query-named-block-nodes` and
+/// `query-blockstats` would answer.
+pub fn log_on_sigusr1(graph: Arc<Graph>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            let nodes = named_block_nodes(&graph, true);
+            let stats = blockstats(&graph, super::node::now_ns());
+            tracing::info!("query-named-block-nodes: {nodes}");
+            tracing::info!("query-blockstats: {stats}");
+        }
+    });
+    Ok(())
+}

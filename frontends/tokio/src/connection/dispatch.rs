@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::writer::{Outgoing, Reply, Ticket};
 use crate::block::node::now_ns;
-use crate::block::{Event, Node, Zeroes, io::poll_once};
+use crate::block::{Event, Node, io::poll_once};
 use crate::io::BufPool;
 use crate::registry::{ContextKind, Export};
 
@@ -40,14 +40,6 @@ pub(super) struct Job {
 }
 
 impl Job {
-    pub(super) fn new(export: Arc<Export>, encoder: ReplyEncoder, pool: Arc<BufPool>) -> Self {
-        Self {
-            export,
-            encoder,
-            pool,
-        }
-    }
-
     fn node(&self) -> &Arc<Node> {
         &self.export.node
     }
@@ -119,57 +111,41 @@ pub(super) fn dispatch(
 /// its reply.
 async fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
     let node = job.node();
-    let cookie = req
+    let started = req
         .acct_type()
         .map(|k| node.acct().start(now_ns(), k, req.len()));
     let result = run(job, req, data).await;
-    if let Some(c) = cookie {
+    if let Some(c) = started {
         let mut acct = node.acct();
         match result {
             Ok(_) => acct.done(c, now_ns()),
             Err(_) => acct.failed(c, now_ns()),
         }
     }
-    let e = match result {
-        Ok(reply) => return reply,
-        Err(e) => e,
-    };
-    if let Some(op) = io_operation(req, &e) {
+    result.unwrap_or_else(|e| failed(job, req, &e))
+}
+
+/// The error reply of a request that failed with `e`; a failure of the
+/// storage (not of a client's invalid request) is also a `BLOCK_IO_ERROR`
+/// event, as QEMU raises it.
+fn failed(job: &Job, req: &Request, e: &io::Error) -> Reply {
+    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+    debug!(cookie = req.cookie, command = ?req.kind(), "request failed: {e}");
+    if !matches!(errno, libc::EINVAL | libc::EPERM | libc::ENOTSUP) {
+        let node = job.node();
         node.events().send(Event::IoError {
             node_name: node.name().to_owned(),
-            operation: op,
-            nospace: e.raw_os_error() == Some(libc::ENOSPC),
+            operation: match req.writes() || matches!(req.command, Command::Flush) {
+                true => "write",
+                false => "read",
+            },
+            nospace: errno == libc::ENOSPC,
             reason: e.to_string(),
         });
     }
-    error_reply(job, req, &e)
-}
-
-/// The operation a failure is reported as in `BLOCK_IO_ERROR`, for
-/// failures of the storage (not a client's invalid request).
-fn io_operation(req: &Request, e: &io::Error) -> Option<&'static str> {
-    if matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)
-    ) {
-        return None;
-    }
-    Some(match req.command {
-        Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => "read",
-        Command::Write { .. }
-        | Command::Flush
-        | Command::Trim { .. }
-        | Command::WriteZeroes { .. } => "write",
-    })
-}
-
-fn error_reply(job: &Job, req: &Request, e: &io::Error) -> Reply {
-    let errno = Errno::from_host(e.raw_os_error().unwrap_or(libc::EIO));
-    debug!(cookie = req.cookie, command = ?req.kind(), "request failed: {e}");
-    Reply::Short(
-        job.encoder
-            .result(req, Err(Fault::new(errno, &e.to_string()))),
-    )
+    let message = e.to_string();
+    let fault = Fault::new(Errno::from_host(errno), &message);
+    Reply::Short(job.encoder.result(req, Err(fault)))
 }
 
 async fn run(job: &Job, req: &Request, mut data: Vec<u8>) -> io::Result<Reply> {
@@ -186,19 +162,8 @@ async fn run(job: &Job, req: &Request, mut data: Vec<u8>) -> io::Result<Reply> {
                 r?
             }
             Step::Discard { offset, len } => node.discard(offset, len).wait().await?,
-            Step::WriteZeroes {
-                offset,
-                len,
-                may_trim,
-                fast,
-                fua,
-            } => {
-                let z = Zeroes {
-                    may_unmap: may_trim,
-                    fast,
-                    fua,
-                };
-                node.write_zeroes(offset, len, z).wait().await?
+            Step::WriteZeroes { offset, len, how } => {
+                node.write_zeroes(offset, len, how).wait().await?
             }
             Step::Cache { offset, len } => node.cache(offset, len).wait().await?,
             Step::Flush => node.flush().wait().await?,

@@ -106,11 +106,12 @@ pub(super) async fn transmission<S: Socket>(
     // leave when the export is removed by force.
     let (_client, mut kicked) = export.enter();
     info!(mode = ?session.mode, contexts = session.contexts.len(), "transmission");
-    let job = Arc::new(Job::new(
+    let (encoder, pool) = (session.encoder(), Arc::new(BufPool::default()));
+    let job = Arc::new(Job {
         export,
-        session.encoder(),
-        Arc::new(BufPool::default()),
-    ));
+        encoder,
+        pool,
+    });
     let (mut rd, wr) = sock.split_owned();
     let budget = Budget {
         requests: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),

@@ -266,7 +266,7 @@ pub async fn add_export(d: &Daemon, e: &ExportOptions) -> Result<(), QmpError> {
             e.name
         )));
     }
-    let cfg = crate::serve::qapi_export(e, &d.graph, true).map_err(QmpError::generic)?;
+    let cfg = e.config(&d.graph, true).map_err(QmpError::generic)?;
     let export = Export::new(&d.graph, cfg)?;
     d.registry
         .add(export)

@@ -423,19 +423,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), Error> {
     if daemon.nbd_running().await {
         let _ = daemon.nbd_stop().await;
     }
-    for n in daemon.graph.nodes() {
-        if !n.read_only()
-            && let Err(e) = crate::serve::flush(&n).await
-        {
-            warn!("node {:?}: flush failed: {e}", n.name());
-        }
-        if let Err(e) = crate::serve::store_bitmaps(&n).await {
-            warn!(
-                "node {:?}: persistent dirty bitmaps not stored: {e}",
-                n.name()
-            );
-        }
-    }
+    daemon.graph.close().await;
     Ok(())
 }
 
