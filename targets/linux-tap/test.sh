@@ -157,7 +157,7 @@ done
 
 echo "== clients killed mid-write free their slots"
 # (In a subshell: bash would report the SIGKILL of a foreground job.)
-(in_ns python3 "$burst" "$SERVER_IP" 10809 -n "$CONNS" --min-served "$CONNS" --die-mid-write --timeout 10 \
+(in_ns python3 "$burst" "$SERVER_IP" 10809 -n "$CONNS" --min-served "$CONNS" --die-mid-write --wait-free "$REAP_S" --timeout 10 \
   >"$work/die" || true) 2>/dev/null
 grep -q "dying with $CONNS writes half-sent" "$work/die" || { cat "$work/die"; fail "mid-write clients"; }
 all_slots_free "after $CONNS clients died mid-write"

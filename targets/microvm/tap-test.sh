@@ -105,7 +105,7 @@ for b in 1 2 3; do
 done
 
 echo "== clients killed mid-write free their slots"
-(in_ns python3 scripts/burst.py "$GUEST_IP" 10809 -n "$CONNS" --min-served "$CONNS" --die-mid-write \
+(in_ns python3 scripts/burst.py "$GUEST_IP" 10809 -n "$CONNS" --min-served "$CONNS" --die-mid-write --wait-free "$REAP_S" \
   --timeout 10 >"$work/die" || true) 2>/dev/null
 grep -q "dying with $CONNS writes half-sent" "$work/die" || { cat "$work/die"; fail "mid-write clients"; }
 all_slots_free "after $CONNS clients died mid-write"

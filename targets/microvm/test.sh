@@ -148,9 +148,12 @@ for burst in 1 2 3; do
 done
 
 echo "== clients killed mid-write free their slots"
+# --wait-free: all_slots_free's probes closed just before, and a slot
+# listens again only once the guest has seen its client leave; until all
+# $CONNS are free burst.py takes none and asks again (see its docs).
 # (In a subshell: bash would report the SIGKILL of a foreground job.)
 (python3 scripts/burst.py 127.0.0.1 "$PORT" --ports "$FWDS" -n "$CONNS" --min-served "$CONNS" \
-  --die-mid-write --timeout 10 >"$work/die" || true) 2>/dev/null
+  --die-mid-write --wait-free "$REAP_S" --timeout 10 >"$work/die" || true) 2>/dev/null
 grep -q "dying with $CONNS writes half-sent" "$work/die" || { cat "$work/die"; fail "mid-write clients"; }
 t0=$(secs)
 all_slots_free "after $CONNS clients died mid-write"

@@ -23,10 +23,17 @@ Prints one line `served=S refused=R cut=C` and exits 1 if any was cut,
 if fewer than --min-served were served, or if a connection is still
 unresolved after --timeout seconds (no read blocks past that deadline).
 
-With --die-mid-write, each served connection instead sends a 1 MiB write
-request with only part of its payload, and once all have, the process
-kills itself (SIGKILL): clients that vanish mid-transfer, for checking
-that the server frees their slots.
+With --die-mid-write, each served connection is held after GO instead.
+Once every connection is resolved and at least --min-served were served,
+each held one sends a 1 MiB write request with only part of its payload
+and the process kills itself (SIGKILL): clients that vanish mid-transfer,
+for checking that the server frees their slots. With fewer served, the
+held ones end cleanly (NBD_CMD_DISC) and nothing is written. With
+--wait-free SECS the whole attempt is then made again, every 0.5 s for up
+to SECS: a slot listens again only once the server has seen its last
+client's close, and the caller's own probes may have closed just before,
+so a refusal then is the server being right, not a precondition met. A
+cut connection is never retried.
 """
 import argparse
 import os
@@ -95,11 +102,8 @@ class Conn:
                 if self.need(self.skip) is None:
                     return False
                 if self.rtype == REP_ACK and DIE_MID_WRITE:
-                    self.sock.setblocking(True)
-                    self.sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, 1, 0, 1 << 20))
-                    self.sock.sendall(b"\xa5" * (100 << 10))
                     self.result = "served"
-                    self.state = "die"
+                    self.state = "held"
                     return True
                 if self.rtype == REP_ACK:
                     self.sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, 1, 0, 4096))
@@ -109,7 +113,7 @@ class Conn:
                     return True
                 else:
                     self.state = "options"
-            elif self.state == "die":
+            elif self.state == "held":
                 return False
             elif self.state == "reply":
                 r = self.need(16 + 4096)
@@ -124,18 +128,8 @@ class Conn:
                 return True
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("host")
-    ap.add_argument("port", type=int)
-    ap.add_argument("-n", type=int, default=16)
-    ap.add_argument("--ports", type=int, default=1)
-    ap.add_argument("--min-served", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=30)
-    ap.add_argument("--die-mid-write", action="store_true")
-    a = ap.parse_args()
-    global DIE_MID_WRITE
-    DIE_MID_WRITE = a.die_mid_write
+def attempt(a):
+    """One burst; returns (results, unresolved), or dies as --die-mid-write says."""
     deadline = time.monotonic() + a.timeout
     conns = []
     results = {"served": 0, "refused": 0, "cut": 0}
@@ -171,15 +165,53 @@ def main():
             if done:
                 results[c.result] += 1
                 sel.unregister(c.sock)
-                if c.state != "die":
+                if c.state != "held":
                     c.sock.close()
                 pending -= 1
-    if DIE_MID_WRITE and not pending and results["served"] >= a.min_served:
+    held = [c for c in conns if c.state == "held"]
+    if DIE_MID_WRITE and not pending and not results["cut"] and results["served"] >= a.min_served:
+        for c in held:
+            c.sock.setblocking(True)
+            c.sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, 1, 0, 1 << 20))
+            c.sock.sendall(b"\xa5" * (100 << 10))
         # The kernel closes the sockets for us, as for a crashed client:
         # with the server's unread replies pending, possibly with a reset.
         print(f"dying with {results['served']} writes half-sent", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    print(f"served={results['served']} refused={results['refused']} cut={results['cut']} unresolved={pending}")
+    for c in held:
+        # Too few served to die: leave cleanly, so the slots free at once.
+        try:
+            c.sock.setblocking(True)
+            c.sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC, 2, 0, 0))
+        except OSError:
+            pass
+        c.sock.close()
+    return results, pending
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("-n", type=int, default=16)
+    ap.add_argument("--ports", type=int, default=1)
+    ap.add_argument("--min-served", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--die-mid-write", action="store_true")
+    ap.add_argument("--wait-free", type=float, default=0, metavar="SECS")
+    a = ap.parse_args()
+    global DIE_MID_WRITE
+    DIE_MID_WRITE = a.die_mid_write
+    until = time.monotonic() + a.wait_free
+    while True:
+        results, pending = attempt(a)
+        line = f"served={results['served']} refused={results['refused']} cut={results['cut']} unresolved={pending}"
+        busy = DIE_MID_WRITE and not pending and not results["cut"]
+        if not busy or time.monotonic() >= until:
+            break
+        print(f"{line}: fewer than {a.min_served} slots free; again", flush=True)
+        time.sleep(0.5)
+    print(line)
     bad = results["cut"] or pending or results["served"] < a.min_served
     sys.exit(1 if bad else 0)
 
