@@ -168,6 +168,17 @@ def attempt(a):
                 if c.state != "held":
                     c.sock.close()
                 pending -= 1
+    for i, c in enumerate(conns):
+        if c.result is None:
+            # Say where it hangs: a TCP connect the host never completed
+            # (the forwarder's accept queue), or a connection waiting for
+            # the server's first byte.
+            try:
+                c.sock.getpeername()
+                where = f"connected, {len(c.buf)} bytes, state {c.state}"
+            except OSError:
+                where = "TCP connect not completed"
+            print(f"unresolved: connection {i} (port {a.port + i % a.ports}): {where}", flush=True)
     held = [c for c in conns if c.state == "held"]
     if DIE_MID_WRITE and not pending and not results["cut"] and results["served"] >= a.min_served:
         for c in held:
