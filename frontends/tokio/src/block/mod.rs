@@ -28,6 +28,7 @@
 //!   throttled RAM disk);
 //! * both: the blocking pool, waiting there (a throttled file).
 
+pub mod driver;
 pub mod drivers;
 pub mod events;
 pub mod export_options;
