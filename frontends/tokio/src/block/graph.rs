@@ -258,21 +258,24 @@ impl Graph {
     }
 
     /// Closes the graph when the process ends, as QEMU's `bdrv_close_all`
-    /// does: every writable node is flushed and every node stores its
-    /// persistent dirty bitmaps (a qcow2 image's, loaded at open). Failures
-    /// are logged; closing goes on with the other nodes.
+    /// does: parents before their children (a child exists before any
+    /// parent can name it, so that is reverse creation order), and on each
+    /// node its persistent dirty bitmaps stored (a qcow2 image's, loaded at
+    /// open) before it is flushed, as `bdrv_inactivate` stores them before
+    /// the flush: so what storing writes into a child is flushed with it.
+    /// Failures are logged; closing goes on with the other nodes.
     pub async fn close(&self) {
-        for n in self.nodes() {
-            if !n.read_only()
-                && let Err(e) = n.run(|n| async move { n.flush().wait().await }).await
-            {
-                tracing::warn!("node {:?}: flush failed: {e}", n.name());
-            }
+        for n in self.nodes().into_iter().rev() {
             if let Err(e) = n.run(|n| async move { n.store_bitmaps().await }).await {
                 tracing::warn!(
                     "node {:?}: persistent dirty bitmaps not stored: {e}",
                     n.name()
                 );
+            }
+            if !n.read_only()
+                && let Err(e) = n.run(|n| async move { n.flush().wait().await }).await
+            {
+                tracing::warn!("node {:?}: flush failed: {e}", n.name());
             }
         }
     }
