@@ -255,15 +255,7 @@ fn device_caps_become_flags() {
         ..DeviceCaps::default()
     };
     let f = rw.transmission_flags();
-    assert!(f.contains(
-        TransmissionFlags::SEND_FLUSH
-            | TransmissionFlags::SEND_FUA
-            | TransmissionFlags::SEND_TRIM
-            | TransmissionFlags::SEND_WRITE_ZEROES
-            | TransmissionFlags::SEND_FAST_ZERO
-            | TransmissionFlags::SEND_CACHE
-            | TransmissionFlags::CAN_MULTI_CONN
-    ));
+    assert!(f.contains(all_flags()));
     let ro = DeviceCaps {
         read_only: true,
         ..rw
