@@ -5,7 +5,9 @@ With --ports K they are spread round-robin over PORT .. PORT+K-1: QEMU's
 user network accepts each forwarded port with a listen backlog of one, so
 the host kernel holds at most two pending connections per port and makes
 the others retry their SYN after 1, 3, 7... s. Several forwards to the
-same guest port let a burst reach the guest at once.
+same guest port let a burst reach the guest at once; each connection
+binds its own source port first, since behind the forwards they all
+share one guest address and port (see attempt()).
 
 Every connection is opened before any is read from, so all N are in the
 server's hands together. Each then runs the fixed-newstyle handshake
@@ -135,9 +137,20 @@ def attempt(a):
     results = {"served": 0, "refused": 0, "cut": 0}
     for i in range(a.n):
         s = socket.socket()
+        # An exclusive source port: connect() alone may give two sockets
+        # the same one when their destination ports differ, and QEMU's
+        # user network maps every forward to the guest's one port, keeping
+        # the source port: two such connections are one TCP connection to
+        # the guest, and the second's SYN lands in the first (it hangs
+        # unanswered until slirp gives up, 75 s on). bind() to port 0
+        # never hands out a port another socket holds.
+        s.bind((a.host, 0))
         s.setblocking(False)
         s.connect_ex((a.host, a.port + i % a.ports))
         conns.append(Conn(s))
+    ports = [c.sock.getsockname()[1] for c in conns]
+    if len(set(ports)) != len(ports):
+        sys.exit(f"burst.py: two connections share a source port: {sorted(ports)}")
     sel = selectors.DefaultSelector()
     for c in conns:
         sel.register(c.sock, selectors.EVENT_READ, c)
