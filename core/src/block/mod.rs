@@ -11,6 +11,7 @@ mod extent;
 pub mod alloc_map;
 pub mod blkdebug;
 pub mod contract;
+pub mod device;
 pub mod dirty_bitmap;
 pub mod overlay;
 pub mod raw_window;
@@ -19,6 +20,7 @@ pub mod throttle;
 pub mod write_threshold;
 pub mod zero_policy;
 
+pub use device::BlockDevice;
 pub use extent::Extent;
 
 /// `Display` and `core::error::Error` for the block logic's error types:

@@ -15,6 +15,9 @@
 //!   lays out reply bytes.
 //! * [`DeviceCaps::transmission_flags`] turns what a device can do into
 //!   the flags its export advertises.
+//! * [`sync`] drives all of the above over a synchronous
+//!   [`BlockDevice`](crate::block::BlockDevice): a whole connection, for a
+//!   frontend that only moves bytes.
 //!
 //! Events say what the frontend must do:
 //!
@@ -86,6 +89,7 @@ mod handshake;
 mod read_reply;
 mod reply;
 mod request;
+pub mod sync;
 mod transmission;
 
 pub use exports::{BlockSizes, ContextSet, DeviceCaps, ExportInfo, Exports};

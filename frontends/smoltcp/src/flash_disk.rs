@@ -4,7 +4,7 @@
 use blockwire_core::block::contract::{BlockError, Limits, Op, check_range};
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 
-use crate::block_device::BlockDevice;
+use blockwire_core::block::BlockDevice;
 
 /// Bounce buffer for reads whose ends are not `READ_SIZE`-aligned, and the
 /// window used to compare a cached block with flash.

@@ -28,35 +28,32 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-mod block_device;
 mod blocking;
 mod client;
 mod connection;
-mod export;
 mod flash_disk;
 mod ram_disk;
-mod read_stream;
-mod reply_slot;
 mod server;
 mod sim_flash;
 mod static_disk;
-mod stats;
 mod time;
 
-pub use block_device::BlockDevice;
 pub use blocking::Network;
+pub use blockwire_core::block::BlockDevice;
 pub use client::{ClientError, NbdClient};
-pub use export::Export;
+/// The one export a server offers, as the handshake machine sees it (a
+/// table of one offering `base:allocation`), copied out of the device once
+/// so each connection's machine owns a copy (a few words).
+pub type Export<'n> = blockwire_core::server::ExportInfo<'n>;
+pub use blockwire_core::server::sync::{REPLY_SLOT, ServerStats};
 pub use flash_disk::FlashDisk;
 pub use ram_disk::RamDisk;
-pub use reply_slot::REPLY_SLOT;
 pub use server::{
     CLOSE_DEADLINE, CONNECTION_STATE_SIZE, ConnectionSlot, KEEPALIVE_INTERVAL,
     MULTI_CONN_MIN_SLOTS, NBD_PORT, NbdServer, PEER_TIMEOUT, add_socket, add_sockets,
 };
 pub use sim_flash::{RamFlash, RamFlashError};
 pub use static_disk::StaticDisk;
-pub use stats::ServerStats;
 pub use time::to_core;
 
 pub use blockwire_core;

@@ -3,7 +3,8 @@
 use blockwire_core::block::alloc_map::{AllocMap, AllocState};
 use blockwire_core::block::contract::{BlockError, ExtentSink, Op, StatusQuery, StatusSummary};
 
-use crate::block_device::{BlockDevice, byte_range};
+use blockwire_core::block::BlockDevice;
+use blockwire_core::block::device::byte_range;
 
 /// A disk in a `&mut [u8]`, tracking which granules hold data, zeroes or
 /// nothing in an [`AllocMap`] over a caller-provided `&mut [u64]`, so block

@@ -19,10 +19,11 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 
-use crate::block_device::BlockDevice;
-use crate::connection::Connection;
-use crate::export::{self, Export};
-use crate::stats::ServerStats;
+use blockwire_core::block::BlockDevice;
+use blockwire_core::server::sync::{Pumped, ServerStats, export_of};
+
+use crate::Export;
+use crate::connection::{Connection, Tcp};
 use crate::time::to_core;
 
 /// How long a connection we closed may wait for the client to acknowledge
@@ -52,9 +53,9 @@ pub const MULTI_CONN_MIN_SLOTS: usize = 4;
 pub const NBD_PORT: u16 = 10809;
 
 /// Bytes of static state per connection (the core protocol machine, whose
-/// handshake buffers dominate, plus this crate's reply slot and read
-/// position), not counting the socket's own TCP buffers.
-pub const CONNECTION_STATE_SIZE: usize = Connection::SIZE;
+/// handshake buffers dominate, plus its reply slot and read position), not
+/// counting the socket's own TCP buffers.
+pub const CONNECTION_STATE_SIZE: usize = core::mem::size_of::<Connection<'static>>();
 
 // The connection is the big variant by design: with no heap there is
 // nothing to box it into, and a slot must be able to hold one anyway.
@@ -143,7 +144,7 @@ impl<'n, 's, D: BlockDevice> NbdServer<'n, 's, D> {
         slots: &'s mut [ConnectionSlot<'n>],
     ) -> Self {
         config.tls = blockwire_core::server::TlsPolicy::Off;
-        let mut export = export::of(&device, name, "");
+        let mut export = export_of(&device, name, "");
         if slots.len() < MULTI_CONN_MIN_SLOTS {
             export.flags = export.flags.difference(TransmissionFlags::CAN_MULTI_CONN);
         }
@@ -279,7 +280,13 @@ fn serve<'n, D: BlockDevice>(
                     continue;
                 }
                 conn.handle_timeout(core_now);
-                progress |= conn.pump(socket, device, stats);
+                match conn.pump(&mut Tcp(socket), device, stats) {
+                    Pumped::Progress(p) => progress |= p,
+                    Pumped::Broken => {
+                        socket.abort();
+                        return true;
+                    }
+                }
                 if !conn.is_finished() {
                     return progress;
                 }

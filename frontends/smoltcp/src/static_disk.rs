@@ -2,7 +2,8 @@
 
 use blockwire_core::block::contract::BlockError;
 
-use crate::block_device::{BlockDevice, byte_range};
+use blockwire_core::block::BlockDevice;
+use blockwire_core::block::device::byte_range;
 
 /// A read-only export of `data`, e.g. `include_bytes!` of a boot image or a
 /// memory-mapped flash region. Block status reports everything as data:

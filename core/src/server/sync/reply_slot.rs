@@ -1,11 +1,11 @@
-//! A small buffer for one encoded reply waiting for room in the socket.
+//! A small buffer for one encoded reply waiting for room in the transport.
 
-use blockwire_core::wire::codec::{Overflow, Sink};
+use crate::wire::codec::{Overflow, Sink};
 
 /// Bytes a connection can hold of replies it could not send yet: an error
 /// reply with its message, or a block-status chunk of up to 29 extended
 /// (61 compact) descriptors. Reads never pass through here; their data goes
-/// from the device straight into the socket's send buffer.
+/// from the device straight into the transport's send buffer.
 pub const REPLY_SLOT: usize = 512;
 
 pub(crate) struct ReplySlot {

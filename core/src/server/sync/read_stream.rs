@@ -1,14 +1,13 @@
 //! A read reply in progress: the core's [`ReadReply`] plans the chunks,
-//! and data goes from the device straight into the socket's send buffer,
+//! and data goes from the device straight into the transport's send buffer,
 //! in chunks sized to the room the window leaves.
 
-use blockwire_core::server::{MAX_REPLY_HEADER, ReadChunk, ReadReply, ReplyHeader};
-use smoltcp::socket::tcp;
-
-use crate::block_device::BlockDevice;
+use super::Transport;
+use crate::block::BlockDevice;
+use crate::server::{MAX_REPLY_HEADER, ReadChunk, ReadReply, ReplyHeader};
 
 /// Where a read reply stands. Only a few words: the data itself is never
-/// held, it is read from the device into the socket buffer on the spot.
+/// held, it is read from the device into the send buffer on the spot.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ReadStream {
     plan: ReadReply,
@@ -22,9 +21,9 @@ pub(crate) struct ReadStream {
 pub(crate) enum Step {
     /// A chunk header to send before calling again.
     Header(ReplyHeader),
-    /// `n` data bytes went into the socket.
+    /// `n` data bytes went into the transport.
     Data(usize),
-    /// The socket is full.
+    /// The transport's send buffer is full.
     Blocked,
     /// Everything was sent.
     Done,
@@ -44,40 +43,44 @@ impl ReadStream {
 
     /// Advance by one header or one contiguous piece of data. The caller
     /// sends `Header`s through its reply slot, then calls again.
-    pub(crate) fn step<D: BlockDevice + ?Sized>(
+    pub(crate) fn step<D: BlockDevice + ?Sized, T: Transport + ?Sized>(
         &mut self,
-        socket: &mut tcp::Socket<'_>,
+        out: &mut T,
         device: &mut D,
     ) -> Step {
         if self.chunk_left > 0 {
             let (pos, left) = (self.pos, self.chunk_left);
-            let sent = socket.send(|buf| {
+            let mut failed = false;
+            let sent = out.send_with(&mut |buf| {
                 let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 if n == 0 {
-                    return (0, Ok(0));
+                    return 0;
                 }
                 match device.read(pos, &mut buf[..n]) {
-                    Ok(()) => (n, Ok(n)),
-                    Err(e) => (0, Err(e)),
+                    Ok(()) => n,
+                    Err(_) => {
+                        failed = true;
+                        0
+                    }
                 }
             });
             return match sent {
-                Ok(Ok(0)) | Err(_) => Step::Blocked,
-                Ok(Ok(n)) => {
+                _ if failed => Step::Failed,
+                Ok(0) | Err(_) => Step::Blocked,
+                Ok(n) => {
                     self.pos += n as u64;
                     self.chunk_left -= n as u64;
                     Step::Data(n)
                 }
-                Ok(Err(_)) => Step::Failed,
             };
         }
         // Size data chunks to the room the send buffer has now, but never
         // below half the buffer, so a nearly full buffer does not turn into
         // a stream of tiny chunks.
-        let free = socket.send_capacity() - socket.send_queue();
+        let free = out.send_capacity() - out.send_queue();
         let target = free
             .saturating_sub(MAX_REPLY_HEADER)
-            .max(socket.send_capacity() / 2)
+            .max(out.send_capacity() / 2)
             .max(1) as u64;
         let chunk = self
             .plan

@@ -1,14 +1,14 @@
-//! The synchronous block device the server exports.
+//! A synchronous block device: what [`crate::server::sync`] serves.
 //!
-//! Everything on a bare-metal target runs in one loop, so the device is
-//! plain method calls that finish before they return: no futures, no
-//! completion queue. Ranges are checked by the protocol machine before the
+//! Everything on a bare-metal target (or in a simulation, or a fuzzer)
+//! runs in one loop, so the device is plain method calls that finish
+//! before they return: no futures, no completion queue. Ranges are checked by the protocol machine before the
 //! device sees them (offset + length never passes [`BlockDevice::size`]),
 //! but implementations still check them, because a device is also usable
 //! on its own.
 
-use blockwire_core::block::Extent;
-use blockwire_core::block::contract::{
+use crate::block::Extent;
+use crate::block::contract::{
     BlockError, ExtentEmitter, ExtentSink, Limits, Op, StatusQuery, StatusSummary,
 };
 
@@ -157,13 +157,14 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &mut T {
     }
 }
 
-/// `offset..offset+len` as `usize` indices into a device of `size` bytes.
-pub(crate) fn byte_range(
+/// `offset..offset+len` as `usize` indices into a device of `size` bytes
+/// held in memory (so `size` came from a slice length and fits `usize`).
+pub fn byte_range(
     offset: u64,
     len: usize,
     size: u64,
 ) -> Result<core::ops::Range<usize>, BlockError> {
-    let end = blockwire_core::block::contract::check_range(offset, len as u64, size)?;
+    let end = crate::block::contract::check_range(offset, len as u64, size)?;
     // `size` came from a slice length, so both ends fit usize.
     Ok(offset as usize..end as usize)
 }
