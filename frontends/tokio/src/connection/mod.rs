@@ -86,30 +86,38 @@ async fn run<S: Socket>(mut sock: S, ctx: &ConnContext) -> io::Result<()> {
     // not hold the connection past it either, so the whole negotiation is
     // bounded by the same instant.
     let deadline = server.poll_timeout().map(|d| ctx.deadline(d));
-    match bounded(deadline, handshake(&mut server, &mut sock, &mut input, ctx)).await? {
+    let h = bounded(deadline, handshake(&mut server, &mut sock, &mut input, ctx)).await?;
+    let Handshake::StartTls = h else {
+        return after_handshake(h, server, sock, input, ctx).await;
+    };
+    let Some(acceptor) = &ctx.tls else {
+        // The core only offers STARTTLS when TLS is configured.
+        return Err(io::Error::other("STARTTLS without a TLS configuration"));
+    };
+    let mut tls = bounded(deadline, async { Ok(acceptor.accept(sock).await?) }).await?;
+    server.tls_established();
+    debug!("tls established");
+    let h = bounded(deadline, handshake(&mut server, &mut tls, &mut input, ctx)).await?;
+    after_handshake(h, server, tls, input, ctx).await
+}
+
+/// Transmission, or the end of a connection whose handshake is over
+/// (with or without TLS).
+async fn after_handshake<S: Socket>(
+    h: Handshake,
+    server: Server<Snapshot>,
+    mut sock: S,
+    input: InBuf,
+    ctx: &ConnContext,
+) -> io::Result<()> {
+    match h {
         Handshake::Ready(session) => reader::transmission(server, session, sock, input, ctx).await,
         Handshake::Closed => {
             close(&mut sock).await;
             Ok(())
         }
-        Handshake::StartTls => {
-            let Some(acceptor) = &ctx.tls else {
-                // The core only offers STARTTLS when TLS is configured.
-                return Err(io::Error::other("STARTTLS without a TLS configuration"));
-            };
-            let mut tls = bounded(deadline, async { Ok(acceptor.accept(sock).await?) }).await?;
-            server.tls_established();
-            debug!("tls established");
-            match bounded(deadline, handshake(&mut server, &mut tls, &mut input, ctx)).await? {
-                Handshake::Ready(session) => {
-                    reader::transmission(server, session, tls, input, ctx).await
-                }
-                Handshake::StartTls => Err(io::Error::other("STARTTLS twice")),
-                Handshake::Closed => {
-                    close(&mut tls).await;
-                    Ok(())
-                }
-            }
-        }
+        // Only a plaintext handshake can end in STARTTLS (the core offers
+        // it once), and run handles that one.
+        Handshake::StartTls => Err(io::Error::other("STARTTLS twice")),
     }
 }
