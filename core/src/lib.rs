@@ -45,6 +45,12 @@
 //!   sends but write payloads: option requests, then request headers; a
 //!   write's data is sent by the frontend from its own buffer after the
 //!   header, and reported with `payload_sent`.
+//! * **A synchronous device.** A frontend whose device answers before it
+//!   returns can hand all of the server side to
+//!   [`server::sync::SyncConnection`], which runs this loop, carries out
+//!   each request and streams its reply into the frontend's
+//!   [`server::sync::Transport`]; the frontend then only moves bytes (the
+//!   smoltcp frontend does this).
 //! * **End of stream.** Only the client is told about it
 //!   (`handle_eof`), because only it can say whether a close was expected;
 //!   a server frontend simply stops.
