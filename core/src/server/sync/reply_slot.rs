@@ -9,22 +9,20 @@ use crate::wire::codec::{Overflow, Sink};
 pub const REPLY_SLOT: usize = 512;
 
 pub(crate) struct ReplySlot {
-    buf: [u8; REPLY_SLOT],
-    len: u16,
-    sent: u16,
+    buf: heapless::Vec<u8, REPLY_SLOT>,
+    sent: usize,
 }
 
 impl ReplySlot {
     pub(crate) const fn new() -> Self {
         Self {
-            buf: [0; REPLY_SLOT],
-            len: 0,
+            buf: heapless::Vec::new(),
             sent: 0,
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.sent == self.len
+        self.sent == self.buf.len()
     }
 
     /// Queue one whole reply; only called when empty. Every reply queued
@@ -33,34 +31,27 @@ impl ReplySlot {
     /// does not fit is a sizing bug: debug builds stop, release builds
     /// queue nothing rather than a truncated frame.
     pub(crate) fn set(&mut self, bytes: &[u8]) {
-        self.len = 0;
+        self.buf.clear();
         self.sent = 0;
         let queued = self.put(bytes);
         debug_assert!(queued.is_ok(), "reply larger than the reply slot");
     }
 
     pub(crate) fn pending(&self) -> &[u8] {
-        &self.buf[self.sent as usize..self.len as usize]
+        &self.buf[self.sent..]
     }
 
     pub(crate) fn advance(&mut self, n: usize) {
-        self.sent = (self.sent as usize + n).min(self.len as usize) as u16;
+        self.sent = (self.sent + n).min(self.buf.len());
     }
 }
 
 /// Replies are encoded straight into the slot (when it is empty).
 impl Sink for ReplySlot {
     fn room(&self) -> usize {
-        REPLY_SLOT - self.len as usize
+        self.buf.room()
     }
     fn put(&mut self, bytes: &[u8]) -> Result<(), Overflow> {
-        let start = self.len as usize;
-        let dst = self
-            .buf
-            .get_mut(start..start + bytes.len())
-            .ok_or(Overflow)?;
-        dst.copy_from_slice(bytes);
-        self.len += bytes.len() as u16;
-        Ok(())
+        self.buf.put(bytes)
     }
 }
