@@ -143,8 +143,9 @@ def attempt(a):
         # the source port: two such connections are one TCP connection to
         # the guest, and the second's SYN lands in the first (it hangs
         # unanswered until slirp gives up, 75 s on). bind() to port 0
-        # never hands out a port another socket holds.
-        s.bind((a.host, 0))
+        # never hands out a port another socket holds (on any local
+        # address: HOST is the server's, which may not be ours).
+        s.bind(("", 0))
         s.setblocking(False)
         s.connect_ex((a.host, a.port + i % a.ports))
         conns.append(Conn(s))
