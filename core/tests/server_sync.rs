@@ -7,7 +7,7 @@ use blockwire_core::block::contract::BlockError;
 use blockwire_core::server::sync::{
     Gone, Pumped, ServerStats, SyncConnection, Transport, export_of,
 };
-use blockwire_core::server::{ExportInfo, ServerConfig};
+use blockwire_core::server::{ExportInfo, ServerConfig, TlsPolicy};
 use blockwire_core::time::Instant;
 use blockwire_core::wire::*;
 
@@ -116,11 +116,13 @@ impl Transport for Pipe {
 }
 
 fn connection(dev: &Ram) -> SyncConnection<ExportInfo<'static>> {
-    SyncConnection::new(
-        export_of(dev, "disk", ""),
-        ServerConfig::default(),
-        Instant(0),
-    )
+    // TLS asked for, and turned off by the connection: it has no TLS
+    // layer, and a client without TLS is served.
+    let config = ServerConfig {
+        tls: TlsPolicy::Required,
+        ..ServerConfig::default()
+    };
+    SyncConnection::new(export_of(dev, "disk", ""), config, Instant(0))
 }
 
 /// Client flags (FIXED_NEWSTYLE | NO_ZEROES) and NBD_OPT_EXPORT_NAME:

@@ -140,10 +140,9 @@ impl<'n, 's, D: BlockDevice> NbdServer<'n, 's, D> {
         device: D,
         name: &'n str,
         port: u16,
-        mut config: ServerConfig,
+        config: ServerConfig,
         slots: &'s mut [ConnectionSlot<'n>],
     ) -> Self {
-        config.tls = blockwire_core::server::TlsPolicy::Off;
         let mut export = export_of(&device, name, "");
         if slots.len() < MULTI_CONN_MIN_SLOTS {
             export.flags = export.flags.difference(TransmissionFlags::CAN_MULTI_CONN);

@@ -15,7 +15,8 @@
 //! * Read data goes from the device straight into the transport's send
 //!   buffer, in chunks sized to the room there; write payloads go from
 //!   the receive buffer straight to the device. Nothing is copied twice.
-//! * TLS is never offered: configure the machine with `TlsPolicy::Off`.
+//! * TLS is never offered, whatever the configuration says: there is no
+//!   TLS layer between the machine and the transport here.
 
 mod read_stream;
 mod reply_slot;
@@ -24,7 +25,7 @@ use crate::block::contract::{BlockError, Op};
 use crate::block::{BlockDevice, Extent};
 use crate::server::{
     BlockSizes, DeviceCaps, Event, ExportInfo, Exports, Fault, ReadReply, ReplyEncoder, Request,
-    Server, ServerConfig, StatusError, Step,
+    Server, ServerConfig, StatusError, Step, TlsPolicy,
 };
 use crate::time::Instant;
 use crate::wire::HeaderMode;
@@ -120,7 +121,9 @@ enum Flow {
 }
 
 impl<E: Exports> SyncConnection<E> {
-    pub fn new(exports: E, config: ServerConfig, now: Instant) -> Self {
+    /// A connection to serve `exports` under `config`, with TLS off.
+    pub fn new(exports: E, mut config: ServerConfig, now: Instant) -> Self {
+        config.tls = TlsPolicy::Off;
         Self {
             machine: Server::new(exports, config, now),
             encoder: ReplyEncoder::new(HeaderMode::Simple),
@@ -380,7 +383,7 @@ fn on_event<E: Exports, D: BlockDevice + ?Sized>(
             c.slot.set(reply.as_bytes());
             c.ending |= close.is_some();
         }
-        // TLS is never offered (the policy must be Off), so StartTls
+        // TLS is never offered (`new` turns it off), so StartTls
         // cannot come; if it did, ending is the safe answer.
         Event::Disconnect | Event::Close(_) | Event::StartTls => c.ending = true,
     }
