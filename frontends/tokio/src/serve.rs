@@ -93,10 +93,10 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
         ..ServerConfig::default()
     };
 
-    let mut listeners = Vec::new();
-    for i in prepared.inherited {
-        listeners.push(Listener::from_inherited(i)?);
-    }
+    let inherited = prepared.inherited.into_iter();
+    let mut listeners = inherited
+        .map(Listener::from_inherited)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut addrs = args.listen.clone();
     if addrs.is_empty() && listeners.is_empty() {
         addrs.push(ListenAddr::Tcp(DEFAULT_LISTEN.into()));
@@ -107,10 +107,7 @@ pub async fn run(args: ServeArgs, prepared: Prepared) -> Result<(), Error> {
     for l in &listeners {
         info!("listening on {}", l.describe());
     }
-    let _pid_file = match &args.pid_file {
-        Some(p) => Some(PidFile::create(p)?),
-        None => None,
-    };
+    let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     shutdown::install(stop_tx)?;

@@ -10,6 +10,8 @@
 //! * [`drivers`]: one file per driver (`file`, `host_device`, `null-co`,
 //!   `blockwire-ram`, `nbd`, `raw`, `throttle`, `blkdebug`,
 //!   `blockwire-cow`), each knowing only its children.
+//! * [`export::Export`] is a node shown to NBD clients (QEMU's block
+//!   export of type `nbd`).
 //! * [`options`] is `BlockdevOptions` as typed values, [`export_options`]
 //!   the NBD export's; [`qapi`] parses the schema's JSON (and QEMU's
 //!   key=value form) into them, strictly, with QEMU's error messages.
@@ -31,6 +33,7 @@
 pub mod driver;
 pub mod drivers;
 pub mod events;
+pub mod export;
 pub mod export_options;
 pub mod graph;
 pub mod io;

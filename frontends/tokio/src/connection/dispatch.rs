@@ -257,7 +257,7 @@ async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
     let max = if q.req_one { 1 } else { q.max_extents as usize };
     let (node, at, len) = (job.node(), q.offset, q.length);
     let einval = || io::Error::from_raw_os_error(libc::EINVAL);
-    let mut answers: Vec<(u32, Vec<Extent>)> = Vec::new();
+    let mut answers: Vec<Vec<Extent>> = Vec::new();
     for id in contexts.iter() {
         let mut ex = Vec::new();
         match job.export.contexts.get(id as usize).ok_or_else(einval)? {
@@ -265,7 +265,7 @@ async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
             ContextKind::AllocationDepth => {
                 status(node, at, len, max, &mut ex, |s| u64::from(s.depth)).await?
             }
-            ContextKind::DirtyBitmap { node, name } => node.with_bitmaps(|set| {
+            ContextKind::DirtyBitmap { node, name, .. } => node.with_bitmaps(|set| {
                 let answer = set
                     .get(name)
                     .ok_or_else(einval)?
@@ -276,24 +276,22 @@ async fn block_status(job: &Job, req: &Request) -> io::Result<Reply> {
                 answer.map(|_| ()).map_err(|_| einval())
             })?,
         }
-        answers.push((id, ex));
+        answers.push(ex);
     }
-    let mut out = Vec::new();
-    let mut scratch: Vec<Extent> = Vec::new();
-    let answered = job.encoder.block_status(
+    // The core asks for the contexts in the order of `contexts`.
+    let (mut out, mut answers) = (Vec::new(), answers.iter());
+    let mut answer = |_, _: &_, sink: &mut dyn FnMut(Extent) -> bool| {
+        // `all` stops where the sink is full.
+        let _ = answers.next().into_iter().flatten().all(|e| sink(*e));
+        Ok::<(), io::Error>(())
+    };
+    match job.encoder.block_status(
         req,
         MAX_STATUS_EXTENTS,
-        &mut scratch,
+        &mut Vec::new(),
         &mut out,
-        |id, _, sink| {
-            if let Some((_, ex)) = answers.iter().find(|(i, _)| *i == id) {
-                // `all` stops where the sink is full.
-                let _ = ex.iter().all(|e| sink(*e));
-            }
-            Ok::<(), io::Error>(())
-        },
-    );
-    match answered {
+        &mut answer,
+    ) {
         Ok(()) => Ok(Reply::Bytes(out)),
         Err(StatusError::Device(e)) => Err(e),
         // `out` grows as needed, so only a sizing bug gets here.

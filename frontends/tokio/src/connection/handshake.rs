@@ -65,6 +65,7 @@ pub(super) async fn handshake<S: Socket>(
             let p = server.handle_input(input.data());
             let consumed = p.consumed;
             let outcome = match p.event {
+                None if consumed == 0 => break,
                 None => None,
                 Some(Event::StartTls) => Some(Handshake::StartTls),
                 Some(Event::Ready(s)) => Some(Handshake::Ready(s)),
@@ -78,18 +79,14 @@ pub(super) async fn handshake<S: Socket>(
                 }
             };
             input.consume(consumed);
-            match outcome {
-                None if consumed == 0 => break,
-                None => transmit(server, sock).await?,
-                Some(h) => {
-                    transmit(server, sock).await?;
-                    if let Handshake::StartTls = h {
-                        // Plaintext sent before the TLS handshake could be
-                        // injected by a man in the middle: never act on it.
-                        input.clear();
-                    }
-                    return Ok(h);
+            transmit(server, sock).await?;
+            if let Some(h) = outcome {
+                if let Handshake::StartTls = h {
+                    // Plaintext sent before the TLS handshake could be
+                    // injected by a man in the middle: never act on it.
+                    input.clear();
                 }
+                return Ok(h);
             }
         }
         let deadline = server.poll_timeout().map(|d| ctx.deadline(d));

@@ -6,7 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
-use blockwire_core::server::{CloseReason, Event, Request, Server, Session, ShortReply};
+use blockwire_core::server::{Event, Server, Session, ShortReply};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{Instrument, debug, info, warn};
@@ -46,13 +46,6 @@ impl Stop {
     }
 }
 
-enum Action {
-    Request(Request),
-    Reject(ShortReply, Option<CloseReason>),
-    End,
-    Close(CloseReason),
-}
-
 /// The connection's budgets: requests in flight, and payload bytes in
 /// flight (read data or write payloads), each held until the reply is sent.
 struct Budget {
@@ -65,26 +58,15 @@ impl Budget {
     async fn ticket(&self, bytes: u64) -> Ticket {
         let n = bytes.min(BYTE_BUDGET as u64) as u32;
         // The semaphores are never closed, so acquiring cannot fail.
-        let request = self
-            .requests
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore closed");
-        let bytes = if n > 0 {
-            Some(
-                self.bytes
-                    .clone()
-                    .acquire_many_owned(n)
-                    .await
-                    .expect("semaphore closed"),
-            )
-        } else {
-            None
-        };
+        let closed = "semaphore closed";
         Ticket {
-            _request: request,
-            _bytes: bytes,
+            _request: self.requests.clone().acquire_owned().await.expect(closed),
+            _bytes: self
+                .bytes
+                .clone()
+                .acquire_many_owned(n)
+                .await
+                .expect(closed),
         }
     }
 }
@@ -143,73 +125,63 @@ pub(super) async fn transmission<S: Socket>(
             while !input.is_empty() {
                 let p = server.handle_input(input.data());
                 let consumed = p.consumed;
-                let action = match p.event {
-                    None => None,
-                    Some(Event::Request(req)) => Some(Action::Request(req)),
-                    Some(Event::Reject { reply, close }) => {
-                        Some(Action::Reject(ShortReply::Error(reply), close))
-                    }
-                    Some(Event::Disconnect) => Some(Action::End),
-                    Some(Event::Close(r)) => Some(Action::Close(r)),
-                    Some(other) => {
-                        // WriteData cannot come: payloads are taken below
-                        // right after their request.
-                        warn!("unexpected event in transmission: {other:?}");
-                        Some(Action::Close(CloseReason::Closed))
-                    }
-                };
-                input.consume(consumed);
-                match action {
+                // Only `WriteData` borrows the input, and it cannot come:
+                // payloads are taken below right after their request.
+                let req = match p.event {
                     None if consumed == 0 => break,
-                    None => {}
-                    Some(Action::Request(req)) => {
-                        let ticket = tokio::select! {
-                            t = budget.ticket(u64::from(req.data_len())) => t,
-                            why = &mut stop => return Ok(why.end(&mut server)),
-                        };
-                        // A write's payload, taken from what was read with
-                        // its header and the rest straight from the socket
-                        // into the request's buffer.
-                        let payload = req.payload_len() as usize;
-                        after_large = payload >= DIRECT_PAYLOAD;
-                        let mut buf = Vec::new();
-                        if payload > 0 {
-                            buf = job.pool.get(payload);
-                            let have = input.len().min(payload);
-                            buf[..have].copy_from_slice(&input.data()[..have]);
-                            input.consume(have);
-                            server.skip_payload(have as u64);
-                            if have < payload {
-                                tokio::select! {
-                                    r = rd.read_exact(&mut buf[have..payload]) => { r?; }
-                                    why = &mut stop => return Ok(why.end(&mut server)),
-                                }
-                                server.skip_payload((payload - have) as u64);
-                            }
-                        }
-                        dispatch(job.clone(), req, buf, ticket, tx.clone());
-                    }
-                    Some(Action::Reject(reply, close)) => {
+                    None => None,
+                    Some(Event::Request(req)) => Some(req),
+                    Some(Event::Reject { reply, close }) => {
                         debug!(errno = ?reply.errno(), "request rejected");
-                        let ticket = budget.ticket(0).await;
-                        let _ = tx.send(Outgoing {
-                            reply: Reply::Short(reply),
-                            _ticket: ticket,
-                        });
+                        let reply = Reply::Short(ShortReply::Error(reply));
+                        let _ticket = budget.ticket(0).await;
+                        let _ = tx.send(Outgoing { reply, _ticket });
                         if let Some(r) = close {
                             debug!("closing: {r:?}");
                             return Ok(());
                         }
+                        None
                     }
-                    Some(Action::End) => {
+                    Some(Event::Disconnect) => {
                         debug!("client disconnected");
                         return Ok(());
                     }
-                    Some(Action::Close(r)) => {
+                    Some(Event::Close(r)) => {
                         info!("closing: {r:?}");
                         return Ok(());
                     }
+                    Some(other) => {
+                        warn!("unexpected event in transmission: {other:?}");
+                        return Ok(());
+                    }
+                };
+                input.consume(consumed);
+                let Some(req) = req else { continue };
+                let ticket = tokio::select! {
+                    t = budget.ticket(u64::from(req.data_len())) => t,
+                    why = &mut stop => return Ok(why.end(&mut server)),
+                };
+                // A write's payload, taken from what was read with its
+                // header and the rest straight from the socket into the
+                // request's buffer.
+                let payload = req.payload_len() as usize;
+                after_large = payload >= DIRECT_PAYLOAD;
+                let mut buf = Vec::new();
+                if payload > 0 {
+                    buf = job.pool.get(payload);
+                    let have = input.len().min(payload);
+                    buf[..have].copy_from_slice(&input.data()[..have]);
+                    input.consume(have);
+                    server.skip_payload(have as u64);
+                    if have < payload {
+                        tokio::select! {
+                            r = rd.read_exact(&mut buf[have..payload]) => { r?; }
+                            why = &mut stop => return Ok(why.end(&mut server)),
+                        }
+                        server.skip_payload((payload - have) as u64);
+                    }
                 }
+                dispatch(job.clone(), req, buf, ticket, tx.clone());
             }
             tokio::select! {
                 biased;

@@ -67,7 +67,7 @@ impl Reply {
 /// Flow-control permits a request holds until its reply is on the wire.
 pub(super) struct Ticket {
     pub(super) _request: OwnedSemaphorePermit,
-    pub(super) _bytes: Option<OwnedSemaphorePermit>,
+    pub(super) _bytes: OwnedSemaphorePermit,
 }
 
 /// A reply and the permits it releases once sent.

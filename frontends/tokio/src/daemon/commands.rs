@@ -260,7 +260,7 @@ pub async fn add_export(d: &Daemon, e: &ExportOptions) -> Result<(), QmpError> {
     if !d.nbd_running().await {
         return Err(QmpError::generic("NBD server not running"));
     }
-    if table.find(&e.name).is_some() {
+    if table.iter().any(|t| t.name == e.name) {
         return Err(QmpError::generic(format!(
             "NBD server already has export named '{}'",
             e.name
@@ -278,7 +278,7 @@ pub async fn add_export(d: &Daemon, e: &ExportOptions) -> Result<(), QmpError> {
 fn exported(d: &Daemon, node: &Arc<Node>, name: &str) -> bool {
     d.registry.snapshot().iter().any(|e| {
         e.contexts.iter().any(|c| {
-            matches!(c, ContextKind::DirtyBitmap { node: n, name: b } if Arc::ptr_eq(n, node) && b == name)
+            matches!(c, ContextKind::DirtyBitmap { node: n, name: b, .. } if Arc::ptr_eq(n, node) && b == name)
         })
     })
 }
