@@ -496,6 +496,59 @@ async def test_resize(tmp):
         d.stop()
 
 
+async def test_io_throttle(tmp):
+    """block_set_io_throttle on an export (QEMU's BlockBackend limits):
+    QEMU's argument checks and messages, a group shared by name with a
+    throttle-group object (its limits then read back with qom-get), all
+    zeroes turning throttling off, and I/O still correct while throttled."""
+    img = os.path.join(tmp, "disk.img")
+    with open(img, "wb") as f:
+        f.truncate(4 * MiB)
+    d = Daemon(tmp, "--blockdev", f"file,node-name=f0,filename={img}",
+               "--object", "throttle-group,id=tg0,limits.iops-total=7",
+               "--nbd-server", f"addr.type=unix,addr.path={os.path.join(tmp, 'nbd.sock')}",
+               "--export", "type=nbd,id=e0,node-name=f0,writable=on,name=disk")
+    zero = {"bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0}
+    try:
+        q = await d.client()
+        G = "GenericError"
+        await fails(q, "block_set_io_throttle", {**zero, "bps": 1}, G,
+                    "Need exactly one of 'device' and 'id'")
+        await fails(q, "block_set_io_throttle", {**zero, "bps": 1, "device": "e0", "id": "e0"},
+                    G, "Need exactly one of 'device' and 'id'")
+        await fails(q, "block_set_io_throttle", {**zero, "id": "nope", "bps": 1},
+                    "DeviceNotFound", "Device 'nope' not found")
+        await fails(q, "block_set_io_throttle", {"id": "e0", "bps": 1}, G,
+                    "Parameter 'bps_rd' is missing")
+        await fails(q, "block_set_io_throttle", {**zero, "id": "e0", "bps": 1, "bps_rd": 1}, G,
+                    "bps/iops/max total values and read/write values cannot be used at the same time")
+        await fails(q, "block_set_io_throttle", {**zero, "id": "e0", "iops_size": 512}, G,
+                    "iops size requires an iops value to be set")
+        await fails(q, "block_set_io_throttle", {**zero, "id": "e0", "bps": 10, "bps_max": 5},
+                    G, "bps_max/iops_max cannot be lower than bps/iops")
+        # Joining the object's group sets the group's limits.
+        await ok(q, "block_set_io_throttle", {**zero, "id": "e0", "iops": 5000,
+                                              "iops_max": 10000, "group": "tg0"})
+        lim = await ok(q, "qom-get", {"path": "tg0", "property": "limits"})
+        assert (lim["iops-total"], lim["iops-total-max"], lim["bps-total"]) == (5000, 10000, 0), lim
+        # Throttled, the data still goes where it should.
+        run("qemu-io", "-f", "raw", "-c", "write -P 7 1M 64k", uri(d.nbd, "disk"))
+        run("qemu-io", "-f", "raw", "-c", "read -P 7 1M 64k", uri(d.nbd, "disk"))
+        # Another rate without a group stays in tg0.
+        await ok(q, "block_set_io_throttle", {**zero, "device": "e0", "bps": 100 * MiB})
+        lim = await ok(q, "qom-get", {"path": "tg0", "property": "limits"})
+        assert (lim["iops-total"], lim["bps-total"]) == (0, 100 * MiB), lim
+        # A group of its own, then off.
+        await ok(q, "block_set_io_throttle", {**zero, "id": "e0", "iops": 1000, "group": "mine"})
+        lim = await ok(q, "qom-get", {"path": "tg0", "property": "limits"})
+        assert lim["bps-total"] == 100 * MiB, lim
+        await ok(q, "block_set_io_throttle", {**zero, "id": "e0"})
+        run("qemu-io", "-f", "raw", "-c", "read -P 7 1M 64k", uri(d.nbd, "disk"))
+        await q.disconnect()
+    finally:
+        d.stop()
+
+
 async def test_incremental_backup(tmp):
     """Pull-mode incremental backup, as backup tools do it with
     qemu-storage-daemon: a full copy, then three rounds of writes, bitmap
@@ -855,10 +908,27 @@ def diff_script(img, img2, img3):
                                                                  "discard": "unmap"})]}),
         ("blockdev-reopen", {}),
         ("query-named-block-nodes", {"flat": True}),
-        # Not in qemu-storage-daemon 7.2 (it has no BlockBackends to
-        # throttle), nor in blockwire: throttle nodes do it.
-        ("block_set_io_throttle", {"device": "f0", "bps": 1, "bps_rd": 0, "bps_wr": 0,
-                                   "iops": 0, "iops_rd": 0, "iops_wr": 0}),
+        # A throttle group's limits, changed while it runs (what
+        # qemu-storage-daemon's throttle nodes share).
+        ("object-add", {"qom-type": "throttle-group", "id": "tg9",
+                        "limits": {"iops-total": 100}}),
+        ("qom-get", {"path": "tg9", "property": "limits"}),
+        ("qom-set", {"path": "/objects/tg9", "property": "limits",
+                     "value": {"bps-read": MiB, "iops-total": 0}}),
+        ("qom-get", {"path": "/objects/tg9", "property": "limits"}),
+        ("qom-set", {"path": "tg9", "property": "limits", "value": {"iops-total-max": 10}}),
+        ("qom-set", {"path": "tg9", "property": "limits", "value": {"iops-total": "x"}}),
+        ("qom-set", {"path": "tg9", "property": "limits", "value": {"bogus": 1}}),
+        ("qom-set", {"path": "tg9", "property": "limits", "value": {"bps-write": 5}}),
+        ("qom-get", {"path": "tg9", "property": "limits"}),
+        ("qom-set", {"path": "tg9", "property": "x-iops-total", "value": 5}),
+        ("qom-get", {"path": "tg9", "property": "x-bps-read"}),
+        ("qom-get", {"path": "tg9", "property": "nope"}),
+        ("qom-set", {"path": "tg9", "property": "nope", "value": 1}),
+        ("qom-get", {"path": "nope", "property": "limits"}),
+        ("qom-get", {"path": "/objects/nope", "property": "limits"}),
+        ("qom-set", {"path": "tg9", "property": "limits"}),
+        ("object-del", {"id": "tg9"}),
         # Neither: timed statistics cannot be configured in
         # qemu-storage-daemon 7.2 (no devices, no stats-intervals).
         ("block-latency-histogram-set", {"id": "f0", "boundaries": [10, 100]}),
@@ -1041,6 +1111,12 @@ async def schema_of(tmp, qsd):
     return {e["name"]: e for e in s}, names
 
 
+# Commands the issue asks for that qemu-storage-daemon 7.2 does not have
+# (it has no BlockBackends; the seed schema and the system emulator do):
+# their arguments are the seed's, checked by test_io_throttle instead.
+NOT_IN_QSD = {"block_set_io_throttle"}
+
+
 async def test_schema(tmp):
     """query-qmp-schema lists exactly the commands query-commands does,
     every type it names is defined, and each command's arguments and
@@ -1055,6 +1131,9 @@ async def test_schema(tmp):
     assert qsd, "QSD (qemu-storage-daemon 7.2) is not set; tests/qmp/run.sh sets it"
     theirs, _ = await schema_of(os.path.join(tmp, "qsd") + "/", qsd)
     for n in sorted(cmds | events):
+        if n in NOT_IN_QSD:
+            assert n not in theirs, f"{n} is in qemu-storage-daemon 7.2 now: compare it"
+            continue
         assert n in theirs, f"{n} is not in qemu-storage-daemon 7.2"
         keys = ["arg-type", "ret-type"] if n in cmds else ["arg-type"]
         for k in keys:
@@ -1194,7 +1273,7 @@ async def test_persistent_bitmaps(tmp):
 
 
 TESTS = [test_protocol, test_bad_arguments, test_vanishing_client, test_exports,
-         test_bitmaps_and_thin_provisioning, test_resize, test_incremental_backup,
+         test_bitmaps_and_thin_provisioning, test_resize, test_io_throttle, test_incremental_backup,
          test_incremental_backup_from_qsd, test_copy_from_qemu_nbd, test_io_error_event,
          test_tls_server, test_quit, test_persistent_bitmaps, test_schema, test_differential]
 

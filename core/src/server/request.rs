@@ -11,6 +11,7 @@
 use super::exports::ContextSet;
 use crate::block::contract::Zeroes;
 use crate::block::stats::AcctType;
+use crate::block::throttle::Direction;
 use crate::wire::{CommandFlags, CommandType};
 
 /// A validated transmission request.
@@ -219,6 +220,19 @@ impl Request {
             Command::Flush => Some(AcctType::Flush),
             Command::Trim { .. } => Some(AcctType::Unmap),
             Command::Cache { .. } | Command::BlockStatus { .. } => None,
+        }
+    }
+
+    /// How a BlockBackend's I/O limits count the request (QEMU's
+    /// `blk_co_do_preadv` / `blk_co_do_pwritev_part`): reads, and writes
+    /// including write-zeroes, by their length; discard, flush, cache and
+    /// block status pass unthrottled.
+    pub const fn throttled_as(&self) -> Option<(Direction, u64)> {
+        match self.command {
+            Command::Read { len, .. } => Some((Direction::Read, len as u64)),
+            Command::Write { len, .. } => Some((Direction::Write, len as u64)),
+            Command::WriteZeroes { len, .. } => Some((Direction::Write, len)),
+            _ => None,
         }
     }
 

@@ -4,8 +4,8 @@
 //! command line; the [registry](crate::registry) lists the exports a
 //! server offers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
@@ -13,6 +13,7 @@ use blockwire_core::block::dirty_bitmap::CONTEXT_PREFIX;
 use blockwire_core::server::{BlockSizes, DeviceCaps};
 use blockwire_core::wire::TransmissionFlags;
 
+use crate::block::throttle_group::ThrottleGroup;
 use crate::block::{Event, Graph, GraphError, Node};
 
 /// A metadata context an export offers; its position is its id.
@@ -100,6 +101,9 @@ pub struct Export {
     /// Set to end every connection on this export (`block-export-del`
     /// with `mode: hard`, `nbd-server-stop`).
     disconnect: watch::Sender<bool>,
+    /// `block_set_io_throttle`'s limits: the export is QEMU's
+    /// BlockBackend, whose I/O limits apply before its node.
+    throttle: RwLock<Option<Arc<ThrottleGroup>>>,
     _lease: Lease,
 }
 
@@ -180,6 +184,7 @@ impl Export {
             contexts,
             clients: Arc::new(AtomicUsize::new(0)),
             disconnect: watch::channel(false).0,
+            throttle: RwLock::new(None),
             _lease: lease,
         })
     }
@@ -197,6 +202,20 @@ impl Export {
     /// Connections now in transmission on this export.
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// The throttle group the export's requests wait in, if any.
+    pub fn throttle(&self) -> Option<Arc<ThrottleGroup>> {
+        self.throttle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts the export's requests in `group` (or none): connections
+    /// already open follow from their next request.
+    pub fn set_throttle(&self, group: Option<Arc<ThrottleGroup>>) {
+        *self.throttle.write().unwrap_or_else(|p| p.into_inner()) = group;
     }
 
     /// Ends every connection on this export (they finish the requests in

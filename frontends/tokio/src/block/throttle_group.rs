@@ -39,6 +39,13 @@ impl ThrottleGroup {
             .map_err(|e| e.to_string())
     }
 
+    /// Waits until the group admits a request of `bytes`.
+    pub async fn admitted(&self, dir: Direction, bytes: u64) {
+        while let Some(wait) = self.admit(dir, bytes) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Admits a request of `bytes` now (and accounts it), or says how long
     /// to wait before asking again.
     pub fn admit(&self, dir: Direction, bytes: u64) -> Option<Duration> {

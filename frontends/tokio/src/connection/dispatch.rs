@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::writer::{Outgoing, Reply, Ticket};
 use crate::block::node::now_ns;
+use crate::block::throttle_group::ThrottleGroup;
 use crate::block::{Event, Node, io::poll_once};
 use crate::io::BufPool;
 use crate::registry::{ContextKind, Export};
@@ -55,7 +56,8 @@ pub(super) fn dispatch(
     tx: mpsc::UnboundedSender<Outgoing>,
 ) {
     let node = job.node();
-    let (blocks, waits) = (node.blocking(), node.waits());
+    let throttle = job.export.throttle();
+    let (blocks, waits) = (node.blocking(), node.waits() || throttle.is_some());
     let send = move |reply| {
         let _ = tx.send(Outgoing {
             reply,
@@ -69,7 +71,7 @@ pub(super) fn dispatch(
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _e = span.enter();
-            let mut fut = std::pin::pin!(execute(&job, &req, data));
+            let mut fut = std::pin::pin!(execute(&job, &req, data, throttle));
             let reply = match poll_once(fut.as_mut()) {
                 Some(r) => r,
                 None => handle.block_on(fut),
@@ -83,7 +85,7 @@ pub(super) fn dispatch(
         // On a node that never waits (memory, a file on tmpfs) a small
         // read or write is a copy of a microsecond or two: handing it to
         // another task or thread costs several context switches more.
-        let mut fut = std::pin::pin!(execute(&job, &req, data));
+        let mut fut = std::pin::pin!(execute(&job, &req, data, throttle));
         let reply = match poll_once(fut.as_mut()) {
             Some(r) => r,
             None => {
@@ -100,7 +102,7 @@ pub(super) fn dispatch(
     // inline path above it would cost some 80 instructions a request.
     tokio::spawn(
         async move {
-            let reply = execute(&job, &req, data).await;
+            let reply = execute(&job, &req, data, throttle).await;
             send(reply);
         }
         .instrument(tracing::Span::current()),
@@ -109,8 +111,16 @@ pub(super) fn dispatch(
 
 /// Carries out one request, accounts it on the export's node, and returns
 /// its reply.
-async fn execute(job: &Job, req: &Request, data: Vec<u8>) -> Reply {
+async fn execute(
+    job: &Job,
+    req: &Request,
+    data: Vec<u8>,
+    throttle: Option<Arc<ThrottleGroup>>,
+) -> Reply {
     let node = job.node();
+    if let Some((group, (dir, bytes))) = throttle.zip(req.throttled_as()) {
+        group.admitted(dir, bytes).await;
+    }
     let started = req
         .acct_type()
         .map(|k| node.acct().start(now_ns(), k, req.len()));

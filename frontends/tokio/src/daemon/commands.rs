@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{Daemon, nbd_server_config, schema};
+use super::{Daemon, limits, nbd_server_config, schema};
 use crate::block::export_options::ExportOptions;
 use crate::block::graph::GraphError;
 use crate::block::node::MAX_BITMAPS;
@@ -231,6 +231,11 @@ pub async fn execute(d: &Daemon, cmd: &str, args: &Value) -> Reply {
             }
         }
         "block_resize" => block_resize(d, &check(&schema::BLOCK_RESIZE, args)?).await,
+        "block_set_io_throttle" => {
+            limits::block_set_io_throttle(d, &check(&schema::BLOCK_IO_THROTTLE, args)?)
+        }
+        "qom-set" => limits::qom_set(d, &check(&schema::QOM_SET, args)?),
+        "qom-get" => limits::qom_get(d, &check(&schema::QOM_GET, args)?),
         "block-set-write-threshold" => {
             let a = check(&schema::BLOCK_SET_WRITE_THRESHOLD, args)?;
             let name = str_of(&a, "node-name");

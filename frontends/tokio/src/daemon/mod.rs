@@ -14,6 +14,7 @@
 
 pub mod commands;
 pub mod framer;
+pub mod limits;
 pub mod qmp;
 pub mod schema;
 

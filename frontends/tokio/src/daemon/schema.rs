@@ -52,6 +52,53 @@ pub static BLOCK_RESIZE: Struct = args(
     ],
 );
 
+pub static QOM_SET: Struct = args(
+    "q_obj_qom-set-arg",
+    &[
+        Member::req("path", Type::Str),
+        Member::req("property", Type::Str),
+        Member::req("value", Type::Any),
+    ],
+);
+
+pub static QOM_GET: Struct = args(
+    "q_obj_qom-get-arg",
+    &[
+        Member::req("path", Type::Str),
+        Member::req("property", Type::Str),
+    ],
+);
+static ANY: Type = Type::Any;
+
+const I64: Type = Type::Int(Int::I64);
+/// `BlockIOThrottle`, in QEMU's member order.
+static IO_THROTTLE_MEMBERS: [Member; 22] = [
+    Member::opt("device", Type::Str).features(&["deprecated"]),
+    Member::opt("id", Type::Str),
+    Member::req("bps", I64),
+    Member::req("bps_rd", I64),
+    Member::req("bps_wr", I64),
+    Member::req("iops", I64),
+    Member::req("iops_rd", I64),
+    Member::req("iops_wr", I64),
+    Member::opt("bps_max", I64),
+    Member::opt("bps_rd_max", I64),
+    Member::opt("bps_wr_max", I64),
+    Member::opt("iops_max", I64),
+    Member::opt("iops_rd_max", I64),
+    Member::opt("iops_wr_max", I64),
+    Member::opt("bps_max_length", I64),
+    Member::opt("bps_rd_max_length", I64),
+    Member::opt("bps_wr_max_length", I64),
+    Member::opt("iops_max_length", I64),
+    Member::opt("iops_rd_max_length", I64),
+    Member::opt("iops_wr_max_length", I64),
+    Member::opt("iops_size", I64),
+    Member::opt("group", Type::Str),
+];
+
+pub static BLOCK_IO_THROTTLE: Struct = args("BlockIOThrottle", &IO_THROTTLE_MEMBERS);
+
 pub static BLOCK_SET_WRITE_THRESHOLD: Struct = args(
     "q_obj_block-set-write-threshold-arg",
     &[
@@ -607,7 +654,7 @@ const fn cmd(
 
 /// Every command the daemon has, with its argument and return types, in
 /// `query-commands` order.
-pub static COMMAND_TABLE: [Command; 27] = [
+pub static COMMAND_TABLE: [Command; 30] = [
     cmd("qmp_capabilities", t!(QMP_CAPABILITIES), None),
     cmd("query-version", t!(EMPTY), Some(&VERSION_INFO_T)),
     cmd("query-commands", t!(EMPTY), Some(&COMMAND_INFO_LIST)),
@@ -650,6 +697,9 @@ pub static COMMAND_TABLE: [Command; 27] = [
         Some(&BLOCK_STATS_LIST),
     ),
     cmd("block_resize", t!(BLOCK_RESIZE), None),
+    cmd("block_set_io_throttle", t!(BLOCK_IO_THROTTLE), None),
+    cmd("qom-set", t!(QOM_SET), None),
+    cmd("qom-get", t!(QOM_GET), Some(&ANY)),
     cmd(
         "block-set-write-threshold",
         t!(BLOCK_SET_WRITE_THRESHOLD),

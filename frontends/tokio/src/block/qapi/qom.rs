@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::Error;
 use super::convert::Obj;
 use super::schema::{Enum, Int, Literal, Member, Struct, Type, Union, Variant};
+use super::visit;
 use crate::block::graph::{Graph, GraphError, id_wellformed};
 use crate::block::options::ThrottleGroupOptions;
 use crate::block::tls_creds::{TlsCredsX509, TlsEndpoint};
@@ -352,15 +353,43 @@ fn throttle_group(o: &Obj, id: &str) -> Result<ThrottleGroupOptions, Error> {
     // Then `limits` over them: QEMU applies properties in no defined order,
     // so when both set a limit, which wins is unspecified there; here
     // `limits` does.
-    let path = o.path("limits");
     if let Some(v) = o.value("limits") {
-        let l = Obj::object(v, &path, o.keyval())?;
+        cfg.apply(&Obj::object(v, &o.path("limits"), o.keyval())?)?;
+    }
+    Ok(ThrottleGroupOptions {
+        id: id.to_owned(),
+        limits: cfg.checked()?,
+    })
+}
+
+impl Config {
+    fn of(l: &ThrottleLimits) -> Self {
+        let b = |b: &BucketLimit| Bucket {
+            avg: b.avg,
+            max: b.max,
+            length: b.max_length.max(1),
+        };
+        Config {
+            buckets: [
+                b(&l.bps_total),
+                b(&l.bps_read),
+                b(&l.bps_write),
+                b(&l.iops_total),
+                b(&l.iops_read),
+                b(&l.iops_write),
+            ],
+            op_size: l.iops_size,
+        }
+    }
+
+    /// The `ThrottleLimits` members present in `l`, over what is set.
+    fn apply(&mut self, l: &Obj) -> Result<(), Error> {
         for m in &LIMIT_MEMBERS {
             if let Some(v) = l.i64(m.name)? {
                 // QEMU lets a negative length wrap and then fails it as
                 // "too high for this burst rate" (or not at all); it is the
                 // same range error here.
-                cfg.set(m.name, v, || {
+                self.set(m.name, v, || {
                     Error::new(format!(
                         "{} value must be in the range [0, {}]",
                         m.name,
@@ -369,15 +398,70 @@ fn throttle_group(o: &Obj, id: &str) -> Result<ThrottleGroupOptions, Error> {
                 })?;
             }
         }
+        Ok(())
     }
-    cfg.validate()?;
-    let limits = cfg.limits();
-    // Whatever QEMU's checks let through, the core must take too.
-    limits.validate().map_err(|e| Error::new(format!("{e}")))?;
-    Ok(ThrottleGroupOptions {
-        id: id.to_owned(),
-        limits,
-    })
+
+    /// QEMU's checks, then the core's (whatever QEMU lets through, the
+    /// core must take too).
+    fn checked(&self) -> Result<ThrottleLimits, Error> {
+        self.validate()?;
+        let limits = self.limits();
+        limits.validate().map_err(|e| Error::new(format!("{e}")))?;
+        Ok(limits)
+    }
+}
+
+/// `qom-set GROUP limits VALUE`: the members present in `v` (checked as
+/// `ThrottleLimits`) replace the group's, and the result must pass
+/// QEMU's checks, as `throttle_group_set_limits` does.
+pub fn merged_limits(base: &ThrottleLimits, v: &Value) -> Result<ThrottleLimits, Error> {
+    // Visited as the property `limits`, so errors name `limits.MEMBER`.
+    static PROPERTY: Struct = Struct {
+        name: "q_obj_limits",
+        members: &[Member::req("limits", Type::Struct(&THROTTLE_LIMITS))],
+        features: &[],
+    };
+    let v = visit::visit(
+        &Type::Struct(&PROPERTY),
+        &serde_json::json!({ "limits": v }),
+        false,
+    )?;
+    let mut cfg = Config::of(base);
+    cfg.apply(&Obj::object(&v["limits"], "limits", false)?)?;
+    cfg.checked()
+}
+
+/// `qom-get GROUP PROPERTY`: `limits` as QEMU shows it (every member), or
+/// one legacy `x-` limit.
+pub fn limits_property(l: &ThrottleLimits, property: &str) -> Option<Value> {
+    let cfg = Config::of(l);
+    let get = |name: &str| -> u64 {
+        if name == "iops-size" {
+            return cfg.op_size;
+        }
+        let (i, rest) = BUCKETS
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| name.strip_prefix(b).map(|r| (i, r)))
+            .unwrap_or((0, "?"));
+        let b = &cfg.buckets[i];
+        match rest {
+            "" => b.avg,
+            "-max" => b.max,
+            _ => b.length,
+        }
+    };
+    if property == "limits" {
+        let m = LIMIT_MEMBERS
+            .iter()
+            .map(|m| (m.name.to_owned(), get(m.name).into()));
+        return Some(Value::Object(m.collect()));
+    }
+    let name = property.strip_prefix("x-")?;
+    LIMIT_MEMBERS
+        .iter()
+        .any(|m| m.name == name)
+        .then(|| get(name).into())
 }
 
 // ---- tls-creds-x509 ----
